@@ -1,0 +1,284 @@
+//! Helpers for tests that run a real `opencode serve` against the scripted model.
+//!
+//! - [`find_binary`] / [`require_binary`]: the one way tests find OpenCode.
+//! - [`fake_provider_config`]: an `opencode.json` whose only model is the scripted one.
+//! - [`TestProject`]: a temporary project directory with that config.
+//! - [`IsolatedHome`]: a temporary `HOME` and XDG directories, so a test server shares no state
+//!   with the user's OpenCode.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// The OpenCode version this project pins and tests against.
+pub const OPENCODE_VERSION: &str = "1.18.33";
+
+/// The command that installs the pinned OpenCode into the project.
+pub const INSTALL_COMMAND: &str = "scripts/install-opencode.sh";
+
+/// The provider id of the scripted model in [`fake_provider_config`].
+pub const PROVIDER_ID: &str = "fake";
+
+/// The model id of the scripted model in [`fake_provider_config`].
+pub const MODEL_ID: &str = "fake-model";
+
+/// Where the project-local install puts the binary, relative to the repository root.
+const LOCAL_BIN: &str = ".tools/opencode/node_modules/.bin/opencode";
+
+/// The OpenCode binary was not found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpencodeNotFound {
+    /// `OPENCODE_BIN` names a file that does not exist.
+    #[error(
+        "OPENCODE_BIN is set to {0}, which does not exist; unset it or run `{INSTALL_COMMAND}`"
+    )]
+    BadEnv(PathBuf),
+    /// Nothing found anywhere.
+    #[error(
+        "opencode {OPENCODE_VERSION} not found (looked at OPENCODE_BIN, {looked}, and PATH); \
+         install it with `{INSTALL_COMMAND}` from the repository root, or set OPENCODE_BIN",
+        looked = .looked_at.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Missing {
+        /// The project-local paths tried.
+        looked_at: Vec<PathBuf>,
+    },
+}
+
+/// Finds the OpenCode binary: `OPENCODE_BIN`, then the project-local install
+/// (`.tools/opencode/…` in the current directory or an ancestor, or beside this crate's
+/// workspace), then `opencode` on `PATH`.
+///
+/// # Errors
+/// [`OpencodeNotFound`] naming where it looked and the install command.
+pub fn find_binary() -> Result<PathBuf, OpencodeNotFound> {
+    if let Some(bin) = std::env::var_os("OPENCODE_BIN").filter(|v| !v.is_empty()) {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(OpencodeNotFound::BadEnv(bin))
+        };
+    }
+    let mut looked_at = Vec::new();
+    let starts = [
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let candidate = dir.join(LOCAL_BIN);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            if !looked_at.contains(&candidate) {
+                looked_at.push(candidate);
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("opencode");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(OpencodeNotFound::Missing { looked_at })
+}
+
+/// [`find_binary`] for tests: panics with the install instructions when OpenCode is missing.
+///
+/// A test that needs OpenCode fails rather than skips, with or without `CI` set.
+///
+/// # Panics
+/// When OpenCode cannot be found.
+pub fn require_binary() -> PathBuf {
+    match find_binary() {
+        Ok(bin) => bin,
+        Err(e) => panic!(
+            "{e}{}",
+            if std::env::var_os("CI").is_some() {
+                " (CI is set: tests that need OpenCode fail, never skip)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// An `opencode.json` whose provider `fake` serves the model `fake-model` from `base_url`
+/// (the scripted model's [`crate::ScriptedModel::base_url`]), as the default and small model,
+/// with sharing and auto-update off. Works with no network.
+pub fn fake_provider_config(base_url: &str) -> Value {
+    json!({
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {
+            PROVIDER_ID: {
+                "npm": "@ai-sdk/openai-compatible",
+                "name": "Scripted model",
+                "options": { "baseURL": base_url, "apiKey": "scripted" },
+                "models": { MODEL_ID: { "name": "Scripted model", "tool_call": true } }
+            }
+        },
+        "model": format!("{PROVIDER_ID}/{MODEL_ID}"),
+        "small_model": format!("{PROVIDER_ID}/{MODEL_ID}"),
+        "share": "disabled",
+        "autoupdate": false
+    })
+}
+
+/// Merges `patch` into `base`: objects key by key (recursively), anything else replaced.
+pub fn merge_json(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge_json(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, patch) => *base = patch,
+    }
+}
+
+/// A temporary project directory with an `opencode.json`; removed on drop.
+#[derive(Debug)]
+pub struct TestProject {
+    dir: tempfile::TempDir,
+}
+
+impl TestProject {
+    /// A project using the scripted model at `base_url` ([`fake_provider_config`]).
+    ///
+    /// # Errors
+    /// When the directory or the config cannot be written.
+    pub fn new(base_url: &str) -> std::io::Result<Self> {
+        Self::with_config(fake_provider_config(base_url))
+    }
+
+    /// A project with this `opencode.json`.
+    ///
+    /// # Errors
+    /// When the directory or the config cannot be written.
+    pub fn with_config(config: Value) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("orch-project-").tempdir()?;
+        let project = TestProject { dir };
+        project.write_config(&config)?;
+        Ok(project)
+    }
+
+    /// The project directory (absolute).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replaces `opencode.json`.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_config(&self, config: &Value) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(config).map_err(std::io::Error::other)?;
+        std::fs::write(self.path().join("opencode.json"), text + "\n")
+    }
+
+    /// Reads a file of the project, relative to its root.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn read(&self, relative: impl AsRef<Path>) -> std::io::Result<String> {
+        std::fs::read_to_string(self.path().join(relative))
+    }
+}
+
+/// A temporary `HOME` with its own XDG directories; removed on drop.
+///
+/// OpenCode keeps its database, snapshots, logs and config under these, so a server started
+/// with [`IsolatedHome::env`] shares nothing with the user's own OpenCode or with other tests.
+#[derive(Debug)]
+pub struct IsolatedHome {
+    dir: tempfile::TempDir,
+}
+
+impl IsolatedHome {
+    /// Creates the directories.
+    ///
+    /// # Errors
+    /// When they cannot be created.
+    pub fn new() -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("orch-home-").tempdir()?;
+        for sub in [".config", ".local/share", ".cache", ".local/state"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        Ok(IsolatedHome { dir })
+    }
+
+    /// The home directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The environment variables to set on the OpenCode process.
+    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+        let home = self.path();
+        vec![
+            ("HOME", home.as_os_str().to_owned()),
+            ("XDG_CONFIG_HOME", home.join(".config").into_os_string()),
+            ("XDG_DATA_HOME", home.join(".local/share").into_os_string()),
+            ("XDG_CACHE_HOME", home.join(".cache").into_os_string()),
+            ("XDG_STATE_HOME", home.join(".local/state").into_os_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_recursive_for_objects_and_replaces_the_rest() {
+        let mut base = json!({"a": {"b": 1, "c": [1]}, "d": 1});
+        merge_json(
+            &mut base,
+            json!({"a": {"c": [2], "e": true}, "d": {"x": 1}}),
+        );
+        assert_eq!(
+            base,
+            json!({"a": {"b": 1, "c": [2], "e": true}, "d": {"x": 1}})
+        );
+    }
+
+    #[test]
+    fn provider_config_points_at_the_base_url() {
+        let config = fake_provider_config("http://127.0.0.1:9/v1");
+        assert_eq!(
+            config["provider"]["fake"]["options"]["baseURL"],
+            "http://127.0.0.1:9/v1"
+        );
+        assert_eq!(config["model"], "fake/fake-model");
+        assert_eq!(config["small_model"], "fake/fake-model");
+    }
+
+    #[test]
+    fn project_and_home_are_real_directories() {
+        let project = TestProject::new("http://127.0.0.1:9/v1").unwrap();
+        let written: Value = serde_json::from_str(&project.read("opencode.json").unwrap()).unwrap();
+        assert_eq!(written["model"], "fake/fake-model");
+        let home = IsolatedHome::new().unwrap();
+        for (_, dir) in home.env() {
+            assert!(Path::new(&dir).is_dir(), "{dir:?}");
+        }
+    }
+
+    #[test]
+    fn not_found_message_names_the_install_command() {
+        let e = OpencodeNotFound::Missing {
+            looked_at: vec![PathBuf::from(
+                "/x/.tools/opencode/node_modules/.bin/opencode",
+            )],
+        };
+        let text = e.to_string();
+        assert!(text.contains(INSTALL_COMMAND), "{text}");
+        assert!(text.contains("/x/.tools"), "{text}");
+    }
+}
