@@ -159,6 +159,7 @@ impl RequestView {
                 .session
                 .as_ref()
                 .is_none_or(|s| self.session.as_ref() == Some(s))
+            && rule.model.as_ref().is_none_or(|m| *m == self.model)
     }
 
     /// A one-line description for error messages and records.
@@ -282,6 +283,8 @@ mod tests {
         assert!(!view.matches(&base().step(0)));
         assert!(view.matches(&base().session("ses_1")));
         assert!(!view.matches(&base().session("ses_2")));
+        assert!(view.matches(&base().model("fake-model")));
+        assert!(!view.matches(&base().model("other-model")));
         assert!(!view.matches(&base().kind(RequestKind::Title)));
         assert!(view.matches(&base().kind(RequestKind::Any)));
         assert!(view.matches(&base().system("opencode").unwrap()));

@@ -265,6 +265,9 @@ pub struct Rule {
     /// The OpenCode session, from the `x-session-id` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The requested model id (the request's `model` field, e.g. `fake-model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Count replies separately for each session (`x-session-id`).
     #[serde(default)]
     pub per_session: bool,
@@ -290,6 +293,7 @@ impl Rule {
             tool_output: None,
             step: None,
             session: None,
+            model: None,
             per_session: false,
             exhausted: Exhausted::RepeatLast,
             replies: Vec::new(),
@@ -362,6 +366,13 @@ impl Rule {
     #[must_use]
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
         self.session = Some(session_id.into());
+        self
+    }
+
+    /// Matches requests for one model id (the request's `model` field).
+    #[must_use]
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
         self
     }
 
