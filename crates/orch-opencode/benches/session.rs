@@ -1,0 +1,60 @@
+//! `POST /session` through the client against a real `opencode serve` (baseline for the
+//! session pool). Needs OpenCode (`scripts/install-opencode.sh`); fails without it.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::Criterion;
+use orch_opencode::{Client, CreateSession, ServerBuilder};
+use orch_testkit::opencode::{IsolatedHome, TestProject, require_binary};
+use orch_testkit::{Script, ScriptedModel};
+
+fn main() {
+    let model = ScriptedModel::start(Script::new()).expect("scripted model");
+    let home = IsolatedHome::new().expect("home");
+    let project = TestProject::new(&model.base_url()).expect("project");
+    let server = ServerBuilder::new()
+        .binary(require_binary())
+        .project_dir(project.path())
+        .isolated_home(home.path())
+        .start()
+        .expect("opencode serve");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = Client::builder(server.base_url())
+        .basic_auth(server.username(), server.password())
+        .directory(project.path().to_string_lossy())
+        .build()
+        .expect("client");
+    // Warm the instance of this directory once.
+    rt.block_on(client.create_session(&CreateSession::titled("warm-up")))
+        .expect("first session");
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .configure_from_args();
+    let mut g = c.benchmark_group("session");
+    g.bench_function("create_titled", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(client.create_session(&CreateSession::titled("bench")))
+                    .expect("create"),
+            )
+        })
+    });
+    g.bench_function("get", |b| {
+        let s = rt
+            .block_on(client.create_session(&CreateSession::titled("get")))
+            .expect("create");
+        b.iter(|| black_box(rt.block_on(client.session(&s.id)).expect("get")))
+    });
+    g.finish();
+    c.final_summary();
+    drop(client);
+    drop(rt);
+    drop(server);
+}

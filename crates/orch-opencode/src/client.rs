@@ -1,0 +1,882 @@
+//! The HTTP client.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, error_name, excerpt};
+use crate::ids::{MessageId, PermissionId, QuestionId, SessionId};
+use crate::types::{
+    Agent, CreateSession, Health, ListSessions, MessageWithParts, ModelRef, PermissionReply,
+    PermissionRequest, Prompt, Providers, QuestionRequest, Session, SessionStatus, Toast, Todo,
+    UpdateSession,
+};
+
+/// Default username of OpenCode's basic auth (`OPENCODE_SERVER_USERNAME`).
+pub const DEFAULT_USERNAME: &str = "opencode";
+
+const BODY_EXCERPT: usize = 512;
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base_url: String,
+    directory: Option<String>,
+    username: String,
+    password: Option<String>,
+    timeout: Duration,
+    turn_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    /// A builder for the server at `base_url` (e.g. `http://127.0.0.1:4096`), without
+    /// credentials.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            directory: None,
+            username: DEFAULT_USERNAME.to_owned(),
+            password: None,
+            timeout: Duration::from_secs(30),
+            turn_timeout: Duration::from_secs(30 * 60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads `OPENCODE_SERVER_PASSWORD` and `OPENCODE_SERVER_USERNAME` (default `opencode`),
+    /// the variables the server itself uses.
+    pub fn credentials_from_env(mut self) -> Self {
+        if let Ok(p) = std::env::var("OPENCODE_SERVER_PASSWORD")
+            && !p.is_empty()
+        {
+            self.password = Some(p);
+        }
+        if let Ok(u) = std::env::var("OPENCODE_SERVER_USERNAME")
+            && !u.is_empty()
+        {
+            self.username = u;
+        }
+        self
+    }
+
+    /// Basic-auth credentials.
+    pub fn basic_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.username = username.into();
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Password with the default username.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Scopes directory-routed requests (session creation and listing, status, permissions,
+    /// events, agents, toasts) to `directory` (absolute path).
+    pub fn directory(mut self, directory: impl Into<String>) -> Self {
+        self.directory = Some(directory.into());
+        self
+    }
+
+    /// Timeout of ordinary requests (default 30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Timeout of requests that run a whole turn: synchronous prompt and summarize
+    /// (default 30 min).
+    pub fn turn_timeout(mut self, timeout: Duration) -> Self {
+        self.turn_timeout = timeout;
+        self
+    }
+
+    /// TCP connect timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Builds the client (one connection pool, shared by clones and by
+    /// [`Client::with_directory`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidUrl`] for a base URL that does not parse; [`Error::Http`] if the HTTP
+    /// stack cannot be initialised.
+    pub fn build(self) -> Result<Client, Error> {
+        let mut base = Url::parse(&self.base_url).map_err(|e| Error::InvalidUrl {
+            url: self.base_url.clone(),
+            message: e.to_string(),
+        })?;
+        if base.cannot_be_a_base() {
+            return Err(Error::InvalidUrl {
+                url: self.base_url,
+                message: "not a base url".into(),
+            });
+        }
+        if !base.path().ends_with('/') {
+            let p = format!("{}/", base.path());
+            base.set_path(&p);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|source| Error::Http {
+                url: self.base_url.clone(),
+                source,
+            })?;
+        let auth = self.password.as_ref().map(|p| {
+            let token = base64_encode(format!("{}:{}", self.username, p).as_bytes());
+            // Base64 output is always a valid header value.
+            HeaderValue::from_str(&format!("Basic {token}"))
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        });
+        Ok(Client {
+            inner: Arc::new(Shared {
+                http,
+                base,
+                auth,
+                timeout: self.timeout,
+                turn_timeout: self.turn_timeout,
+            }),
+            directory: self.directory.map(Arc::from),
+        })
+    }
+}
+
+struct Shared {
+    http: reqwest::Client,
+    base: Url,
+    auth: Option<HeaderValue>,
+    timeout: Duration,
+    turn_timeout: Duration,
+}
+
+/// A typed client for one OpenCode server, optionally scoped to one project directory.
+///
+/// Cheap to clone; clones share one connection pool. Session-routed calls
+/// (`/session/{id}/…`) work whatever the directory; directory-scoped calls use the client's
+/// directory (see `API.md` §3).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Shared>,
+    directory: Option<Arc<str>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base.as_str())
+            .field("directory", &self.directory)
+            .field("auth", &self.inner.auth.is_some())
+            .finish()
+    }
+}
+
+/// Shorthand for a path segment list.
+type Segs<'a> = &'a [&'a str];
+
+impl Client {
+    /// A builder; see [`ClientBuilder::new`].
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(base_url)
+    }
+
+    /// The same client (same pool and credentials) scoped to another directory.
+    pub fn with_directory(&self, directory: impl AsRef<str>) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            directory: Some(Arc::from(directory.as_ref())),
+        }
+    }
+
+    /// The directory this client is scoped to.
+    pub fn directory(&self) -> Option<&str> {
+        self.directory.as_deref()
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    pub(crate) fn url(&self, segments: Segs<'_>) -> Url {
+        let mut url = self.inner.base.clone();
+        {
+            // A base URL that can be a base always yields path segments.
+            if let Ok(mut segs) = url.path_segments_mut() {
+                segs.pop_if_empty();
+                segs.extend(segments);
+            }
+        }
+        if let Some(dir) = &self.directory {
+            url.query_pairs_mut().append_pair("directory", dir);
+        }
+        url
+    }
+
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let mut rb = self.inner.http.request(method, url);
+        if let Some(auth) = &self.inner.auth {
+            rb = rb.header(header::AUTHORIZATION, auth.clone());
+        }
+        rb
+    }
+
+    async fn send_raw(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&(dyn erased::Body + '_)>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Option<String>, bytes::Bytes, String), Error> {
+        let url_text = url.to_string();
+        let timeout = timeout.unwrap_or(self.inner.timeout);
+        let mut rb = self
+            .request(method.clone(), url)
+            .timeout(timeout)
+            .header(header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            let bytes = body.to_json().map_err(|e| Error::Decode {
+                url: url_text.clone(),
+                path: String::new(),
+                message: format!("cannot encode request body: {e}"),
+            })?;
+            rb = rb
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&url_text, timeout, e))?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::from_reqwest(&url_text, timeout, e))?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized { url: url_text });
+        }
+        if !status.is_success() {
+            return Err(Error::Status {
+                method: method_name(&method),
+                url: url_text,
+                status: status.as_u16(),
+                name: error_name(&body),
+                body: excerpt(&body, BODY_EXCERPT),
+            });
+        }
+        Ok((status, content_type, body, url_text))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&(dyn erased::Body + '_)>,
+        timeout: Option<Duration>,
+    ) -> Result<T, Error> {
+        let (_, content_type, body, url) = self.send_raw(method, url, body, timeout).await?;
+        let ct = content_type.unwrap_or_default();
+        if !ct.starts_with("application/json") {
+            return Err(Error::NotJson {
+                url,
+                content_type: ct,
+                body: excerpt(&body, 120),
+            });
+        }
+        decode(&url, &body)
+    }
+
+    /// `GET /global/health`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn health(&self) -> Result<Health, Error> {
+        self.call(Method::GET, self.url(&["global", "health"]), None, None)
+            .await
+    }
+
+    /// `POST /session`: creates a session in this client's directory.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn create_session(&self, req: &CreateSession) -> Result<Session, Error> {
+        self.call(Method::POST, self.url(&["session"]), Some(req), None)
+            .await
+    }
+
+    /// `GET /session/{id}`.
+    ///
+    /// # Errors
+    /// [`Error::Status`] 404 for an unknown session, and the usual transport errors.
+    pub async fn session(&self, id: &SessionId) -> Result<Session, Error> {
+        self.call(Method::GET, self.url(&["session", id.as_str()]), None, None)
+            .await
+    }
+
+    /// `GET /session`: sessions of this directory (and below), most recently updated first.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn list_sessions(&self, query: &ListSessions) -> Result<Vec<Session>, Error> {
+        let mut url = self.url(&["session"]);
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(roots) = query.roots {
+                q.append_pair("roots", if roots { "true" } else { "false" });
+            }
+            if let Some(search) = &query.search {
+                q.append_pair("search", search);
+            }
+            if let Some(limit) = query.limit {
+                q.append_pair("limit", &limit.to_string());
+            }
+        }
+        self.call(Method::GET, url, None, None).await
+    }
+
+    /// `GET /session/{id}/children`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn children(&self, id: &SessionId) -> Result<Vec<Session>, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["session", id.as_str(), "children"]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /session/{id}`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn update_session(
+        &self,
+        id: &SessionId,
+        update: &UpdateSession,
+    ) -> Result<Session, Error> {
+        self.call(
+            Method::PATCH,
+            self.url(&["session", id.as_str()]),
+            Some(update),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /session/{id}` (deletes children too). Deleting a busy session does not stop
+    /// its turn; prefer [`Client::close_session`].
+    ///
+    /// # Errors
+    /// [`Error::Status`] 404 when it does not exist (or was already deleted).
+    pub async fn delete_session(&self, id: &SessionId) -> Result<bool, Error> {
+        self.call(
+            Method::DELETE,
+            self.url(&["session", id.as_str()]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /session/{id}/message`: runs a whole turn and returns its **last** assistant
+    /// message. Model errors come back as `Ok` with `info.error` set; use
+    /// [`Client::messages`] for the whole turn.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors; an unknown agent or model is a generic HTTP 500.
+    pub async fn prompt(
+        &self,
+        session: &SessionId,
+        prompt: &Prompt,
+    ) -> Result<MessageWithParts, Error> {
+        warn_if_unpinned(prompt);
+        self.call(
+            Method::POST,
+            self.url(&["session", session.as_str(), "message"]),
+            Some(prompt),
+            Some(self.inner.turn_timeout),
+        )
+        .await
+    }
+
+    /// `POST /session/{id}/prompt_async`: starts a turn and returns at once (204). Subscribe
+    /// to the session's events **before** calling this, and keep one prompt in flight per
+    /// session (queued prompts share one idle). See [`crate::EventRouter::turn`].
+    ///
+    /// # Errors
+    /// Transport and status errors; validation problems (unknown agent/model) only show up as
+    /// `session.error` events.
+    pub async fn prompt_async(&self, session: &SessionId, prompt: &Prompt) -> Result<(), Error> {
+        warn_if_unpinned(prompt);
+        self.send_raw(
+            Method::POST,
+            self.url(&["session", session.as_str(), "prompt_async"]),
+            Some(prompt),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `GET /session/{id}/message`: all messages, oldest first.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn messages(&self, session: &SessionId) -> Result<Vec<MessageWithParts>, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["session", session.as_str(), "message"]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /session/{id}/message/{messageID}`.
+    ///
+    /// # Errors
+    /// 404 until the message exists, and the usual errors.
+    pub async fn message(
+        &self,
+        session: &SessionId,
+        message: &MessageId,
+    ) -> Result<MessageWithParts, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["session", session.as_str(), "message", message.as_str()]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /session/status` for this directory; idle sessions are absent.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn session_status(&self) -> Result<HashMap<SessionId, SessionStatus>, Error> {
+        self.call(Method::GET, self.url(&["session", "status"]), None, None)
+            .await
+    }
+
+    /// `POST /session/{id}/abort`: ends the running turn (also `true` when idle).
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn abort(&self, session: &SessionId) -> Result<bool, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["session", session.as_str(), "abort"]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /session/{id}/summarize`: compacts the session (synchronously) with `model`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn summarize(&self, session: &SessionId, model: &ModelRef) -> Result<bool, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["session", session.as_str(), "summarize"]),
+            Some(model),
+            Some(self.inner.turn_timeout),
+        )
+        .await
+    }
+
+    /// `GET /session/{id}/todo`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn todo(&self, session: &SessionId) -> Result<Vec<Todo>, Error> {
+        self.call(
+            Method::GET,
+            self.url(&["session", session.as_str(), "todo"]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /permission`: pending permission requests of this directory.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn permissions(&self) -> Result<Vec<PermissionRequest>, Error> {
+        self.call(Method::GET, self.url(&["permission"]), None, None)
+            .await
+    }
+
+    /// Answers a permission request through the session-routed endpoint
+    /// (`POST /session/{sid}/permissions/{pid}`), which works whatever the directory.
+    ///
+    /// # Errors
+    /// 404 for an unknown or already answered request.
+    pub async fn reply_permission(
+        &self,
+        session: &SessionId,
+        request: &PermissionId,
+        reply: PermissionReply,
+    ) -> Result<bool, Error> {
+        #[derive(Serialize)]
+        struct Body {
+            response: PermissionReply,
+        }
+        self.call(
+            Method::POST,
+            self.url(&["session", session.as_str(), "permissions", request.as_str()]),
+            Some(&Body { response: reply }),
+            None,
+        )
+        .await
+    }
+
+    /// Answers a permission request with optional feedback (`POST /permission/{id}/reply`,
+    /// directory-scoped: the client must be scoped to the session's directory). A `reject`
+    /// with a message lets the model continue with the feedback.
+    ///
+    /// # Errors
+    /// 404 for an unknown request or a wrong directory.
+    pub async fn reply_permission_with_message(
+        &self,
+        request: &PermissionId,
+        reply: PermissionReply,
+        message: Option<&str>,
+    ) -> Result<bool, Error> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            reply: PermissionReply,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            message: Option<&'a str>,
+        }
+        self.call(
+            Method::POST,
+            self.url(&["permission", request.as_str(), "reply"]),
+            Some(&Body { reply, message }),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /question`: pending questions of this directory.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn questions(&self) -> Result<Vec<QuestionRequest>, Error> {
+        self.call(Method::GET, self.url(&["question"]), None, None)
+            .await
+    }
+
+    /// `POST /question/{id}/reply` with one label list per question.
+    ///
+    /// # Errors
+    /// 404 for an unknown request or a wrong directory.
+    pub async fn reply_question(
+        &self,
+        request: &QuestionId,
+        answers: Vec<Vec<String>>,
+    ) -> Result<bool, Error> {
+        #[derive(Serialize)]
+        struct Body {
+            answers: Vec<Vec<String>>,
+        }
+        self.call(
+            Method::POST,
+            self.url(&["question", request.as_str(), "reply"]),
+            Some(&Body { answers }),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /question/{id}/reject`.
+    ///
+    /// # Errors
+    /// 404 for an unknown request or a wrong directory.
+    pub async fn reject_question(&self, request: &QuestionId) -> Result<bool, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["question", request.as_str(), "reject"]),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// `GET /agent`: the agents of this directory with their effective permission rules.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn agents(&self) -> Result<Vec<Agent>, Error> {
+        self.call(Method::GET, self.url(&["agent"]), None, None)
+            .await
+    }
+
+    /// `GET /config`: the effective configuration of this directory, as JSON.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn config(&self) -> Result<serde_json::Value, Error> {
+        self.call(Method::GET, self.url(&["config"]), None, None)
+            .await
+    }
+
+    /// `GET /config/providers`.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn providers(&self) -> Result<Providers, Error> {
+        self.call(Method::GET, self.url(&["config", "providers"]), None, None)
+            .await
+    }
+
+    /// `POST /instance/dispose`: reloads this directory's configuration (after installing
+    /// agents, for example). Open event streams keep working.
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn dispose_instance(&self) -> Result<bool, Error> {
+        self.call(Method::POST, self.url(&["instance", "dispose"]), None, None)
+            .await
+    }
+
+    /// `POST /tui/show-toast` (emits `tui.toast.show`; harmless without a TUI).
+    ///
+    /// # Errors
+    /// Transport, status and decode errors as in [`Error`].
+    pub async fn show_toast(&self, toast: &Toast) -> Result<bool, Error> {
+        self.call(
+            Method::POST,
+            self.url(&["tui", "show-toast"]),
+            Some(toast),
+            None,
+        )
+        .await
+    }
+
+    /// Shuts a session down safely: aborts a running turn, rejects its pending permission
+    /// requests (they would otherwise keep it busy forever), waits until it is idle (polling
+    /// `GET /session/status` every 100 ms, at most `settle`), then deletes it.
+    ///
+    /// # Errors
+    /// The first failing request; a 404 on delete is treated as success (already gone).
+    pub async fn close_session(&self, id: &SessionId, settle: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + settle;
+        let busy = self.session_status().await?.contains_key(id);
+        if busy {
+            self.abort(id).await?;
+        }
+        for request in self.permissions().await? {
+            if &request.session_id == id {
+                match self
+                    .reply_permission(id, &request.id, PermissionReply::Reject)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        while self.session_status().await?.contains_key(id)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match self.delete_session(id).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens `GET /event` for this directory (used by the router).
+    pub(crate) async fn open_event_stream(&self) -> Result<reqwest::Response, Error> {
+        let url = self.url(&["event"]);
+        let url_text = url.to_string();
+        let timeout = self.inner.timeout;
+        // No total timeout on the stream itself (it lives for hours); the connect timeout of
+        // the pool applies, and the router watches for silence (heartbeats every 10 s).
+        let resp = self
+            .request(Method::GET, url)
+            .header(header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| Error::from_reqwest(&url_text, timeout, e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized { url: url_text });
+        }
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(Error::Status {
+                method: "GET",
+                url: url_text,
+                status: status.as_u16(),
+                name: error_name(&body),
+                body: excerpt(&body, BODY_EXCERPT),
+            });
+        }
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !ct.starts_with("text/event-stream") {
+            return Err(Error::NotJson {
+                url: url_text,
+                content_type: ct,
+                body: String::new(),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+/// OpenCode quirk: the agent is not sticky (omitted means `build`) and a model is (a bad one
+/// poisons the session), so a prompt should always name both.
+fn warn_if_unpinned(prompt: &Prompt) {
+    if !prompt.no_reply && (prompt.agent.is_none() || prompt.model.is_none()) {
+        tracing::warn!(
+            message_id = %prompt.message_id,
+            "prompt without agent or model: OpenCode falls back to `build` and to the session's last model"
+        );
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        _ => "REQUEST",
+    }
+}
+
+/// Decodes JSON, reporting the path of the bad field.
+pub(crate) fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| Error::Decode {
+        url: url.to_owned(),
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+/// Standard base64 (for the basic-auth header) — 20 lines instead of a dependency.
+fn base64_encode(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Object-safe serialization of request bodies (keeps `call` non-generic in the body type).
+mod erased {
+    pub(super) trait Body: Sync {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    }
+
+    impl<T: serde::Serialize + Sync> Body for T {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_known_vectors() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"opencode:s3cret"), "b3BlbmNvZGU6czNjcmV0");
+    }
+
+    #[test]
+    fn urls_carry_path_segments_and_directory() {
+        let c = Client::builder("http://127.0.0.1:4096")
+            .directory("/tmp/a b")
+            .build()
+            .unwrap();
+        let u = c.url(&["session", "ses_1", "message"]);
+        assert_eq!(
+            u.as_str(),
+            "http://127.0.0.1:4096/session/ses_1/message?directory=%2Ftmp%2Fa+b"
+        );
+        let c2 = Client::builder("http://h:1/prefix").build().unwrap();
+        assert_eq!(c2.url(&["event"]).as_str(), "http://h:1/prefix/event");
+    }
+
+    #[test]
+    fn decode_reports_the_bad_field_path() {
+        let err =
+            decode::<Vec<Session>>("u", br#"[{"id":"ses_1","tokens":{"input":"x"}}]"#).unwrap_err();
+        match err {
+            Error::Decode { path, .. } => assert_eq!(path, "[0].tokens.input"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_base_url_is_typed() {
+        assert!(matches!(
+            Client::builder("not a url").build(),
+            Err(Error::InvalidUrl { .. })
+        ));
+    }
+}

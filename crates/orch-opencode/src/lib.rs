@@ -1,0 +1,115 @@
+//! A typed client for a real OpenCode server (`opencode serve`, verified against 1.18.33).
+//!
+//! The pieces an orchestrator needs to drive coding-agent sessions:
+//!
+//! * [`Client`]: typed requests and responses for health, sessions (with per-session
+//!   permission rules), synchronous and asynchronous prompts, messages, status, abort,
+//!   compaction, todos, permissions, questions, agents, config/providers and toasts. One
+//!   connection pool, optional directory scoping (one server serves many project
+//!   directories), basic auth from `OPENCODE_SERVER_PASSWORD`. Every failure is a typed
+//!   [`Error`]: connection refused, timeout, 401, HTTP status with a body excerpt, a 2xx that
+//!   is not JSON (OpenCode answers unknown routes with its web UI), decode error with the
+//!   path of the bad field. Unknown fields are ignored and unknown enum values kept
+//!   (`Other(String)`).
+//! * [`EventRouter`]: one `/event` stream per directory serving many [`Subscription`]s (one
+//!   session, or everything, filtered by [`KindSet`]). Each event's envelope is decoded once
+//!   ([`RawEvent`]); typed payloads ([`Event`]) only when a subscriber asks. Buffers are
+//!   bounded: a subscriber that falls behind loses events and is told so
+//!   ([`Missed::Lagged`]); stream drops are reconnected with backoff and signalled
+//!   ([`Missed::Disconnected`], [`Missed::Reconnected`]).
+//! * [`TurnWaiter`] / [`EventRouter::run_turn`] / [`EventRouter::wait_idle`]: the completion
+//!   recipe of OpenCode's API (subscribe first, our own message id, filter by session, errors
+//!   arrive before the message is finalised, a lone `session.error` means no idle will come),
+//!   with polling fallback while the stream is down and typed outcomes ([`TurnOutput`] with
+//!   tokens and cost, or a [`TurnError`]: failed with the upstream status, aborted, deadline
+//!   with the pending permission, server lost, session deleted). No wait is unbounded.
+//! * [`ServerBuilder`] / [`OpencodeServer`]: spawns `opencode serve` on a free loopback port
+//!   with a random password, waits for its "listening" line, captures its output, stops it on
+//!   drop.
+//! * [`ConfigInstaller`]: installs agent definitions into `opencode.jsonc`/`opencode.json`
+//!   keeping comments and formatting, with backups, atomic writes, verification, rollback,
+//!   idempotence, dry runs and a precise uninstall.
+//!
+//! Routing and typed decoding, runnable without a server:
+//!
+//! ```
+//! use orch_opencode::{Delivery, Event, EventRouter, RawEvent, RouterConfig, SessionStatus};
+//!
+//! let router = EventRouter::detached(RouterConfig::default());
+//! let mut sub = router.subscribe_session("ses_a");
+//! router.publish(RawEvent::parse(
+//!     r#"{"id":"evt_1","type":"session.status","properties":{"sessionID":"ses_a","status":{"type":"busy"}}}"#.into(),
+//! )?);
+//! router.publish(RawEvent::parse(
+//!     r#"{"id":"evt_2","type":"session.idle","properties":{"sessionID":"ses_b"}}"#.into(),
+//! )?);
+//! let Some(Delivery::Event(raw)) = sub.try_recv() else { panic!("expected an event") };
+//! assert_eq!(raw.session_id(), Some("ses_a"));
+//! match raw.decode()? {
+//!     Event::SessionStatus { status, .. } => assert_eq!(status, SessionStatus::Busy),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert!(sub.try_recv().is_none()); // ses_b's event went elsewhere
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A turn against a real server (what `orch-agents` does):
+//!
+//! ```no_run
+//! # async fn turn() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use orch_opencode::*;
+//!
+//! let server = ServerBuilder::new().project_dir("/path/to/project").start_async().await?;
+//! let client = server.client().with_directory("/path/to/project");
+//! let events = EventRouter::connect(client.clone(), RouterConfig::default()).await?;
+//! let session = client
+//!     .create_session(
+//!         &CreateSession::titled("worker: item 3")
+//!             .permission(PermissionRule::edit_only(["src/lib.rs"])),
+//!     )
+//!     .await?;
+//! let prompt = Prompt::text("Implement item 3")
+//!     .agent("build")
+//!     .model(ModelRef::new("anthropic", "claude-sonnet-4"));
+//! let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+//! match events.run_turn(&session.id, &prompt, deadline).await {
+//!     Ok(out) => println!("{} ({} output tokens, ${})", out.text(), out.tokens.output, out.cost),
+//!     Err(TurnError::Deadline { .. }) => { client.abort(&session.id).await?; }
+//!     Err(e) => return Err(e.into()),
+//! }
+//! client.close_session(&session.id, Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod client;
+mod error;
+mod event;
+mod ids;
+mod install;
+mod router;
+mod server;
+mod types;
+mod wait;
+
+pub use client::{Client, ClientBuilder, DEFAULT_USERNAME};
+pub use error::Error;
+pub use event::{Event, EventKind, EventParseError, KindSet, RawEvent};
+pub use ids::{EventId, MessageId, PartId, PermissionId, QuestionId, SessionId};
+pub use install::{
+    CONFIG_FILES, ConfigInstaller, InstallEntry, InstallError, InstallReport, InstallSpec,
+};
+pub use router::{
+    Delivery, EventRouter, Missed, RouterConfig, RouterStats, StreamState, Subscription,
+};
+pub use server::{OpencodeServer, ServerBuilder, ServerError, find_opencode};
+pub use types::{
+    Agent, ArchiveTime, CacheTokens, CreateSession, ErrorData, ErrorName, Finish, Health,
+    ListSessions, MessageError, MessageInfo, MessageTime, MessageWithParts, ModelRef, Part,
+    PartKind, PartTime, PermissionAction, PermissionReply, PermissionRequest, PermissionRule,
+    Prompt, PromptPart, Provider, Providers, Question, QuestionOption, QuestionRequest, Role,
+    Session, SessionModel, SessionStatus, SessionTime, Toast, ToastVariant, Todo, Tokens, ToolRef,
+    ToolState, ToolStatus, UpdateSession,
+};
+pub use wait::{TurnError, TurnOutput, TurnWaiter};

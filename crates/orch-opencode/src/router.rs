@@ -1,0 +1,708 @@
+//! One `/event` stream, many subscribers.
+//!
+//! The router owns the SSE connection of one directory, decodes each event's envelope once
+//! ([`RawEvent`]) and hands it to the subscribers that want it: those of the event's session,
+//! and those subscribed to everything, each filtered by a [`KindSet`].
+//!
+//! **Slow subscribers.** Every subscriber has a bounded buffer (`RouterConfig::buffer`,
+//! default 1024). The router never waits for a subscriber: when a buffer is full the event is
+//! dropped *for that subscriber only*, and the next event that fits is preceded by
+//! [`Missed::Lagged`] with the number of events lost, in stream order (the notice takes no
+//! buffer space). Memory stays bounded whatever a subscriber does.
+//!
+//! **Reconnects.** When the stream ends, errors or stays silent for longer than
+//! `RouterConfig::silence` (OpenCode sends a heartbeat every 10 s), subscribers receive
+//! [`Missed::Disconnected`]; the router reconnects with exponential backoff (100 ms … 5 s,
+//! jittered) and sends [`Missed::Reconnected`]. OpenCode has no replay, so either signal
+//! means "re-read the state you care about" ([`crate::TurnWaiter`] does so, and polls
+//! while the stream is down).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::error::Error;
+use crate::event::{EventKind, KindSet, RawEvent};
+
+/// Settings of an [`EventRouter`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RouterConfig {
+    /// Buffer of each subscriber, in deliveries (default 1024).
+    pub buffer: usize,
+    /// A stream silent for this long is considered dead (default 30 s; heartbeats come every
+    /// 10 s).
+    pub silence: Duration,
+    /// First reconnect delay (default 100 ms).
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay (default 5 s).
+    pub reconnect_max: Duration,
+    /// How long [`EventRouter::connect`] waits for the first `server.connected` (default 10 s).
+    pub connect_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            buffer: 1024,
+            silence: Duration::from_secs(30),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a subscriber receives.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// An event.
+    Event(RawEvent),
+    /// Events may have been missed: re-read the state you depend on.
+    Missed(Missed),
+}
+
+/// Why events may have been missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Missed {
+    /// This subscriber's buffer was full; `dropped` events were discarded for it.
+    Lagged {
+        /// How many.
+        dropped: u64,
+    },
+    /// The stream dropped; the router is reconnecting.
+    Disconnected,
+    /// The stream is back (events published in between are lost).
+    Reconnected,
+}
+
+/// Connection state of the router's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamState {
+    /// Not connected yet.
+    Connecting,
+    /// Connected (the server's `server.connected` was received).
+    Connected,
+    /// Down; reconnecting. Carries the last error.
+    Disconnected(String),
+    /// The router was shut down.
+    Closed,
+}
+
+/// Counters of a router.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Events published to the router.
+    pub published: u64,
+    /// Deliveries dropped because a subscriber's buffer was full.
+    pub dropped: u64,
+    /// Payloads that were not valid event envelopes.
+    pub malformed: u64,
+    /// Successful (re)connections.
+    pub connections: u64,
+}
+
+/// What travels through a subscriber's channel: a delivery plus the number of deliveries
+/// dropped for this subscriber just before it (reported as [`Missed::Lagged`] first, so lag
+/// notices never take buffer space and always arrive in stream order).
+struct Item {
+    lagged: u64,
+    delivery: Delivery,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Item>,
+    mask: u64,
+    dropped: u64,
+}
+
+impl Slot {
+    /// Offers one delivery without ever blocking; returns whether it was dropped.
+    fn offer(&mut self, make: impl FnOnce() -> Delivery) -> bool {
+        let item = Item {
+            lagged: self.dropped,
+            delivery: make(),
+        };
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                self.dropped = 0;
+                false
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped += 1;
+                true
+            }
+            // The subscription is being dropped; it removes its slot itself.
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_session: HashMap<Box<str>, Vec<Slot>>,
+    all: Vec<Slot>,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    state: watch::Sender<StreamState>,
+    next_id: AtomicU64,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+    connections: AtomicU64,
+    config: RouterConfig,
+    client: Option<Client>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // The registry holds plain data; a panic elsewhere cannot leave it inconsistent.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, event: RawEvent) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let bit = event.kind().bit();
+        let mut dropped = 0;
+        let mut reg = self.lock();
+        if let Some(sid) = event.session_id()
+            && let Some(slots) = reg.by_session.get_mut(sid)
+        {
+            for slot in slots.iter_mut().filter(|s| s.mask & bit != 0) {
+                dropped += u64::from(slot.offer(|| Delivery::Event(event.clone())));
+            }
+        }
+        for slot in reg.all.iter_mut().filter(|s| s.mask & bit != 0) {
+            dropped += u64::from(slot.offer(|| Delivery::Event(event.clone())));
+        }
+        drop(reg);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    fn broadcast(&self, missed: Missed) {
+        let mut reg = self.lock();
+        let Registry { by_session, all } = &mut *reg;
+        for slot in by_session.values_mut().flatten().chain(all.iter_mut()) {
+            slot.offer(|| Delivery::Missed(missed));
+        }
+    }
+
+    fn close(&self) {
+        let mut reg = self.lock();
+        reg.by_session.clear();
+        reg.all.clear();
+        drop(reg);
+        self.state.send_replace(StreamState::Closed);
+    }
+}
+
+/// Cancels the stream task when the last [`EventRouter`] handle goes away.
+struct TaskGuard(CancellationToken);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Serves many subscribers from one `/event` stream. Cheap to clone; the stream task stops
+/// when the last clone is dropped (subscriptions then end).
+#[derive(Clone)]
+pub struct EventRouter {
+    shared: Arc<Shared>,
+    _guard: Arc<TaskGuard>,
+}
+
+impl fmt::Debug for EventRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRouter")
+            .field("state", &*self.shared.state.borrow())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl EventRouter {
+    /// Opens the event stream of `client`'s directory on the current Tokio runtime and waits
+    /// (at most `config.connect_timeout`) until the server confirmed the subscription with
+    /// `server.connected`, so that nothing published afterwards is missed.
+    ///
+    /// # Errors
+    /// [`Error::Unauthorized`] for wrong credentials, otherwise the last connection error
+    /// when the stream could not be opened in time.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub async fn connect(client: Client, config: RouterConfig) -> Result<Self, Error> {
+        let router = Self::spawn(client.clone(), config);
+        let timeout = router.shared.config.connect_timeout;
+        let mut state = router.shared.state.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                match &*state.borrow_and_update() {
+                    StreamState::Connected => return Ok(()),
+                    StreamState::Disconnected(e) if e.starts_with(UNAUTHORIZED) => {
+                        return Err(());
+                    }
+                    _ => {}
+                }
+                if state.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(router),
+            _ => {
+                // Report the real reason with one direct attempt.
+                match client.open_event_stream().await {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(Error::Timeout {
+                        url: client.url(&["event"]).to_string(),
+                        timeout,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Starts the stream task without waiting for the connection.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn(client: Client, config: RouterConfig) -> Self {
+        let cancel = CancellationToken::new();
+        let router = Self::build(Some(client.clone()), config, cancel.clone());
+        let shared = Arc::clone(&router.shared);
+        tokio::spawn(run(shared, client, cancel));
+        router
+    }
+
+    /// A router without a connection: events come only from [`EventRouter::publish`]
+    /// (replays, tests, benchmarks).
+    pub fn detached(config: RouterConfig) -> Self {
+        Self::build(None, config, CancellationToken::new())
+    }
+
+    fn build(client: Option<Client>, config: RouterConfig, cancel: CancellationToken) -> Self {
+        let (state, _) = watch::channel(StreamState::Connecting);
+        Self {
+            shared: Arc::new(Shared {
+                registry: Mutex::new(Registry::default()),
+                state,
+                next_id: AtomicU64::new(1),
+                published: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                malformed: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
+                config,
+                client,
+            }),
+            _guard: Arc::new(TaskGuard(cancel)),
+        }
+    }
+
+    /// The client the router was connected with (`None` for a detached router).
+    pub fn client(&self) -> Option<&Client> {
+        self.shared.client.as_ref()
+    }
+
+    /// Subscribes to every event of `session` (all kinds).
+    pub fn subscribe_session(&self, session: &str) -> Subscription {
+        self.subscribe_session_filtered(session, KindSet::ALL)
+    }
+
+    /// Subscribes to the events of `session` whose kind is in `kinds`.
+    pub fn subscribe_session_filtered(&self, session: &str, kinds: KindSet) -> Subscription {
+        let (slot, sub) = self.new_slot(Some(session.into()), kinds);
+        self.shared
+            .lock()
+            .by_session
+            .entry(session.into())
+            .or_default()
+            .push(slot);
+        sub
+    }
+
+    /// Subscribes to every event of the directory (all sessions, and events without one).
+    pub fn subscribe_all(&self) -> Subscription {
+        self.subscribe_all_filtered(KindSet::ALL)
+    }
+
+    /// Subscribes to every event whose kind is in `kinds`.
+    pub fn subscribe_all_filtered(&self, kinds: KindSet) -> Subscription {
+        let (slot, sub) = self.new_slot(None, kinds);
+        self.shared.lock().all.push(slot);
+        sub
+    }
+
+    fn new_slot(&self, key: Option<Box<str>>, kinds: KindSet) -> (Slot, Subscription) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.shared.config.buffer.max(1));
+        let slot = Slot {
+            id,
+            tx,
+            mask: kinds.bits(),
+            dropped: 0,
+        };
+        let sub = Subscription {
+            id,
+            key,
+            rx,
+            stash: None,
+            shared: Arc::clone(&self.shared),
+        };
+        (slot, sub)
+    }
+
+    /// Routes one event to its subscribers, never blocking (see the module docs for the
+    /// policy when a subscriber is full).
+    pub fn publish(&self, event: RawEvent) {
+        self.shared.publish(event);
+    }
+
+    /// Parses one SSE `data` payload and routes it; malformed payloads are counted and
+    /// skipped.
+    pub fn publish_json(&self, data: String) {
+        publish_data(&self.shared, data);
+    }
+
+    /// Current connection state.
+    pub fn state(&self) -> StreamState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver of connection-state changes.
+    pub fn watch_state(&self) -> watch::Receiver<StreamState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            published: self.shared.published.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            malformed: self.shared.malformed.load(Ordering::Relaxed),
+            connections: self.shared.connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A stream of [`Delivery`]s for one subscriber. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    key: Option<Box<str>>,
+    rx: mpsc::Receiver<Item>,
+    stash: Option<Delivery>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("session", &self.key)
+            .field("queued", &self.rx.len())
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the router is shut down.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.stash.take() {
+            return Some(d);
+        }
+        let item = self.rx.recv().await?;
+        Some(self.unpack(item))
+    }
+
+    /// The next delivery if one is queued; never waits.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if let Some(d) = self.stash.take() {
+            return Some(d);
+        }
+        let item = self.rx.try_recv().ok()?;
+        Some(self.unpack(item))
+    }
+
+    fn unpack(&mut self, item: Item) -> Delivery {
+        if item.lagged > 0 {
+            self.stash = Some(item.delivery);
+            Delivery::Missed(Missed::Lagged {
+                dropped: item.lagged,
+            })
+        } else {
+            item.delivery
+        }
+    }
+
+    /// Deliveries waiting in the buffer.
+    pub fn len(&self) -> usize {
+        self.rx.len() + usize::from(self.stash.is_some())
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut reg = self.shared.lock();
+        match &self.key {
+            Some(key) => {
+                if let Some(slots) = reg.by_session.get_mut(key) {
+                    slots.retain(|s| s.id != self.id);
+                    if slots.is_empty() {
+                        reg.by_session.remove(key);
+                    }
+                }
+            }
+            None => reg.all.retain(|s| s.id != self.id),
+        }
+    }
+}
+
+const UNAUTHORIZED: &str = "unauthorized: ";
+
+fn publish_data(shared: &Shared, data: String) -> Option<EventKind> {
+    match RawEvent::parse(data) {
+        Ok(raw) => {
+            let kind = raw.kind();
+            shared.publish(raw);
+            Some(kind)
+        }
+        Err(e) => {
+            shared.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "skipping malformed event");
+            None
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
+    let config = shared.config.clone();
+    let backoff_builder = backon::ExponentialBuilder::default()
+        .with_min_delay(config.reconnect_min)
+        .with_max_delay(config.reconnect_max)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut was_connected = false;
+    loop {
+        let opened = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = client.open_event_stream() => r,
+        };
+        let reason = match opened {
+            Err(Error::Unauthorized { url }) => format!("{UNAUTHORIZED}{url}"),
+            Err(e) => e.to_string(),
+            Ok(resp) => {
+                let mut events = resp.bytes_stream().eventsource();
+                let mut confirmed = false;
+                let reason = loop {
+                    let next = tokio::select! {
+                        () = cancel.cancelled() => {
+                            shared.close();
+                            return;
+                        }
+                        n = tokio::time::timeout(config.silence, events.next()) => n,
+                    };
+                    match next {
+                        Ok(Some(Ok(ev))) => {
+                            let kind = publish_data(&shared, ev.data);
+                            if !confirmed && kind.is_some() {
+                                // The first event (server.connected) proves the server-side
+                                // subscription exists.
+                                confirmed = true;
+                                shared.connections.fetch_add(1, Ordering::Relaxed);
+                                backoff = backoff_builder.build();
+                                if was_connected {
+                                    shared.broadcast(Missed::Reconnected);
+                                }
+                                was_connected = true;
+                                shared.state.send_replace(StreamState::Connected);
+                            }
+                        }
+                        Ok(Some(Err(e))) => break format!("event stream error: {e}"),
+                        Ok(None) => break "event stream ended".to_owned(),
+                        Err(_) => {
+                            break format!(
+                                "no event (not even a heartbeat) for {:?}",
+                                config.silence
+                            );
+                        }
+                    }
+                };
+                if confirmed {
+                    shared.broadcast(Missed::Disconnected);
+                }
+                reason
+            }
+        };
+        tracing::debug!(%reason, "opencode event stream down; reconnecting");
+        shared.state.send_replace(StreamState::Disconnected(reason));
+        let delay = backoff.next().unwrap_or(config.reconnect_max);
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    shared.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(session: &str, kind: &str) -> RawEvent {
+        RawEvent::parse(format!(
+            r#"{{"type":"{kind}","properties":{{"sessionID":"{session}"}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn drain(sub: &mut Subscription) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(d) = sub.try_recv() {
+            out.push(match d {
+                Delivery::Event(e) => format!("{}:{}", e.session_id().unwrap_or("-"), e.kind_str()),
+                Delivery::Missed(m) => format!("{m:?}"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn session_subscribers_get_only_their_session() {
+        let router = EventRouter::detached(RouterConfig::default());
+        let mut a = router.subscribe_session("ses_a");
+        let mut b = router.subscribe_session("ses_b");
+        let mut all = router.subscribe_all();
+        router.publish(ev("ses_a", "session.status"));
+        router.publish(ev("ses_b", "session.idle"));
+        router.publish(ev("ses_a", "session.idle"));
+        assert_eq!(
+            drain(&mut a),
+            ["ses_a:session.status", "ses_a:session.idle"]
+        );
+        assert_eq!(drain(&mut b), ["ses_b:session.idle"]);
+        assert_eq!(drain(&mut all).len(), 3);
+    }
+
+    #[test]
+    fn kind_filter_applies() {
+        let router = EventRouter::detached(RouterConfig::default());
+        let mut a =
+            router.subscribe_session_filtered("ses_a", KindSet::of(&[EventKind::SessionIdle]));
+        router.publish(ev("ses_a", "message.part.delta"));
+        router.publish(ev("ses_a", "session.idle"));
+        assert_eq!(drain(&mut a), ["ses_a:session.idle"]);
+    }
+
+    #[test]
+    fn full_buffer_drops_then_reports_lag_in_order() {
+        let config = RouterConfig {
+            buffer: 2,
+            ..RouterConfig::default()
+        };
+        let router = EventRouter::detached(config);
+        let mut slow = router.subscribe_session("ses_a");
+        let mut fast = router.subscribe_session("ses_a");
+        for kind in ["e1", "e2", "e3", "e4"] {
+            router.publish(ev("ses_a", kind));
+            let _ = fast.try_recv();
+        }
+        assert_eq!(router.stats().dropped, 2);
+        assert_eq!(drain(&mut slow), ["ses_a:e1", "ses_a:e2"]);
+        router.publish(ev("ses_a", "e5"));
+        assert_eq!(drain(&mut slow), ["Lagged { dropped: 2 }", "ses_a:e5"]);
+    }
+
+    #[test]
+    fn dropping_a_subscription_unregisters_it() {
+        let router = EventRouter::detached(RouterConfig::default());
+        let sub = router.subscribe_session("ses_a");
+        drop(sub);
+        assert!(router.shared.lock().by_session.is_empty());
+        let all = router.subscribe_all();
+        drop(all);
+        assert!(router.shared.lock().all.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving and buffer size, a subscriber sees its own session's
+        /// events in order, and every event is either delivered or counted in a Lagged.
+        #[test]
+        fn deliveries_are_ordered_and_accounted(
+            seq in proptest::collection::vec((0usize..4, proptest::bool::ANY), 1..200),
+            buffer in 1usize..8,
+        ) {
+            let router = EventRouter::detached(RouterConfig { buffer, ..RouterConfig::default() });
+            let mut subs: Vec<Subscription> = (0..4).map(|i| router.subscribe_session(&format!("ses_{i}"))).collect();
+            let mut sent = [0u64; 4];
+            let mut seen = [0u64; 4];
+            let mut last = [0u64; 4];
+            for (i, read) in seq {
+                sent[i] += 1;
+                router.publish(ev(&format!("ses_{i}"), &format!("n{}", sent[i])));
+                if read {
+                    for (j, sub) in subs.iter_mut().enumerate() {
+                        while let Some(d) = sub.try_recv() {
+                            match d {
+                                Delivery::Event(e) => {
+                                    let n: u64 = e.kind_str()[1..].parse().unwrap();
+                                    proptest::prop_assert!(n > last[j]);
+                                    last[j] = n;
+                                    seen[j] += 1;
+                                }
+                                Delivery::Missed(Missed::Lagged { dropped }) => seen[j] += dropped,
+                                Delivery::Missed(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+            // Flush: drain, and while the router still owes a lag notice, publish once more.
+            for (j, sub) in subs.iter_mut().enumerate() {
+                for _ in 0..20 {
+                    while let Some(d) = sub.try_recv() {
+                        match d {
+                            Delivery::Event(_) => seen[j] += 1,
+                            Delivery::Missed(Missed::Lagged { dropped }) => seen[j] += dropped,
+                            Delivery::Missed(_) => {}
+                        }
+                    }
+                    let owed = router.shared.lock().by_session[format!("ses_{j}").as_str()][0].dropped;
+                    if owed == 0 {
+                        break;
+                    }
+                    sent[j] += 1;
+                    router.publish(ev(&format!("ses_{j}"), &format!("n{}", sent[j])));
+                }
+                proptest::prop_assert_eq!(seen[j], sent[j]);
+            }
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! Launching `opencode serve`.
+//!
+//! [`ServerBuilder::start`] spawns `opencode serve --hostname 127.0.0.1 --port 0` in its own
+//! process group, with a random password in `OPENCODE_SERVER_PASSWORD`, reads its stdout until
+//! the `opencode server listening on http://…` line (bounded by a timeout; the port is never
+//! probed before that line, since a connection accepted during start-up can hang forever, see
+//! `API.md` §1), and keeps the last 256 KiB of its output for error messages. Dropping the
+//! [`OpencodeServer`] stops it: SIGTERM to the group, then SIGKILL after a grace period.
+//!
+//! The launcher is synchronous and owns no async runtime, so one server can outlive many
+//! test runtimes; [`ServerBuilder::start_async`] runs it on Tokio's blocking pool.
+
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::{Client, ClientBuilder, DEFAULT_USERNAME};
+use crate::error::Error;
+
+const LOG_LIMIT: usize = 256 * 1024;
+const LISTENING: &str = "opencode server listening on ";
+
+/// Why a server could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// No `opencode` binary was found.
+    #[error("opencode binary not found (looked at: {}); run scripts/install-opencode.sh or set OPENCODE_BIN", searched.join(", "))]
+    BinaryNotFound {
+        /// Where we looked.
+        searched: Vec<String>,
+    },
+    /// The process could not be spawned.
+    #[error("cannot spawn {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process exited before it was ready.
+    #[error("opencode serve exited with {status} before listening; its output:\n{log}")]
+    Exited {
+        /// Exit status.
+        status: ExitStatus,
+        /// Captured output.
+        log: String,
+    },
+    /// No "listening" line within the timeout.
+    #[error("opencode serve did not report listening within {timeout:?}; its output:\n{log}")]
+    NotReady {
+        /// The timeout.
+        timeout: Duration,
+        /// Captured output.
+        log: String,
+    },
+    /// Building the client failed.
+    #[error(transparent)]
+    Client(#[from] Error),
+}
+
+/// Finds the `opencode` binary: `OPENCODE_BIN`, then the project-local install
+/// (`.tools/opencode/node_modules/.bin/opencode` in the current directory or an ancestor, or
+/// an ancestor of this crate's source), then `PATH`.
+///
+/// # Errors
+/// [`ServerError::BinaryNotFound`] listing the places searched.
+pub fn find_opencode() -> Result<PathBuf, ServerError> {
+    let mut searched = Vec::new();
+    if let Some(bin) = std::env::var_os("OPENCODE_BIN") {
+        let p = PathBuf::from(bin);
+        if p.is_file() {
+            return Ok(p);
+        }
+        searched.push(format!("OPENCODE_BIN={}", p.display()));
+    }
+    let local = Path::new(".tools/opencode/node_modules/.bin/opencode");
+    let starts = [
+        std::env::current_dir().ok(),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+    ];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let candidate = dir.join(local);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        searched.push(format!("{}/**/{}", start.display(), local.display()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("opencode");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    searched.push("$PATH".into());
+    Err(ServerError::BinaryNotFound { searched })
+}
+
+/// Configures and starts an `opencode serve` process.
+#[derive(Clone, Debug)]
+pub struct ServerBuilder {
+    binary: Option<PathBuf>,
+    cwd: Option<PathBuf>,
+    home: Option<PathBuf>,
+    envs: Vec<(OsString, OsString)>,
+    username: String,
+    password: Option<String>,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+    orphan_guard: bool,
+}
+
+/// Runs the server in the background and stops it when our end of its stdin closes, which
+/// happens when this process dies without dropping the [`OpencodeServer`] (a static, an
+/// abort, `process::exit`, SIGKILL). Exits with the server's status.
+/// (Background jobs of a non-interactive shell get `/dev/null` as stdin unless redirected,
+/// hence the explicit `<&3`.)
+const GUARD: &str = r#"exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+( while read -r _; do :; done <&3; kill -TERM "$pid" 2>/dev/null; sleep 3; kill -KILL "$pid" 2>/dev/null ) &
+watcher=$!
+wait "$pid"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status""#;
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerBuilder {
+    /// Defaults: binary from [`find_opencode`], current directory, inherited `HOME`, random
+    /// password, 30 s ready timeout, 3 s stop grace.
+    pub fn new() -> Self {
+        Self {
+            binary: None,
+            cwd: None,
+            home: None,
+            envs: Vec::new(),
+            username: DEFAULT_USERNAME.to_owned(),
+            password: None,
+            ready_timeout: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(3),
+            orphan_guard: true,
+        }
+    }
+
+    /// Whether to run the server under a small `sh` guard that stops it if this process dies
+    /// without stopping it (default on; the guard needs `/bin/sh`).
+    pub fn orphan_guard(mut self, on: bool) -> Self {
+        self.orphan_guard = on;
+        self
+    }
+
+    /// Uses this binary.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// The server's working directory: the default project directory.
+    pub fn project_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Isolates OpenCode's state: sets `HOME` and the `XDG_*` directories under `home`.
+    pub fn isolated_home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Uses this password instead of a random one.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Uses this basic-auth username (default `opencode`).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.username = username.into();
+        self
+    }
+
+    /// How long to wait for the "listening" line (default 30 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// How long a stop waits after SIGTERM before SIGKILL (default 3 s).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Starts the server and blocks until it listens.
+    ///
+    /// # Errors
+    /// See [`ServerError`]; the process is killed on every error path.
+    pub fn start(self) -> Result<OpencodeServer, ServerError> {
+        let binary = match self.binary.clone() {
+            Some(b) => b,
+            None => find_opencode()?,
+        };
+        let password = self.password.clone().unwrap_or_else(random_password);
+        let args = ["serve", "--hostname", "127.0.0.1", "--port", "0"];
+        let mut cmd = if self.orphan_guard {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(GUARD)
+                .arg("opencode-guard")
+                .arg(&binary)
+                .args(args)
+                .stdin(Stdio::piped());
+            c
+        } else {
+            let mut c = Command::new(&binary);
+            c.args(args).stdin(Stdio::null());
+            c
+        };
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("OPENCODE_SERVER_PASSWORD", &password)
+            .env("OPENCODE_SERVER_USERNAME", &self.username)
+            .process_group(0);
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        if let Some(home) = &self.home {
+            cmd.env("HOME", home)
+                .env("XDG_CONFIG_HOME", home.join(".config"))
+                .env("XDG_DATA_HOME", home.join(".local/share"))
+                .env("XDG_CACHE_HOME", home.join(".cache"))
+                .env("XDG_STATE_HOME", home.join(".local/state"));
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|source| ServerError::Spawn {
+            binary: binary.clone(),
+            source,
+        })?;
+        let log = Log::default();
+        let (ready_tx, ready_rx) = mpsc::channel::<String>();
+        if let Some(out) = child.stdout.take() {
+            spawn_reader(out, log.clone(), Some(ready_tx));
+        }
+        if let Some(err) = child.stderr.take() {
+            spawn_reader(err, log.clone(), None);
+        }
+        let started = Instant::now();
+        let mut proc = Proc {
+            child,
+            grace: self.stop_grace,
+            stopped: false,
+        };
+        let url = loop {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(url) => break url,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed without the line: the process is exiting.
+                    let status = proc.wait_exit(Duration::from_secs(2));
+                    proc.stop();
+                    return Err(match status {
+                        Some(status) => ServerError::Exited {
+                            status,
+                            log: log.text(),
+                        },
+                        None => ServerError::NotReady {
+                            timeout: self.ready_timeout,
+                            log: log.text(),
+                        },
+                    });
+                }
+            }
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                proc.stopped = true;
+                return Err(ServerError::Exited {
+                    status,
+                    log: log.text(),
+                });
+            }
+            if started.elapsed() >= self.ready_timeout {
+                proc.stop();
+                return Err(ServerError::NotReady {
+                    timeout: self.ready_timeout,
+                    log: log.text(),
+                });
+            }
+        };
+        let client = ClientBuilder::new(url.clone())
+            .basic_auth(self.username.clone(), password.clone())
+            .build()?;
+        Ok(OpencodeServer {
+            proc: Mutex::new(proc),
+            url,
+            username: self.username,
+            password,
+            log,
+            client,
+            pid: 0,
+        }
+        .with_pid())
+    }
+
+    /// [`ServerBuilder::start`] on Tokio's blocking pool.
+    ///
+    /// # Errors
+    /// See [`ServerBuilder::start`].
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub async fn start_async(self) -> Result<OpencodeServer, ServerError> {
+        match tokio::task::spawn_blocking(move || self.start()).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+fn random_password() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..32)
+        .map(|_| CHARS[fastrand::usize(..CHARS.len())] as char)
+        .collect()
+}
+
+/// Bounded capture of the server's output.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<VecDeque<u8>>>);
+
+impl Log {
+    fn push_line(&self, line: &str) {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        buf.extend(line.as_bytes());
+        buf.push_back(b'\n');
+        let excess = buf.len().saturating_sub(LOG_LIMIT);
+        buf.drain(..excess);
+    }
+
+    fn text(&self) -> String {
+        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&buf.iter().copied().collect::<Vec<u8>>()).into_owned()
+    }
+}
+
+fn spawn_reader(stream: impl Read + Send + 'static, log: Log, ready: Option<mpsc::Sender<String>>) {
+    std::thread::spawn(move || {
+        let mut ready = ready;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Some(tx) = &ready
+                && let Some(idx) = line.find(LISTENING)
+            {
+                let url = line[idx + LISTENING.len()..].trim().to_owned();
+                let _ = tx.send(url);
+                ready = None;
+            }
+            log.push_line(&line);
+        }
+    });
+}
+
+struct Proc {
+    child: Child,
+    grace: Duration,
+    stopped: bool,
+}
+
+impl Proc {
+    fn signal_group(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            // The group may already be gone; nothing to do then.
+            let _ = rustix::process::kill_process_group(pid, signal);
+        }
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let until = Instant::now() + within;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace period.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        if self.stopped {
+            return self.child.try_wait().ok().flatten();
+        }
+        self.stopped = true;
+        self.signal_group(rustix::process::Signal::TERM);
+        if let Some(status) = self.wait_exit(self.grace) {
+            // Children of the server (if any) go with the group.
+            self.signal_group(rustix::process::Signal::KILL);
+            return Some(status);
+        }
+        self.signal_group(rustix::process::Signal::KILL);
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+/// A running `opencode serve`. Stopped on drop (SIGTERM, then SIGKILL).
+pub struct OpencodeServer {
+    proc: Mutex<Proc>,
+    url: String,
+    username: String,
+    password: String,
+    log: Log,
+    client: Client,
+    pid: u32,
+}
+
+impl fmt::Debug for OpencodeServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpencodeServer")
+            .field("url", &self.url)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpencodeServer {
+    /// A builder.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::new()
+    }
+
+    fn with_pid(mut self) -> Self {
+        self.pid = self
+            .proc
+            .get_mut()
+            .map(|p| p.child.id())
+            .unwrap_or_else(|e| e.into_inner().child.id());
+        self
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> &str {
+        &self.url
+    }
+
+    /// The basic-auth username.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The basic-auth password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A client with the server's credentials (not scoped to a directory; use
+    /// [`Client::with_directory`]).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The captured output (stdout and stderr, last 256 KiB).
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        let mut p = self.proc.lock().unwrap_or_else(|e| e.into_inner());
+        !p.stopped && matches!(p.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after the grace period) and returns its exit
+    /// status. Idempotent.
+    pub fn stop(&self) -> Option<ExitStatus> {
+        self.proc.lock().unwrap_or_else(|e| e.into_inner()).stop()
+    }
+
+    /// Kills the server at once (SIGKILL to its group), simulating a crash.
+    pub fn kill(&self) {
+        let mut p = self.proc.lock().unwrap_or_else(|e| e.into_inner());
+        p.signal_group(rustix::process::Signal::KILL);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        p.stopped = true;
+    }
+}
+
+impl Drop for OpencodeServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_passwords_differ_and_are_alphanumeric() {
+        let a = random_password();
+        let b = random_password();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn log_keeps_only_the_tail() {
+        let log = Log::default();
+        for i in 0..100_000 {
+            log.push_line(&format!("line {i}"));
+        }
+        let text = log.text();
+        assert!(text.len() <= LOG_LIMIT);
+        assert!(text.ends_with("line 99999\n"));
+    }
+
+    #[test]
+    fn a_binary_that_exits_is_reported_with_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-opencode");
+        std::fs::write(&script, "#!/bin/sh\necho boom: bad config >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = ServerBuilder::new().binary(&script).start().unwrap_err();
+        match err {
+            ServerError::Exited { log, .. } => assert!(log.contains("boom: bad config"), "{log}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_guard_stops_the_server_when_our_end_of_its_stdin_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("listening-opencode");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho 'opencode server listening on http://127.0.0.1:1'\nexec sleep 60\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let server = ServerBuilder::new().binary(&script).start().unwrap();
+        assert_eq!(server.base_url(), "http://127.0.0.1:1");
+        // Still running a while later: the guard waits for our end of the pipe.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(server.is_running());
+        // What the death of this process would do: close the pipe.
+        drop(server.proc.lock().unwrap().child.stdin.take());
+        let until = Instant::now() + Duration::from_secs(10);
+        while server.is_running() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!server.is_running(), "guard did not stop the server");
+    }
+
+    #[test]
+    fn a_binary_that_never_listens_times_out_and_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("slow-opencode");
+        std::fs::write(&script, "#!/bin/sh\necho starting\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let err = ServerBuilder::new()
+            .binary(&script)
+            .ready_timeout(Duration::from_millis(300))
+            .stop_grace(Duration::from_millis(200))
+            .start()
+            .unwrap_err();
+        match err {
+            ServerError::NotReady { log, .. } => assert!(log.contains("starting"), "{log}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
