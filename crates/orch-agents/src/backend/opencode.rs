@@ -1,0 +1,541 @@
+//! The real backend: sessions on an OpenCode server, pooled per role.
+//!
+//! - Sessions come from an [`orch_pool::KeyedPool`] keyed by role. The [`SessionManager`]
+//!   creates them (titled, so OpenCode makes no title call), resets a used one by compaction
+//!   before it is handed out again, health-checks idle ones, and deletes a session only through
+//!   [`Client::close_session`]: abort, reject its pending permissions, wait until OpenCode
+//!   reports it idle, settle, delete. A session is never deleted while it is still written to.
+//! - Worker permissions are enforced by OpenCode itself: per-session rules ask for every edit
+//!   and allow the item's files ([`crate::worker_session_rules`]); the edit requests that
+//!   still reach us are answered by policy while the turn runs (allowed inside the item's
+//!   files, rejected with a message otherwise), so no request is ever left pending.
+//! - A turn is `prompt_async` with our own message id, awaited through the event router
+//!   ([`orch_opencode::TurnWaiter`]) with a deadline and the stop signal; a turn that is given
+//!   up on is aborted on the server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use orch_core::AgentRole;
+use orch_opencode::{
+    Client, CreateSession, EventKind, EventRouter, KindSet, MessageId, ModelRef, PermissionReply,
+    PermissionRequest, PermissionRule, Prompt, RouterConfig, SessionId, Toast, TurnError,
+    TurnOutput, UpdateSession,
+};
+use orch_pool::{KeyedPool, Manager, Metrics, PooledResource, TeardownReason};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{
+    AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,
+    TurnReport, TurnRequest,
+};
+
+/// A pooled OpenCode session.
+#[derive(Debug)]
+pub struct PooledSession {
+    id: SessionId,
+    /// Whether it ran a turn since it was created or last compacted.
+    dirty: AtomicBool,
+}
+
+impl PooledSession {
+    /// The OpenCode session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+}
+
+/// Creates, resets, checks and safely deletes OpenCode sessions for the pool.
+#[derive(Debug, Clone)]
+pub struct SessionManager {
+    client: Client,
+    compaction_model: Option<ModelRef>,
+    settle: Duration,
+}
+
+impl Manager for SessionManager {
+    type Key = AgentRole;
+    type Resource = PooledSession;
+    type Error = orch_opencode::Error;
+
+    async fn create(&self, role: &AgentRole) -> Result<PooledSession, orch_opencode::Error> {
+        let session = self
+            .client
+            .create_session(&CreateSession::titled(format!("orchestrator {role}")))
+            .await?;
+        Ok(PooledSession {
+            id: session.id,
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        _role: &AgentRole,
+        session: &mut PooledSession,
+        _metrics: &Metrics,
+    ) -> Result<(), orch_opencode::Error> {
+        // Reset by compaction: the next turn starts from a summary, not the whole history
+        // (every turn carries the mission context and its item again).
+        if session.dirty.load(Ordering::Acquire)
+            && let Some(model) = &self.compaction_model
+        {
+            self.client.summarize(&session.id, model).await?;
+            session.dirty.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    async fn check(
+        &self,
+        _role: &AgentRole,
+        session: &mut PooledSession,
+        _metrics: &Metrics,
+    ) -> Result<(), orch_opencode::Error> {
+        self.client.session(&session.id).await.map(|_| ())
+    }
+
+    async fn teardown(&self, role: &AgentRole, session: PooledSession, reason: TeardownReason) {
+        debug!(%role, session = %session.id, ?reason, "closing OpenCode session");
+        if let Err(e) = self.client.close_session(&session.id, self.settle).await {
+            warn!(session = %session.id, error = %e, "could not close an OpenCode session");
+        }
+    }
+}
+
+/// A session handed to the mission.
+#[derive(Debug)]
+pub struct OpencodeSession {
+    guard: PooledResource<SessionManager>,
+}
+
+impl OpencodeSession {
+    /// The OpenCode session id.
+    pub fn id(&self) -> &SessionId {
+        &self.guard.id
+    }
+}
+
+/// Settings of an [`OpencodeBackend`].
+#[derive(Debug, Clone)]
+pub struct OpencodeBackendConfig {
+    /// Sessions kept per role (seed: 5).
+    pub max_per_role: usize,
+    /// Times a session is reused before it is replaced (seed: 10).
+    pub max_reuse: u32,
+    /// Idle sessions are closed after this (seed: 5 min).
+    pub idle_timeout: Duration,
+    /// Idle sessions are health-checked this often (seed: 60 s).
+    pub health_check: Duration,
+    /// How long a session may take to become idle before it is deleted anyway.
+    pub settle: Duration,
+    /// The model used when a turn names none, and for compaction.
+    pub default_model: Option<ModelRef>,
+    /// Show OpenCode toasts on item start, finish and mission end (best effort).
+    pub toasts: bool,
+}
+
+impl Default for OpencodeBackendConfig {
+    fn default() -> Self {
+        OpencodeBackendConfig {
+            max_per_role: 5,
+            max_reuse: 10,
+            idle_timeout: Duration::from_secs(300),
+            health_check: Duration::from_secs(60),
+            settle: Duration::from_secs(5),
+            default_model: None,
+            toasts: true,
+        }
+    }
+}
+
+/// The OpenCode backend. Build it with [`OpencodeBackend::connect`].
+#[derive(Debug)]
+pub struct OpencodeBackend {
+    client: Client,
+    router: EventRouter,
+    pool: KeyedPool<SessionManager>,
+    default_model: Option<ModelRef>,
+    toasts: bool,
+    allowed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl OpencodeBackend {
+    /// Connects to the server behind `client` (scoped to the project directory): opens the
+    /// event stream and builds the session pool.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when the event stream cannot be opened;
+    /// [`BackendError::Session`] for an unusable pool configuration.
+    pub async fn connect(
+        client: Client,
+        config: OpencodeBackendConfig,
+    ) -> Result<Self, BackendError> {
+        let router = EventRouter::connect(client.clone(), RouterConfig::default())
+            .await
+            .map_err(client_error)?;
+        let manager = SessionManager {
+            client: client.clone(),
+            compaction_model: config.default_model.clone(),
+            settle: config.settle,
+        };
+        let pool = KeyedPool::builder(manager)
+            .max_per_key(config.max_per_role)
+            .max_total(config.max_per_role * AgentRole::ALL.len() * 4)
+            .max_reuse(Some(config.max_reuse))
+            .idle_timeout(Some(config.idle_timeout))
+            .health_check_interval(Some(config.health_check))
+            .build()
+            .map_err(|e| BackendError::Session {
+                message: format!("session pool: {e}"),
+            })?;
+        Ok(OpencodeBackend {
+            client,
+            router,
+            pool,
+            default_model: config.default_model,
+            toasts: config.toasts,
+            allowed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    /// The client (scoped to the project directory).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Closes the pool: idle sessions are deleted safely. Call when the mission is over.
+    pub async fn shutdown(&self) {
+        self.pool.close().await;
+    }
+
+    /// Shows a toast in an attached OpenCode TUI (best effort; errors are ignored).
+    pub async fn toast(&self, message: &str) {
+        if self.toasts {
+            let _ = self
+                .client
+                .show_toast(&Toast::new(orch_opencode::ToastVariant::Info, message))
+                .await;
+        }
+    }
+
+    fn decide(
+        &self,
+        request: &PermissionRequest,
+        allowed_edits: &[String],
+    ) -> (PermissionReply, Option<String>) {
+        let dir = std::path::Path::new(self.client.directory().unwrap_or("/"));
+        let filepath = request.metadata.get("filepath").and_then(|v| v.as_str());
+        let allowed = request.permission == "edit"
+            && !request.patterns.is_empty()
+            && request
+                .patterns
+                .iter()
+                .all(|p| crate::agents::edit_allowed(dir, allowed_edits, p, filepath));
+        if allowed {
+            self.allowed.fetch_add(1, Ordering::Relaxed);
+            (PermissionReply::Once, None)
+        } else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            let message = if request.permission == "edit" {
+                format!(
+                    "The orchestrator rejected this edit: this item owns only {}. Do not edit other files.",
+                    if allowed_edits.is_empty() {
+                        "no files".to_owned()
+                    } else {
+                        allowed_edits.join(", ")
+                    }
+                )
+            } else {
+                format!(
+                    "The orchestrator does not allow `{}` for this agent.",
+                    request.permission
+                )
+            };
+            (PermissionReply::Reject, Some(message))
+        }
+    }
+
+    fn report(
+        output: &TurnOutput,
+        started: Instant,
+        permissions: Vec<PermissionDecision>,
+    ) -> TurnReport {
+        let mut tool_calls = Vec::new();
+        for message in &output.messages {
+            for part in message.tool_parts() {
+                let (status, input) = part
+                    .state
+                    .as_ref()
+                    .map(|s| (s.status.to_string(), s.input.to_string()))
+                    .unwrap_or_default();
+                tool_calls.push(ToolCallRecord {
+                    tool: part.tool.clone().unwrap_or_default(),
+                    status,
+                    input,
+                });
+            }
+        }
+        let model = output.last().and_then(|m| {
+            m.info.model.as_ref().map(ToString::to_string).or_else(|| {
+                match (&m.info.provider_id, &m.info.model_id) {
+                    (Some(p), Some(id)) => Some(format!("{p}/{id}")),
+                    _ => None,
+                }
+            })
+        });
+        TurnReport {
+            text: output.text(),
+            tokens: TokenUsage {
+                input: output.tokens.input,
+                output: output.tokens.output,
+                reasoning: output.tokens.reasoning,
+                cache_read: output.tokens.cache.read,
+                cache_write: output.tokens.cache.write,
+            },
+            cost: output.cost,
+            tool_calls,
+            permissions,
+            model,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// How a client error looks to the mission.
+fn client_error(e: orch_opencode::Error) -> BackendError {
+    match &e {
+        orch_opencode::Error::Connect { .. } => BackendError::ServerLost {
+            message: e.to_string(),
+        },
+        orch_opencode::Error::Status { status, .. }
+            if (400..500).contains(status) && *status != 429 =>
+        {
+            BackendError::Session {
+                message: e.to_string(),
+            }
+        }
+        orch_opencode::Error::Unauthorized { .. } => BackendError::Session {
+            message: e.to_string(),
+        },
+        _ => BackendError::Unavailable {
+            status: None,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn turn_error(e: TurnError, stopped: bool) -> BackendError {
+    let status = e.upstream_status();
+    match e {
+        TurnError::Failed { error, .. } => match status {
+            Some(429) => BackendError::RateLimited {
+                retry_after: None,
+                message: error.message().to_owned(),
+            },
+            Some(s) if s >= 500 => BackendError::Unavailable {
+                status: Some(s),
+                message: error.message().to_owned(),
+            },
+            _ if error.data.is_retryable == Some(true) => BackendError::Unavailable {
+                status,
+                message: error.message().to_owned(),
+            },
+            _ => BackendError::Session {
+                message: format!("{}: {}", error.name, error.message()),
+            },
+        },
+        TurnError::Aborted { .. } if stopped => BackendError::Stopped,
+        TurnError::Client(e) => client_error(e),
+        other @ TurnError::ServerLost { .. } => BackendError::ServerLost {
+            message: other.to_string(),
+        },
+        other => BackendError::Session {
+            message: other.to_string(),
+        },
+    }
+}
+
+impl AgentBackend for OpencodeBackend {
+    type Session = OpencodeSession;
+
+    async fn open(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
+        let guard = self
+            .pool
+            .get(spec.role)
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                status: None,
+                message: format!("session pool: {e}"),
+            })?;
+        let session = OpencodeSession { guard };
+        if !spec.rules.is_empty() {
+            self.rescope(&session, spec.rules).await?;
+        }
+        Ok(session)
+    }
+
+    async fn rescope(
+        &self,
+        session: &OpencodeSession,
+        rules: Vec<PermissionRule>,
+    ) -> Result<(), BackendError> {
+        // PATCH appends; the rules start with `edit *` so earlier items' files are cancelled.
+        self.client
+            .update_session(
+                session.id(),
+                &UpdateSession::default().append_permission(rules),
+            )
+            .await
+            .map(|_| ())
+            .map_err(client_error)
+    }
+
+    async fn run_turn(
+        &self,
+        session: &OpencodeSession,
+        turn: TurnRequest,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<TurnReport, BackendError> {
+        let started = Instant::now();
+        let id = session.id().clone();
+        let message_id = MessageId::generate();
+        // Subscribe before prompting (no replay on OpenCode's event stream).
+        let mut asks = self.router.subscribe_session_filtered(
+            id.as_str(),
+            KindSet::of(&[EventKind::PermissionAsked, EventKind::QuestionAsked]),
+        );
+        let waiter = self.router.turn(&id, &message_id);
+        let mut prompt = Prompt::text(turn.prompt)
+            .message_id(message_id)
+            .agent(turn.agent);
+        if let Some(model) = turn.model.or_else(|| self.default_model.clone()) {
+            prompt = prompt.model(model);
+        }
+        self.client
+            .prompt_async(&id, &prompt)
+            .await
+            .map_err(client_error)?;
+        session.guard.dirty.store(true, Ordering::Release);
+        let mut permissions = Vec::new();
+        let wait = waiter.wait(deadline);
+        tokio::pin!(wait);
+        let result = loop {
+            tokio::select! {
+                result = &mut wait => break result,
+                delivery = asks.recv() => {
+                    let Some(orch_opencode::Delivery::Event(raw)) = delivery else { continue };
+                    match raw.decode() {
+                        Ok(orch_opencode::Event::PermissionAsked(request)) => {
+                            let (reply, message) = self.decide(&request, &turn.allowed_edits);
+                            let allowed = reply == PermissionReply::Once;
+                            if let Err(e) = self
+                                .client
+                                .reply_permission_with_message(&request.id, reply, message.as_deref())
+                                .await
+                            {
+                                warn!(session = %id, error = %e, "could not answer a permission request");
+                            }
+                            permissions.push(PermissionDecision {
+                                permission: request.permission.clone(),
+                                patterns: request.patterns.clone(),
+                                allowed,
+                            });
+                        }
+                        Ok(orch_opencode::Event::QuestionAsked(question)) => {
+                            let _ = self.client.reject_question(&question.id).await;
+                        }
+                        _ => {}
+                    }
+                }
+                () = stop.cancelled() => {
+                    let _ = self.client.abort(&id).await;
+                    return Err(BackendError::Stopped);
+                }
+            }
+        };
+        match result {
+            Ok(output) => Ok(Self::report(&output, started, permissions)),
+            Err(TurnError::Deadline { .. }) => {
+                let _ = self.client.abort(&id).await;
+                Err(BackendError::Timeout {
+                    after: started.elapsed(),
+                })
+            }
+            Err(e) => Err(turn_error(e, stop.is_cancelled())),
+        }
+    }
+
+    async fn abort(&self, session: &OpencodeSession) -> Result<(), BackendError> {
+        self.client
+            .abort(session.id())
+            .await
+            .map(|_| ())
+            .map_err(client_error)
+    }
+
+    async fn reset(&self, session: &OpencodeSession) -> Result<(), BackendError> {
+        let Some(model) = &self.default_model else {
+            return Ok(());
+        };
+        self.client
+            .summarize(session.id(), model)
+            .await
+            .map(|_| ())
+            .map_err(client_error)?;
+        session.guard.dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    async fn close(&self, mut session: OpencodeSession, broken: bool) -> Result<(), BackendError> {
+        if broken {
+            session.guard.mark_broken();
+        }
+        drop(session);
+        Ok(())
+    }
+
+    fn session_id(&self, session: &OpencodeSession) -> String {
+        session.id().to_string()
+    }
+
+    async fn cleanup(&self, sessions: Vec<String>) {
+        for id in sessions {
+            let id = SessionId::new(id);
+            if let Err(e) = self.client.close_session(&id, Duration::from_secs(5)).await {
+                warn!(session = %id, error = %e, "could not close a session left by an earlier run");
+            }
+        }
+    }
+
+    fn stats(&self) -> Vec<(String, f64)> {
+        let pool = self.pool.stats();
+        let router = self.router.stats();
+        vec![
+            ("pool.created".into(), pool.created as f64),
+            ("pool.reused".into(), pool.reused as f64),
+            ("pool.recycled".into(), pool.recycled as f64),
+            ("pool.discarded".into(), pool.discarded as f64),
+            ("pool.waits".into(), pool.waits as f64),
+            (
+                "permissions.allowed".into(),
+                self.allowed.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "permissions.rejected".into(),
+                self.rejected.load(Ordering::Relaxed) as f64,
+            ),
+            ("events.published".into(), router.published as f64),
+            ("events.dropped".into(), router.dropped as f64),
+        ]
+    }
+}
+
+/// Shared handle, so a CLI can keep the backend after the mission took its `Arc`.
+pub type SharedOpencodeBackend = Arc<OpencodeBackend>;

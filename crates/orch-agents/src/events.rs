@@ -1,0 +1,269 @@
+//! Mission events (for the CLI and tests) and the final report.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use orch_core::AgentRole;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{PermissionDecision, TokenUsage};
+use crate::protocol::Verdict;
+
+/// Something that happened in a mission. Subscribers get them in order; a subscriber that
+/// falls more than the channel's capacity behind skips the oldest (and is told how many).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissionEvent {
+    /// The mission started.
+    Started {
+        /// The request.
+        mission: String,
+        /// Whether an earlier plan was found and continued.
+        resumed: bool,
+    },
+    /// A plan (or a change to it) was committed.
+    PlanCommitted {
+        /// The TODO.md version.
+        version: u64,
+        /// Items in the plan.
+        items: usize,
+    },
+    /// A plan answer was malformed and sent back.
+    PlanRejected {
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// The parse or validation error.
+        error: String,
+    },
+    /// A Worker started on an item.
+    ItemStarted {
+        /// The item.
+        item: String,
+        /// The attempt (1-based).
+        attempt: u32,
+        /// The Worker lane.
+        lane: usize,
+        /// Whether the lane had run one of the item's files before (warm context).
+        warm: bool,
+    },
+    /// A turn ended.
+    TurnFinished {
+        /// Whose turn.
+        role: AgentRole,
+        /// The item, if the turn was for one.
+        item: Option<String>,
+        /// Tokens used.
+        tokens: TokenUsage,
+        /// Wall time.
+        elapsed_ms: u64,
+        /// Tool calls made.
+        tool_calls: usize,
+    },
+    /// A turn failed (after retries).
+    TurnFailed {
+        /// Whose turn.
+        role: AgentRole,
+        /// The item, if any.
+        item: Option<String>,
+        /// Why.
+        error: String,
+    },
+    /// A transient error is being retried.
+    Retrying {
+        /// Whose turn.
+        role: AgentRole,
+        /// The item, if any.
+        item: Option<String>,
+        /// Attempt about to start (2 = first retry).
+        attempt: u32,
+        /// The wait before it.
+        delay_ms: u64,
+        /// The error retried.
+        error: String,
+    },
+    /// A permission request was answered by policy.
+    Permission {
+        /// The item whose Worker asked.
+        item: Option<String>,
+        /// The decision.
+        decision: PermissionDecision,
+    },
+    /// A unit review ended.
+    Reviewed {
+        /// The item.
+        item: String,
+        /// The verdict.
+        verdict: Verdict,
+    },
+    /// An item is done.
+    ItemDone {
+        /// The item.
+        item: String,
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// An item failed for good.
+    ItemFailed {
+        /// The item.
+        item: String,
+        /// Why.
+        reason: String,
+        /// Items that can no longer run because of it.
+        blocked: Vec<String>,
+    },
+    /// The final integration review ended.
+    IntegrationReviewed {
+        /// The round (1-based).
+        round: u32,
+        /// The verdict.
+        verdict: Verdict,
+        /// Fix-up items added.
+        fixups: Vec<String>,
+    },
+    /// The plan stopped changing.
+    Stagnation {
+        /// Unchanged rounds.
+        unchanged: u32,
+        /// Whether this escalated (the mission stops).
+        escalated: bool,
+        /// The Commander's diagnosis, if it was asked.
+        diagnosis: Option<String>,
+    },
+    /// An agent repeated itself (same tool call, or identical turns).
+    LoopDetected {
+        /// The item.
+        item: String,
+        /// What repeated.
+        detail: String,
+    },
+    /// A budget was exceeded; no new work starts.
+    BudgetExceeded {
+        /// Which budget.
+        budget: String,
+        /// The figure reached.
+        used: f64,
+        /// The limit.
+        limit: f64,
+    },
+    /// The supervisor is reconnecting to (or restarting) the OpenCode server.
+    Reconnecting {
+        /// Reconnection attempt (1-based).
+        attempt: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The mission ended.
+    Finished {
+        /// How.
+        status: MissionStatus,
+    },
+}
+
+/// How a mission ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum MissionStatus {
+    /// Every item done and the integration review passed.
+    Completed,
+    /// It could not finish; the reason says why.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The stop signal ended it; it can be resumed.
+    Stopped,
+    /// A budget stopped new work.
+    BudgetExceeded {
+        /// Which budget.
+        budget: String,
+    },
+    /// The OpenCode server went away; the mission can be resumed once it is back (see
+    /// [`crate::Supervisor`]).
+    ServerLost {
+        /// What was seen.
+        reason: String,
+    },
+}
+
+impl MissionStatus {
+    /// Whether the mission completed.
+    pub fn is_success(&self) -> bool {
+        matches!(self, MissionStatus::Completed)
+    }
+}
+
+/// Per-item figures in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemReport {
+    /// The id.
+    pub id: String,
+    /// The summary.
+    pub summary: String,
+    /// The final state (`done`, `failed`, `pending` when blocked or not reached, …).
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The verdicts, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Blocked by these failed items.
+    pub blocked_by: Vec<String>,
+}
+
+/// Figures for one role.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoleUsage {
+    /// Turns finished.
+    pub turns: u64,
+    /// Turns failed.
+    pub failed_turns: u64,
+    /// Tokens.
+    pub tokens: TokenUsage,
+    /// Cost.
+    pub cost: f64,
+    /// Time in turns.
+    pub busy_ms: u64,
+}
+
+/// The final report of a mission (also written to `.orchestrator/report.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissionReport {
+    /// The request.
+    pub mission: String,
+    /// How it ended.
+    pub status: MissionStatus,
+    /// Every item.
+    pub items: Vec<ItemReport>,
+    /// Figures by role.
+    pub usage: BTreeMap<AgentRole, RoleUsage>,
+    /// Which model answered how many turns.
+    pub models: BTreeMap<String, u64>,
+    /// Permission requests answered.
+    pub permissions: Vec<PermissionDecision>,
+    /// The TODO.md version at the end.
+    pub plan_version: u64,
+    /// Commander rounds.
+    pub rounds: u32,
+    /// Retries of transient errors.
+    pub retries: u64,
+    /// Engine figures: scheduling, pools, breakers (`name → value`).
+    pub engine: BTreeMap<String, f64>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl MissionReport {
+    /// Tokens of every role.
+    pub fn total_tokens(&self) -> TokenUsage {
+        let mut total = TokenUsage::default();
+        for usage in self.usage.values() {
+            total.add(&usage.tokens);
+        }
+        total
+    }
+
+    /// Cost of every role.
+    pub fn total_cost(&self) -> f64 {
+        self.usage.values().map(|u| u.cost).sum()
+    }
+}

@@ -1,0 +1,81 @@
+//! The four-agent mission pipeline: one request becomes a mission that a Commander drives
+//! through a Planner, parallel Workers and a Reviewer.
+//!
+//! The **Commander** is Rust, not a language model: a deterministic state machine
+//! ([`Mission`]) that asks agents for plans, code and verdicts in formats it parses
+//! ([`protocol`]) and keeps the plan in a versioned `TODO.md` (`orch-mvcc`).
+//!
+//! 1. **Plan.** A Planner turn answers with a plan in the `TODO.md` format; a plan that does not
+//!    parse or validate is sent back with the error (at most `plan_retries` times).
+//! 2. **Schedule.** An item is ready when its dependencies are done and no running item owns
+//!    any of its files. Ready items go to Worker lanes through `orch-queue`'s affinity
+//!    scheduler (a follow-up on the same files goes to the lane whose session has their
+//!    context; idle lanes steal), under `orch-core`'s concurrency controller (per-role slots,
+//!    priorities, auto-scaling), a circuit breaker per model (with fallback models) and the
+//!    retry policy for transient errors.
+//! 3. **Work.** A Worker session may edit only its item's files: OpenCode enforces it through
+//!    per-session permission rules, and edit requests outside them are rejected by policy.
+//! 4. **Review.** Each unit is reviewed with its diff; the Reviewer runs the tests and answers
+//!    `VERDICT: PASS` or `VERDICT: FAIL: <reasons>`. A FAIL sends the item back with the notes;
+//!    after `max_attempts` the item fails and its dependants are blocked.
+//! 5. **Integrate.** When every item is done, a final review runs the whole suite; a FAIL may
+//!    add fix-up items (bounded rounds).
+//!
+//! Guards: stagnation detection on the plan's progress hash, a loop breaker for repeated tool
+//! calls, a round limit, token and cost budgets, one stop signal that reaches every wait, a
+//! deadline on every turn. Every step is published as a [`MissionEvent`]; the end is a
+//! [`MissionReport`] (also written to `.orchestrator/report.json`).
+//!
+//! Turns run on an [`AgentBackend`]: [`OpencodeBackend`] (a real OpenCode server, sessions
+//! pooled per role by `orch-pool`) or [`SimulatedBackend`] (latency, failures and token use
+//! drawn from distributions, for dry runs and benchmarks).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use orch_agents::{Latency, Mission, MissionStatus, SimulatedBackend};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let backend = SimulatedBackend::builder()
+//!     .latency(Latency::Fixed(Duration::from_millis(1)))
+//!     .build(); // plans three items, passes every review
+//! let project = tempfile::tempdir().unwrap();
+//! let report = Mission::new(Arc::new(backend), "build a thing", project.path())
+//!     .run()
+//!     .await
+//!     .unwrap();
+//! assert_eq!(report.status, MissionStatus::Completed);
+//! assert_eq!(report.items.len(), 3);
+//! # });
+//! ```
+#![forbid(unsafe_code)]
+
+mod agents;
+pub mod backend;
+mod events;
+mod journal;
+mod mission;
+mod policy;
+pub mod protocol;
+mod supervisor;
+
+pub use agents::{
+    AGENTS_FILE, Action, AgentDef, AgentOverride, AgentSet, AgentsFile, ConfigError, Permission,
+    builtin, edit_allowed, edit_patterns, role_marker, worker_session_rules,
+};
+pub use backend::opencode::{OpencodeBackend, OpencodeBackendConfig, SessionManager};
+pub use backend::simulated::{Latency, SimulatedBackend, SimulatedBackendBuilder};
+pub use backend::{
+    AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,
+    TurnReport, TurnRequest,
+};
+pub use events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+pub use journal::{
+    JOURNAL_FILE, Journal, JournalContents, JournalEntry, JournalError, JournalRecord,
+};
+pub use mission::{Mission, MissionConfig, MissionError};
+pub use orch_core::AgentRole;
+pub use orch_opencode::{ModelRef, PermissionRule};
+pub use policy::PolicyConfig;
+pub use protocol::{FixUp, ProtocolError, Verdict};
+pub use supervisor::Supervisor;

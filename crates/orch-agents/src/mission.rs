@@ -1,0 +1,1516 @@
+//! The Commander: a deterministic state machine that drives a mission through the Planner,
+//! parallel Workers and the Reviewer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orch_core::{AgentRole, Priority};
+use orch_mvcc::{Item, ItemId, ItemState, Plan, StoreError, TodoStore};
+use orch_queue::{Lane, LaneScheduler};
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::agents::{AgentSet, worker_session_rules};
+use crate::backend::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRequest};
+use crate::events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+use crate::journal::{Journal, JournalContents, JournalEntry, JournalError};
+use crate::policy::{Policy, PolicyConfig, ProgressSignal};
+use crate::protocol::{self, Verdict};
+
+/// The writer id the Commander commits TODO.md changes under.
+const WRITER: &str = "commander";
+
+/// Limits and switches of a mission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MissionConfig {
+    /// Worker lanes (parallel Worker sessions).
+    pub workers: usize,
+    /// Parallel Reviewer turns.
+    pub reviewers: usize,
+    /// Attempts per item before it fails (a Reviewer FAIL or a Worker error is one).
+    pub max_attempts: u32,
+    /// Times a malformed plan is sent back before the mission fails.
+    pub plan_retries: u32,
+    /// Commander rounds (events handled) before the mission stops.
+    pub max_rounds: u32,
+    /// Final integration reviews (each FAIL may add fix-up items) before the mission fails.
+    pub integration_rounds: u32,
+    /// Run the final integration review.
+    pub integration_review: bool,
+    /// Deadline of one turn.
+    pub turn_timeout: Duration,
+    /// Stop new work past this many tokens.
+    pub token_budget: Option<u64>,
+    /// Stop new work past this cost.
+    pub cost_budget: Option<f64>,
+    /// Retry, breaker, auto-scaling and stagnation settings.
+    pub policy: PolicyConfig,
+    /// fsync the journal after each record (off only for tests and benchmarks).
+    pub journal_fsync: bool,
+}
+
+impl Default for MissionConfig {
+    fn default() -> Self {
+        MissionConfig {
+            workers: 4,
+            reviewers: 2,
+            max_attempts: 3,
+            plan_retries: 2,
+            max_rounds: 1_000,
+            integration_rounds: 2,
+            integration_review: true,
+            turn_timeout: Duration::from_secs(600),
+            token_budget: None,
+            cost_budget: None,
+            policy: PolicyConfig::default(),
+            journal_fsync: true,
+        }
+    }
+}
+
+/// A mission could not run at all (as opposed to running and failing, which is a
+/// [`MissionStatus`] in the report).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MissionError {
+    /// The TODO.md store failed.
+    #[error("plan store: {0}")]
+    Store(#[from] StoreError),
+    /// The configuration is unusable.
+    #[error("invalid mission configuration: {0}")]
+    Config(String),
+    /// The journal could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The report could not be written.
+    #[error("cannot write {path}: {source}")]
+    Report {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One mission: a request, a project directory, a backend and the agents.
+pub struct Mission<B: AgentBackend> {
+    backend: Arc<B>,
+    request: String,
+    dir: PathBuf,
+    agents: AgentSet,
+    config: MissionConfig,
+    stop: CancellationToken,
+    events: broadcast::Sender<MissionEvent>,
+}
+
+impl<B: AgentBackend> std::fmt::Debug for Mission<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mission")
+            .field("request", &self.request)
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: AgentBackend> Mission<B> {
+    /// A mission for `request` in the project at `dir`, with the built-in agents and default
+    /// limits.
+    pub fn new(backend: Arc<B>, request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Mission {
+            backend,
+            request: request.into(),
+            dir: dir.into(),
+            agents: AgentSet::builtin(),
+            config: MissionConfig::default(),
+            stop: CancellationToken::new(),
+            events,
+        }
+    }
+
+    /// Uses these agents.
+    #[must_use]
+    pub fn agents(mut self, agents: AgentSet) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Uses these limits.
+    #[must_use]
+    pub fn config(mut self, config: MissionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Uses this stop signal (a child of it is watched by every loop and every wait).
+    #[must_use]
+    pub fn stop_token(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The stop signal: cancel it to stop the mission.
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Publishes events on `sender` instead of the mission's own channel (a supervisor that
+    /// runs several missions in a row keeps one stream for its subscribers).
+    #[must_use]
+    pub fn event_sender(mut self, sender: broadcast::Sender<MissionEvent>) -> Self {
+        self.events = sender;
+        self
+    }
+
+    /// Subscribes to the mission's events (capacity 1,024; a subscriber that falls further
+    /// behind loses the oldest and is told how many by `RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<MissionEvent> {
+        self.events.subscribe()
+    }
+
+    /// The state directory: `<dir>/.orchestrator`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".orchestrator")
+    }
+
+    /// Runs the mission to its end and writes `.orchestrator/report.json`.
+    ///
+    /// A plan already in the store that is not finished is continued (items in progress go
+    /// back to pending, items in review are reviewed).
+    ///
+    /// # Errors
+    /// [`MissionError`] when the mission cannot run at all (the store, the configuration, the
+    /// report file). A mission that runs and fails returns `Ok` with a failed status.
+    pub async fn run(self) -> Result<MissionReport, MissionError> {
+        if self.config.workers == 0 || self.config.reviewers == 0 {
+            return Err(MissionError::Config(
+                "workers and reviewers must be at least 1".into(),
+            ));
+        }
+        let store = TodoStore::open(self.state_dir())?;
+        let span = info_span!("mission", request = %self.request);
+        let dir = self.state_dir();
+        let report = Commander::new(self, store)?.run().instrument(span).await?;
+        let path = dir.join("report.json");
+        let text = serde_json::to_string_pretty(&report).map_err(|e| MissionError::Report {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&path, text + "\n").map_err(|source| MissionError::Report {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(report)
+    }
+}
+
+/// Work handed to a Worker lane.
+struct WorkOrder {
+    item: Item,
+    attempt: u32,
+    context: String,
+}
+
+/// Results sent back to the Commander.
+enum Outcome {
+    WorkerDone {
+        item: ItemId,
+        report: TurnReport,
+        diff: String,
+    },
+    WorkerFailed {
+        item: ItemId,
+        error: BackendError,
+    },
+    Reviewed {
+        item: ItemId,
+        result: Result<(Verdict, TurnReport), String>,
+    },
+}
+
+/// Shared by the Commander, the lanes and the review tasks.
+struct Ctx<B: AgentBackend> {
+    backend: Arc<B>,
+    agents: AgentSet,
+    config: MissionConfig,
+    dir: PathBuf,
+    stop: CancellationToken,
+    events: broadcast::Sender<MissionEvent>,
+    policy: Policy,
+    usage: Mutex<Usage>,
+    journal: Mutex<Journal>,
+    /// Set when any turn saw the server go away.
+    server_lost: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Usage {
+    roles: BTreeMap<AgentRole, RoleUsage>,
+    models: BTreeMap<String, u64>,
+    permissions: Vec<crate::backend::PermissionDecision>,
+    retries: u64,
+}
+
+impl<B: AgentBackend> Ctx<B> {
+    fn emit(&self, event: MissionEvent) {
+        self.journal(JournalEntry::Event {
+            event: event.clone(),
+        });
+        // No subscriber is fine: events are for observers.
+        let _ = self.events.send(event);
+    }
+
+    /// Appends to the journal; a failing journal is logged, not fatal (the plan store stays
+    /// the source of truth for item states).
+    fn journal(&self, entry: JournalEntry) {
+        if let Err(e) = self.journal.lock().append(entry) {
+            warn!(error = %e, "cannot write the mission journal");
+        }
+    }
+
+    async fn open_session(&self, spec: SessionSpec) -> Result<B::Session, BackendError> {
+        let role = spec.role;
+        let session = self.backend.open(spec).await?;
+        self.journal(JournalEntry::SessionOpened {
+            role,
+            session: self.backend.session_id(&session),
+        });
+        Ok(session)
+    }
+
+    async fn close_session(&self, session: B::Session, broken: bool) {
+        let id = self.backend.session_id(&session);
+        let _ = self.backend.close(session, broken).await;
+        self.journal(JournalEntry::SessionClosed { session: id });
+    }
+
+    fn record_turn(&self, role: AgentRole, item: Option<&ItemId>, report: &TurnReport) {
+        let mut usage = self.usage.lock();
+        let entry = usage.roles.entry(role).or_default();
+        entry.turns += 1;
+        entry.tokens.add(&report.tokens);
+        entry.cost += report.cost;
+        entry.busy_ms += report.elapsed.as_millis() as u64;
+        if let Some(model) = &report.model {
+            *usage.models.entry(model.clone()).or_default() += 1;
+        }
+        usage.permissions.extend(report.permissions.iter().cloned());
+        drop(usage);
+        for decision in &report.permissions {
+            self.emit(MissionEvent::Permission {
+                item: item.map(ToString::to_string),
+                decision: decision.clone(),
+            });
+        }
+        self.emit(MissionEvent::TurnFinished {
+            role,
+            item: item.map(ToString::to_string),
+            tokens: report.tokens,
+            elapsed_ms: report.elapsed.as_millis() as u64,
+            tool_calls: report.tool_calls.len(),
+        });
+    }
+
+    fn record_failure(&self, role: AgentRole, item: Option<&ItemId>, error: &BackendError) {
+        self.usage
+            .lock()
+            .roles
+            .entry(role)
+            .or_default()
+            .failed_turns += 1;
+        self.emit(MissionEvent::TurnFailed {
+            role,
+            item: item.map(ToString::to_string),
+            error: error.to_string(),
+        });
+    }
+
+    /// Runs a turn with the retry policy and the circuit breaker: transient errors are
+    /// retried (honouring `Retry-After`), an open breaker for the model moves the turn to a
+    /// fallback model, and the stop signal ends every wait.
+    async fn turn(
+        &self,
+        session: &B::Session,
+        role: AgentRole,
+        item: Option<&ItemId>,
+        prompt: String,
+        allowed_edits: Vec<String>,
+    ) -> Result<TurnReport, BackendError> {
+        let agent = self.agents.for_role(role);
+        let primary = self.agents.model_for(role);
+        let mut attempt = 1u32;
+        loop {
+            let model = self
+                .policy
+                .pick_model(primary.as_ref(), &self.agents.fallback_models);
+            let request = TurnRequest {
+                role,
+                agent: agent.name.clone(),
+                model: model.clone(),
+                prompt: prompt.clone(),
+                allowed_edits: allowed_edits.clone(),
+            };
+            let breaker = self.policy.breaker(model.as_ref());
+            let result = match breaker.try_acquire() {
+                Ok(permit) => {
+                    let deadline = Instant::now() + self.config.turn_timeout;
+                    let span = info_span!("turn", role = %role, item = item.map(ItemId::as_str).unwrap_or("-"), attempt);
+                    let result = self
+                        .backend
+                        .run_turn(session, request, deadline, &self.stop)
+                        .instrument(span)
+                        .await;
+                    match &result {
+                        Err(e) if e.is_transient() => permit.failure(),
+                        Err(BackendError::Stopped) => drop(permit),
+                        _ => permit.success(),
+                    }
+                    result
+                }
+                // Every candidate model's breaker is open: wait like a transient error.
+                Err(rejected) => Err(BackendError::Unavailable {
+                    status: None,
+                    message: rejected.to_string(),
+                }),
+            };
+            match result {
+                Ok(report) => return Ok(report),
+                Err(BackendError::Stopped) => return Err(BackendError::Stopped),
+                Err(BackendError::ServerLost { message }) => {
+                    self.server_lost
+                        .lock()
+                        .get_or_insert_with(|| message.clone());
+                    return Err(BackendError::ServerLost { message });
+                }
+                Err(error) => {
+                    let Some(delay) = self.policy.retry_delay(attempt, &error) else {
+                        return Err(error);
+                    };
+                    attempt += 1;
+                    self.usage.lock().retries += 1;
+                    self.emit(MissionEvent::Retrying {
+                        role,
+                        item: item.map(ToString::to_string),
+                        attempt,
+                        delay_ms: delay.as_millis() as u64,
+                        error: error.to_string(),
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.stop.cancelled() => return Err(BackendError::Stopped),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the item's files (missing files read as empty), for diffs.
+fn read_files(dir: &Path, files: &[String]) -> Vec<(String, String)> {
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(dir.join(f))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            (f.clone(), text)
+        })
+        .collect()
+}
+
+/// A unified diff of each file between two readings.
+fn diff_files(before: &[(String, String)], after: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for ((name, old), (_, new)) in before.iter().zip(after) {
+        if old != new {
+            let diff = similar::TextDiff::from_lines(old, new);
+            out.push_str(
+                &diff
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&format!("a/{name}"), &format!("b/{name}"))
+                    .to_string(),
+            );
+        }
+    }
+    out
+}
+
+/// The lane consumer: takes work orders (warm ones first), keeps its Worker session across
+/// items, re-scoping its permissions to each item's files.
+async fn lane_loop<B: AgentBackend>(
+    ctx: Arc<Ctx<B>>,
+    mut lane: Lane<String, WorkOrder>,
+    tx: mpsc::UnboundedSender<Outcome>,
+) {
+    let lane_id = lane.id().index();
+    let mut session: Option<B::Session> = None;
+    loop {
+        let assigned = tokio::select! {
+            next = lane.next() => next,
+            () = ctx.stop.cancelled() => None,
+        };
+        let Some(assigned) = assigned else { break };
+        let warm = assigned.ran_warm();
+        let order = assigned.into_task();
+        let id = order.item.id.clone();
+        ctx.emit(MissionEvent::ItemStarted {
+            item: id.to_string(),
+            attempt: order.attempt,
+            lane: lane_id,
+            warm,
+        });
+        let span = info_span!("item", item = %id, attempt = order.attempt, lane = lane_id);
+        let outcome = run_worker(&ctx, &mut session, &order)
+            .instrument(span)
+            .await;
+        let outcome = match outcome {
+            Ok((report, diff)) => Outcome::WorkerDone {
+                item: id,
+                report,
+                diff,
+            },
+            Err(error) => Outcome::WorkerFailed { item: id, error },
+        };
+        if tx.send(outcome).is_err() {
+            break;
+        }
+    }
+    lane.idle();
+    if let Some(session) = session.take() {
+        ctx.close_session(session, false).await;
+    }
+}
+
+async fn run_worker<B: AgentBackend>(
+    ctx: &Ctx<B>,
+    session: &mut Option<B::Session>,
+    order: &WorkOrder,
+) -> Result<(TurnReport, String), BackendError> {
+    let item = &order.item;
+    let priority = if order.attempt > 1 {
+        Priority::High
+    } else {
+        Priority::Normal
+    };
+    let _slot = ctx
+        .policy
+        .acquire(AgentRole::Worker, priority, &ctx.stop)
+        .await
+        .ok_or(BackendError::Stopped)?;
+    let rules = worker_session_rules(&ctx.dir, &item.files);
+    let current = match session.take() {
+        Some(s) => match ctx.backend.rescope(&s, rules.clone()).await {
+            Ok(()) => s,
+            Err(_) => {
+                ctx.close_session(s, true).await;
+                open_worker(ctx, rules).await?
+            }
+        },
+        None => open_worker(ctx, rules).await?,
+    };
+    let before = read_files(&ctx.dir, &item.files);
+    let prompt = protocol::worker_prompt(&order.context, item);
+    let result = ctx
+        .turn(
+            &current,
+            AgentRole::Worker,
+            Some(&item.id),
+            prompt,
+            item.files.clone(),
+        )
+        .await;
+    ctx.policy.record_outcome(AgentRole::Worker, result.is_ok());
+    match result {
+        Ok(report) => {
+            let after = read_files(&ctx.dir, &item.files);
+            *session = Some(current);
+            ctx.record_turn(AgentRole::Worker, Some(&item.id), &report);
+            Ok((report, diff_files(&before, &after)))
+        }
+        Err(error) => {
+            ctx.record_failure(AgentRole::Worker, Some(&item.id), &error);
+            // A session that failed or was stopped mid-turn is not reused.
+            let _ = ctx.backend.abort(&current).await;
+            ctx.close_session(current, true).await;
+            Err(error)
+        }
+    }
+}
+
+async fn open_worker<B: AgentBackend>(
+    ctx: &Ctx<B>,
+    rules: Vec<orch_opencode::PermissionRule>,
+) -> Result<B::Session, BackendError> {
+    ctx.open_session(SessionSpec {
+        role: AgentRole::Worker,
+        title: "orchestrator worker".into(),
+        rules,
+    })
+    .await
+}
+
+/// One review turn (unit or integration) on a Reviewer session from the backend's pool; a
+/// malformed verdict is asked for once more.
+async fn review<B: AgentBackend>(
+    ctx: &Ctx<B>,
+    item: Option<&ItemId>,
+    prompt: String,
+) -> Result<(Verdict, TurnReport), String> {
+    let _slot = ctx
+        .policy
+        .acquire(AgentRole::Reviewer, Priority::Normal, &ctx.stop)
+        .await
+        .ok_or_else(|| BackendError::Stopped.to_string())?;
+    let session = ctx
+        .open_session(SessionSpec {
+            role: AgentRole::Reviewer,
+            title: "orchestrator reviewer".into(),
+            rules: Vec::new(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut prompt = prompt;
+    let mut result = Err(String::new());
+    for _ in 0..2 {
+        match ctx
+            .turn(
+                &session,
+                AgentRole::Reviewer,
+                item,
+                prompt.clone(),
+                Vec::new(),
+            )
+            .await
+        {
+            Ok(report) => {
+                ctx.record_turn(AgentRole::Reviewer, item, &report);
+                match protocol::parse_verdict(&report.text) {
+                    Ok(verdict) => {
+                        result = Ok((verdict, report));
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(format!("reviewer answered without a valid verdict: {e}"));
+                        prompt = format!(
+                            "Your answer could not be read: {e}. Repeat your conclusion and end \
+                             with exactly one line `VERDICT: PASS` or `VERDICT: FAIL: <reasons>`."
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.record_failure(AgentRole::Reviewer, item, &e);
+                result = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    ctx.policy
+        .record_outcome(AgentRole::Reviewer, result.is_ok());
+    let broken = result.is_err();
+    ctx.close_session(session, broken).await;
+    result
+}
+
+/// Items that can never run because `failed` failed (its transitive dependants).
+fn dependants(plan: &Plan, failed: &ItemId) -> Vec<String> {
+    let mut blocked: Vec<String> = Vec::new();
+    let mut frontier = vec![failed.clone()];
+    while let Some(id) = frontier.pop() {
+        for item in &plan.items {
+            if item.deps.contains(&id) && !blocked.contains(&item.id.to_string()) {
+                blocked.push(item.id.to_string());
+                frontier.push(item.id.clone());
+            }
+        }
+    }
+    blocked
+}
+
+/// A hash of the ids and states (not notes or attempts): what "progress" means.
+fn progress_hash(plan: &Plan) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for item in &plan.items {
+        hasher.update(item.id.as_str().as_bytes());
+        hasher.update(item.state.as_str().as_bytes());
+        hasher.update(b"\n");
+    }
+    *hasher.finalize().as_bytes()
+}
+
+struct Commander<B: AgentBackend> {
+    ctx: Arc<Ctx<B>>,
+    request: String,
+    store: TodoStore,
+    running: HashSet<ItemId>,
+    rounds: u32,
+    verdicts: HashMap<ItemId, Vec<Verdict>>,
+    budget_hit: Option<String>,
+    started: Instant,
+    /// The journal as it was when this run started (what earlier runs did).
+    history: JournalContents,
+}
+
+impl<B: AgentBackend> Commander<B> {
+    fn new(mission: Mission<B>, store: TodoStore) -> Result<Self, MissionError> {
+        let policy = Policy::new(&mission.config);
+        let (journal, history) = Journal::open(store.dir(), mission.config.journal_fsync)?;
+        let ctx = Arc::new(Ctx {
+            backend: mission.backend,
+            agents: mission.agents,
+            config: mission.config,
+            dir: mission.dir,
+            stop: mission.stop,
+            events: mission.events,
+            policy,
+            usage: Mutex::new(Usage::default()),
+            journal: Mutex::new(journal),
+            server_lost: Mutex::new(None),
+        });
+        Ok(Commander {
+            ctx,
+            request: mission.request,
+            store,
+            running: HashSet::new(),
+            rounds: 0,
+            verdicts: HashMap::new(),
+            budget_hit: None,
+            started: Instant::now(),
+            history,
+        })
+    }
+
+    async fn commit<T: Send + 'static>(
+        &self,
+        change: impl FnMut(&mut Plan) -> T + Send + 'static,
+    ) -> Result<(u64, T), MissionError> {
+        let store = self.store.clone();
+        let committed = tokio::task::spawn_blocking(move || store.update(WRITER, change))
+            .await
+            .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??;
+        Ok((committed.version, committed.value))
+    }
+
+    async fn snapshot(&self) -> Result<(u64, Plan), MissionError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.snapshot())
+            .await
+            .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??)
+    }
+
+    async fn run(mut self) -> Result<MissionReport, MissionError> {
+        let (_, existing) = self.snapshot().await?;
+        let resumed = !existing.items.is_empty();
+        let recorded = self.history.done_counts();
+        for item in &existing.items {
+            if item.state == ItemState::Done && !recorded.contains_key(item.id.as_str()) {
+                self.ctx.journal(JournalEntry::Reconciled {
+                    item: item.id.to_string(),
+                    state: item.state.as_str().to_owned(),
+                });
+            }
+        }
+        let stale = self.history.open_sessions();
+        if !stale.is_empty() {
+            self.ctx.backend.cleanup(stale.clone()).await;
+            self.ctx
+                .journal(JournalEntry::StaleSessionsClosed { sessions: stale });
+        }
+        self.ctx.emit(MissionEvent::Started {
+            mission: self.request.clone(),
+            resumed,
+        });
+        let status = if resumed {
+            self.execute(true).await?
+        } else {
+            match self.plan().await? {
+                Ok(()) => self.execute(false).await?,
+                Err(status) => status,
+            }
+        };
+        self.finish(status).await
+    }
+
+    /// The planning phase: a Planner turn, parsed and validated, re-asked with the error at
+    /// most `plan_retries` times.
+    async fn plan(&mut self) -> Result<Result<(), MissionStatus>, MissionError> {
+        let ctx = Arc::clone(&self.ctx);
+        let session = match ctx
+            .open_session(SessionSpec {
+                role: AgentRole::Planner,
+                title: "orchestrator planner".into(),
+                rules: Vec::new(),
+            })
+            .await
+        {
+            Ok(s) => s,
+            Err(BackendError::ServerLost { message }) => {
+                return Ok(Err(MissionStatus::ServerLost { reason: message }));
+            }
+            Err(e) => {
+                return Ok(Err(MissionStatus::Failed {
+                    reason: format!("cannot open a Planner session: {e}"),
+                }));
+            }
+        };
+        let files = project_files(&ctx.dir);
+        let mut prompt = protocol::planner_prompt(&self.request, &files);
+        let mut outcome = Err(MissionStatus::Failed {
+            reason: "no plan".into(),
+        });
+        for attempt in 1..=ctx.config.plan_retries + 1 {
+            let report = match ctx
+                .turn(
+                    &session,
+                    AgentRole::Planner,
+                    None,
+                    prompt.clone(),
+                    Vec::new(),
+                )
+                .await
+            {
+                Ok(report) => report,
+                Err(BackendError::Stopped) => {
+                    outcome = Err(MissionStatus::Stopped);
+                    break;
+                }
+                Err(BackendError::ServerLost { message }) => {
+                    outcome = Err(MissionStatus::ServerLost { reason: message });
+                    break;
+                }
+                Err(e) => {
+                    ctx.record_failure(AgentRole::Planner, None, &e);
+                    outcome = Err(MissionStatus::Failed {
+                        reason: format!("the Planner's turn failed: {e}"),
+                    });
+                    break;
+                }
+            };
+            ctx.record_turn(AgentRole::Planner, None, &report);
+            match protocol::extract_plan(&report.text) {
+                Ok(plan) => {
+                    let items = plan.items.len();
+                    let (version, ()) = self
+                        .commit(move |p| {
+                            *p = plan.clone();
+                        })
+                        .await?;
+                    ctx.emit(MissionEvent::PlanCommitted { version, items });
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) => {
+                    ctx.emit(MissionEvent::PlanRejected {
+                        attempt,
+                        error: e.to_string(),
+                    });
+                    outcome = Err(MissionStatus::Failed {
+                        reason: format!("the plan was rejected {attempt} times; last error: {e}"),
+                    });
+                    prompt = protocol::planner_retry_prompt(&self.request, &e);
+                }
+            }
+        }
+        let broken = outcome.is_err();
+        ctx.close_session(session, broken).await;
+        Ok(outcome)
+    }
+
+    /// Schedules, runs and reviews items until the plan is finished, then runs the
+    /// integration review (which may add fix-up items and go round again).
+    async fn execute(&mut self, resumed: bool) -> Result<MissionStatus, MissionError> {
+        let ctx = Arc::clone(&self.ctx);
+        let (scheduler, lanes) = LaneScheduler::<String, WorkOrder>::new(ctx.config.workers)
+            .map_err(|e| MissionError::Config(e.to_string()))?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut lane_tasks = JoinSet::new();
+        for lane in lanes {
+            lane_tasks.spawn(lane_loop(Arc::clone(&ctx), lane, tx.clone()));
+        }
+        let mut reviews: JoinSet<()> = JoinSet::new();
+        if resumed {
+            self.recover(&tx, &mut reviews).await?;
+        }
+        let mut integration_round = 0u32;
+        let status = loop {
+            if ctx.stop.is_cancelled() {
+                break MissionStatus::Stopped;
+            }
+            if self.budget_hit.is_none() {
+                self.dispatch(&scheduler).await?;
+            }
+            if self.running.is_empty() {
+                let (_, plan) = self.snapshot().await?;
+                if let Some(budget) = &self.budget_hit {
+                    break MissionStatus::BudgetExceeded {
+                        budget: budget.clone(),
+                    };
+                }
+                if plan.is_finished() && plan.items.iter().all(|i| i.state == ItemState::Done) {
+                    if !ctx.config.integration_review {
+                        break MissionStatus::Completed;
+                    }
+                    integration_round += 1;
+                    if integration_round > ctx.config.integration_rounds {
+                        break MissionStatus::Failed {
+                            reason: format!(
+                                "the integration review still fails after {} rounds",
+                                ctx.config.integration_rounds
+                            ),
+                        };
+                    }
+                    match self.integrate(integration_round, &plan).await? {
+                        Some(status) => break status,
+                        None => continue,
+                    }
+                }
+                break self.stuck_status(&plan);
+            }
+            if self.rounds >= ctx.config.max_rounds {
+                break MissionStatus::Failed {
+                    reason: format!("the round limit ({}) was reached", ctx.config.max_rounds),
+                };
+            }
+            let outcome = tokio::select! {
+                outcome = rx.recv() => outcome,
+                () = ctx.stop.cancelled() => None,
+            };
+            let Some(outcome) = outcome else {
+                break MissionStatus::Stopped;
+            };
+            self.rounds += 1;
+            if let Some(status) = self.handle(outcome, &tx, &mut reviews).await? {
+                break status;
+            }
+            if let Some(reason) = self.ctx.server_lost.lock().clone() {
+                break MissionStatus::ServerLost { reason };
+            }
+        };
+        // Wind down: no new work; running turns see the stop signal (when stopping) or
+        // finish; lanes close when the scheduler closes.
+        scheduler.close();
+        if matches!(
+            status,
+            MissionStatus::Stopped | MissionStatus::ServerLost { .. }
+        ) {
+            ctx.stop.cancel();
+        }
+        let grace = Instant::now() + Duration::from_secs(2);
+        while !self.running.is_empty() && Instant::now() < grace {
+            let outcome = tokio::select! {
+                o = rx.recv() => o,
+                () = tokio::time::sleep_until(grace) => None,
+            };
+            let Some(outcome) = outcome else { break };
+            self.settle(outcome).await?;
+        }
+        drop(tx);
+        reviews.shutdown().await;
+        let deadline = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = lane_tasks.join_next() => if joined.is_none() { break },
+                () = &mut deadline => { lane_tasks.abort_all(); break; }
+            }
+        }
+        let stats = scheduler.stats();
+        let mut engine = self.ctx.policy.stats();
+        engine.push(("lanes.steals".into(), stats.steals() as f64));
+        engine.push(("lanes.warm_hit_ratio".into(), stats.warm_hit_ratio()));
+        engine.push(("lanes.pushed".into(), stats.pushed as f64));
+        *self.ctx.policy.engine_extra.lock() = engine;
+        Ok(status)
+    }
+
+    /// After a restart: items in review are reviewed; an item in progress whose Worker turn
+    /// the journal shows finished goes to review too (its work is not redone); other items in
+    /// progress (their session died with the process) go back to pending.
+    async fn recover(
+        &mut self,
+        tx: &mpsc::UnboundedSender<Outcome>,
+        reviews: &mut JoinSet<()>,
+    ) -> Result<(), MissionError> {
+        let finished: HashSet<String> = {
+            let (_, plan) = self.snapshot().await?;
+            plan.items
+                .iter()
+                .filter(|i| {
+                    i.state == ItemState::InProgress && self.history.worker_finished(i.id.as_str())
+                })
+                .map(|i| i.id.to_string())
+                .collect()
+        };
+        let (_, in_review) = self
+            .commit(move |plan| {
+                let mut in_review = Vec::new();
+                for item in &mut plan.items {
+                    match item.state {
+                        ItemState::InProgress if finished.contains(item.id.as_str()) => {
+                            item.state = ItemState::InReview;
+                            in_review.push(item.clone());
+                        }
+                        ItemState::InProgress => item.state = ItemState::Pending,
+                        ItemState::InReview => in_review.push(item.clone()),
+                        _ => {}
+                    }
+                }
+                in_review
+            })
+            .await?;
+        for item in in_review {
+            let text = read_files(&self.ctx.dir, &item.files)
+                .into_iter()
+                .map(|(f, t)| {
+                    format!(
+                        "--- {f} (current content; the attempt's diff was lost in a restart)\n{t}"
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            self.spawn_review(item, text, tx, reviews).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks every ready item in progress and queues it on the lanes, keyed by its files.
+    async fn dispatch(
+        &mut self,
+        scheduler: &LaneScheduler<String, WorkOrder>,
+    ) -> Result<(), MissionError> {
+        let running = self.running.clone();
+        let (_, started) = self
+            .commit(move |plan| {
+                let mut busy: HashSet<String> = plan
+                    .items
+                    .iter()
+                    .filter(|i| matches!(i.state, ItemState::InProgress | ItemState::InReview))
+                    .flat_map(|i| i.files.iter().cloned())
+                    .collect();
+                let done: HashSet<ItemId> = plan
+                    .items
+                    .iter()
+                    .filter(|i| i.state == ItemState::Done)
+                    .map(|i| i.id.clone())
+                    .collect();
+                let mut started = Vec::new();
+                for item in &mut plan.items {
+                    let ready = item.state == ItemState::Pending
+                        && !running.contains(&item.id)
+                        && item.deps.iter().all(|d| done.contains(d))
+                        && !item.files.iter().any(|f| busy.contains(f));
+                    if ready {
+                        item.state = ItemState::InProgress;
+                        busy.extend(item.files.iter().cloned());
+                        started.push(item.clone());
+                    }
+                }
+                started
+            })
+            .await?;
+        if started.is_empty() {
+            return Ok(());
+        }
+        let (_, plan) = self.snapshot().await?;
+        let context = protocol::mission_context(&self.request, &plan);
+        for item in started {
+            self.running.insert(item.id.clone());
+            let order = WorkOrder {
+                attempt: item.attempts + 1,
+                context: context.clone(),
+                item,
+            };
+            let keys = order.item.files.clone();
+            if let Err(rejected) = scheduler.push_with_affinity(keys, order) {
+                // Only a closed scheduler rejects; the mission is ending.
+                let order = rejected.into_inner();
+                self.running.remove(&order.item.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn spawn_review(
+        &mut self,
+        item: Item,
+        diff: String,
+        tx: &mpsc::UnboundedSender<Outcome>,
+        reviews: &mut JoinSet<()>,
+    ) -> Result<(), MissionError> {
+        let (_, plan) = self.snapshot().await?;
+        let context = protocol::mission_context(&self.request, &plan);
+        let prompt = protocol::review_prompt(&context, &item, &diff);
+        let ctx = Arc::clone(&self.ctx);
+        let tx = tx.clone();
+        self.running.insert(item.id.clone());
+        let span = info_span!("review", item = %item.id);
+        reviews.spawn(
+            async move {
+                let result = review(&ctx, Some(&item.id), prompt).await;
+                let _ = tx.send(Outcome::Reviewed {
+                    item: item.id,
+                    result,
+                });
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    /// Applies one outcome; returns a final status when the mission must end now.
+    async fn handle(
+        &mut self,
+        outcome: Outcome,
+        tx: &mpsc::UnboundedSender<Outcome>,
+        reviews: &mut JoinSet<()>,
+    ) -> Result<Option<MissionStatus>, MissionError> {
+        match outcome {
+            Outcome::WorkerDone { item, report, diff } => {
+                if let Some(detail) = self.ctx.policy.observe_turn(&item, &report) {
+                    self.ctx.emit(MissionEvent::LoopDetected {
+                        item: item.to_string(),
+                        detail: detail.clone(),
+                    });
+                    let note = format!("the orchestrator saw a loop: {detail}; change approach");
+                    let id = item.clone();
+                    self.commit(move |plan| {
+                        if let Some(i) = plan.item_mut(&id) {
+                            i.add_note(&note);
+                        }
+                    })
+                    .await?;
+                }
+                let id = item.clone();
+                let (_, moved) = self
+                    .commit(move |plan| {
+                        let item = plan.item_mut(&id)?;
+                        item.state = ItemState::InReview;
+                        Some(item.clone())
+                    })
+                    .await?;
+                self.running.remove(&item);
+                match moved {
+                    Some(moved) => self.spawn_review(moved, diff, tx, reviews).await?,
+                    None => warn!(item = %item, "item vanished from the plan (external edit)"),
+                }
+            }
+            Outcome::WorkerFailed { item, error } => {
+                self.running.remove(&item);
+                if matches!(
+                    error,
+                    BackendError::Stopped | BackendError::ServerLost { .. }
+                ) {
+                    self.requeue(&item).await?;
+                } else {
+                    self.attempt_failed(&item, format!("worker error: {error}"))
+                        .await?;
+                }
+            }
+            Outcome::Reviewed { item, result } => {
+                self.running.remove(&item);
+                match result {
+                    Ok((verdict, _)) => {
+                        self.ctx.emit(MissionEvent::Reviewed {
+                            item: item.to_string(),
+                            verdict: verdict.clone(),
+                        });
+                        self.verdicts
+                            .entry(item.clone())
+                            .or_default()
+                            .push(verdict.clone());
+                        match verdict {
+                            Verdict::Pass => {
+                                let id = item.clone();
+                                let (_, attempts) = self
+                                    .commit(move |plan| {
+                                        let item = plan.item_mut(&id)?;
+                                        item.state = ItemState::Done;
+                                        item.attempts += 1;
+                                        Some(item.attempts)
+                                    })
+                                    .await?;
+                                self.ctx.emit(MissionEvent::ItemDone {
+                                    item: item.to_string(),
+                                    attempts: attempts.unwrap_or(0),
+                                });
+                            }
+                            Verdict::Fail { reasons } => {
+                                self.attempt_failed(&item, format!("review: {reasons}"))
+                                    .await?;
+                            }
+                        }
+                    }
+                    Err(_)
+                        if self.ctx.stop.is_cancelled()
+                            || self.ctx.server_lost.lock().is_some() =>
+                    {
+                        self.requeue_review(&item).await?;
+                    }
+                    Err(e) => {
+                        self.attempt_failed(&item, format!("review error: {e}"))
+                            .await?
+                    }
+                }
+            }
+        }
+        self.check_budgets();
+        let (_, plan) = self.snapshot().await?;
+        match self.ctx.policy.observe_progress(progress_hash(&plan)) {
+            ProgressSignal::Ok => {}
+            ProgressSignal::Diagnose(unchanged) => {
+                let diagnosis = self.diagnose(&plan, unchanged).await;
+                self.ctx.emit(MissionEvent::Stagnation {
+                    unchanged,
+                    escalated: false,
+                    diagnosis,
+                });
+            }
+            ProgressSignal::Escalate(unchanged) => {
+                self.ctx.emit(MissionEvent::Stagnation {
+                    unchanged,
+                    escalated: true,
+                    diagnosis: None,
+                });
+                return Ok(Some(MissionStatus::Failed {
+                    reason: format!("no progress for {unchanged} rounds"),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Outcomes that arrive while winding down: record them without starting new work.
+    async fn settle(&mut self, outcome: Outcome) -> Result<(), MissionError> {
+        match outcome {
+            Outcome::WorkerDone { item, .. } | Outcome::WorkerFailed { item, .. } => {
+                self.running.remove(&item);
+                self.requeue(&item).await
+            }
+            Outcome::Reviewed { item, .. } => {
+                self.running.remove(&item);
+                self.requeue_review(&item).await
+            }
+        }
+    }
+
+    /// An item whose turn was interrupted goes back to pending, attempts unchanged.
+    async fn requeue(&self, item: &ItemId) -> Result<(), MissionError> {
+        let id = item.clone();
+        self.commit(move |plan| {
+            if let Some(i) = plan.item_mut(&id)
+                && i.state == ItemState::InProgress
+            {
+                i.state = ItemState::Pending;
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// An interrupted review leaves the item in review, to be reviewed on resume.
+    async fn requeue_review(&self, _item: &ItemId) -> Result<(), MissionError> {
+        Ok(())
+    }
+
+    async fn attempt_failed(&mut self, item: &ItemId, reason: String) -> Result<(), MissionError> {
+        let id = item.clone();
+        let max = self.ctx.config.max_attempts;
+        let note = reason.clone();
+        let (_, result) = self
+            .commit(move |plan| {
+                let failed = {
+                    let item = plan.item_mut(&id)?;
+                    item.attempts += 1;
+                    item.add_note(&format!("attempt {}: {note}", item.attempts));
+                    if item.attempts >= max {
+                        item.state = ItemState::Failed;
+                        true
+                    } else {
+                        item.state = ItemState::Pending;
+                        false
+                    }
+                };
+                Some(failed.then(|| dependants(plan, &id)))
+            })
+            .await?;
+        if let Some(Some(blocked)) = result {
+            self.ctx.emit(MissionEvent::ItemFailed {
+                item: item.to_string(),
+                reason: format!("{reason} (after {max} attempts)"),
+                blocked,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_budgets(&mut self) {
+        if self.budget_hit.is_some() {
+            return;
+        }
+        let usage = self.ctx.usage.lock();
+        let tokens: u64 = usage.roles.values().map(|u| u.tokens.total()).sum();
+        let cost: f64 = usage.roles.values().map(|u| u.cost).sum();
+        drop(usage);
+        let hit = match (self.ctx.config.token_budget, self.ctx.config.cost_budget) {
+            (Some(limit), _) if tokens > limit => Some(("tokens", tokens as f64, limit as f64)),
+            (_, Some(limit)) if cost > limit => Some(("cost", cost, limit)),
+            _ => None,
+        };
+        if let Some((budget, used, limit)) = hit {
+            self.budget_hit = Some(budget.to_owned());
+            self.ctx.emit(MissionEvent::BudgetExceeded {
+                budget: budget.to_owned(),
+                used,
+                limit,
+            });
+        }
+    }
+
+    /// Asks the Commander agent why the plan is stuck (best effort).
+    async fn diagnose(&self, plan: &Plan, unchanged: u32) -> Option<String> {
+        let ctx = &self.ctx;
+        let session = ctx
+            .open_session(SessionSpec {
+                role: AgentRole::Commander,
+                title: "orchestrator commander".into(),
+                rules: Vec::new(),
+            })
+            .await
+            .ok()?;
+        let prompt =
+            protocol::diagnostic_prompt(&protocol::mission_context(&self.request, plan), unchanged);
+        let result = ctx
+            .turn(&session, AgentRole::Commander, None, prompt, Vec::new())
+            .await;
+        ctx.close_session(session, result.is_err()).await;
+        let report = result.ok()?;
+        ctx.record_turn(AgentRole::Commander, None, &report);
+        Some(report.text)
+    }
+
+    /// The final integration review. `Some(status)` ends the mission; `None` means fix-up
+    /// items were added and execution goes on.
+    async fn integrate(
+        &mut self,
+        round: u32,
+        plan: &Plan,
+    ) -> Result<Option<MissionStatus>, MissionError> {
+        let context = protocol::mission_context(&self.request, plan);
+        let result = review(&self.ctx, None, protocol::integration_prompt(&context)).await;
+        let (verdict, report) = match result {
+            Ok(ok) => ok,
+            Err(_) if self.ctx.server_lost.lock().is_some() => {
+                let reason = self.ctx.server_lost.lock().clone().unwrap_or_default();
+                return Ok(Some(MissionStatus::ServerLost { reason }));
+            }
+            Err(_) if self.ctx.stop.is_cancelled() => return Ok(Some(MissionStatus::Stopped)),
+            Err(e) => {
+                return Ok(Some(MissionStatus::Failed {
+                    reason: format!("the integration review failed to run: {e}"),
+                }));
+            }
+        };
+        let fixups = match &verdict {
+            Verdict::Pass => Vec::new(),
+            Verdict::Fail { .. } => protocol::parse_fixups(&report.text),
+        };
+        let (_, added) = self
+            .commit(move |plan| {
+                let mut added = Vec::new();
+                for (n, fix) in fixups.iter().enumerate() {
+                    let Ok(id) = ItemId::new(format!("F{round}-{}", n + 1)) else {
+                        continue;
+                    };
+                    if plan.item(&id).is_some() {
+                        continue;
+                    }
+                    plan.push(
+                        Item::new(id.clone(), fix.summary.clone()).with_files(fix.files.clone()),
+                    );
+                    added.push(id.to_string());
+                }
+                added
+            })
+            .await?;
+        self.ctx.emit(MissionEvent::IntegrationReviewed {
+            round,
+            verdict: verdict.clone(),
+            fixups: added.clone(),
+        });
+        match verdict {
+            Verdict::Pass => Ok(Some(MissionStatus::Completed)),
+            Verdict::Fail { reasons } if added.is_empty() => Ok(Some(MissionStatus::Failed {
+                reason: format!("the integration review failed with no fix-up items: {reasons}"),
+            })),
+            Verdict::Fail { .. } => Ok(None),
+        }
+    }
+
+    /// Nothing runs, yet the plan is not all done: items failed (and block others).
+    fn stuck_status(&self, plan: &Plan) -> MissionStatus {
+        let failed: Vec<String> = plan
+            .items
+            .iter()
+            .filter(|i| i.state == ItemState::Failed)
+            .map(|i| i.id.to_string())
+            .collect();
+        let waiting: Vec<String> = plan
+            .items
+            .iter()
+            .filter(|i| i.state == ItemState::Pending)
+            .map(|i| i.id.to_string())
+            .collect();
+        MissionStatus::Failed {
+            reason: if failed.is_empty() {
+                format!("items cannot be scheduled: {}", waiting.join(", "))
+            } else {
+                format!(
+                    "items failed: {}; blocked by them: {}",
+                    failed.join(", "),
+                    if waiting.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        waiting.join(", ")
+                    }
+                )
+            },
+        }
+    }
+
+    async fn finish(self, status: MissionStatus) -> Result<MissionReport, MissionError> {
+        let (version, plan) = self.snapshot().await?;
+        let failed: Vec<ItemId> = plan
+            .items
+            .iter()
+            .filter(|i| i.state == ItemState::Failed)
+            .map(|i| i.id.clone())
+            .collect();
+        let items = plan
+            .items
+            .iter()
+            .map(|item| ItemReport {
+                id: item.id.to_string(),
+                summary: item.summary.clone(),
+                state: item.state.as_str().to_owned(),
+                attempts: item.attempts,
+                verdicts: self.verdicts.get(&item.id).cloned().unwrap_or_default(),
+                blocked_by: failed
+                    .iter()
+                    .filter(|f| dependants(&plan, f).contains(&item.id.to_string()))
+                    .map(ToString::to_string)
+                    .collect(),
+            })
+            .collect();
+        self.ctx.emit(MissionEvent::Finished {
+            status: status.clone(),
+        });
+        let usage = std::mem::take(&mut *self.ctx.usage.lock());
+        let mut engine: BTreeMap<String, f64> =
+            self.ctx.policy.engine_extra.lock().drain(..).collect();
+        for (k, v) in self.ctx.backend.stats() {
+            engine.insert(k, v);
+        }
+        Ok(MissionReport {
+            mission: self.request,
+            status,
+            items,
+            usage: usage.roles,
+            models: usage.models,
+            permissions: usage.permissions,
+            plan_version: version,
+            rounds: self.rounds,
+            retries: usage.retries,
+            engine,
+            elapsed: self.started.elapsed(),
+        })
+    }
+}
+
+/// Files of the project (relative paths, sorted), for the Planner; skips VCS, build and
+/// orchestrator state directories.
+fn project_files(dir: &Path) -> Vec<String> {
+    const SKIP: [&str; 6] = [
+        ".git",
+        ".orchestrator",
+        "target",
+        "node_modules",
+        ".opencode",
+        ".tools",
+    ];
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if SKIP.iter().any(|s| name == *s) {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+            if out.len() > 5_000 {
+                break;
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_show_changed_files_only() {
+        let before = vec![
+            ("a.txt".to_owned(), "one\n".to_owned()),
+            ("b.txt".to_owned(), "same\n".to_owned()),
+        ];
+        let after = vec![
+            ("a.txt".to_owned(), "one\ntwo\n".to_owned()),
+            ("b.txt".to_owned(), "same\n".to_owned()),
+        ];
+        let diff = diff_files(&before, &after);
+        assert!(
+            diff.contains("--- a/a.txt") && diff.contains("+two"),
+            "{diff}"
+        );
+        assert!(!diff.contains("b.txt"));
+    }
+
+    #[test]
+    fn dependants_are_transitive() {
+        let plan = orch_mvcc::parse(
+            "# P\n- [ ] A: a\n  - files: a\n- [ ] B: b\n  - files: b\n  - deps: A\n- [ ] C: c\n  - files: c\n  - deps: B\n- [ ] D: d\n  - files: d\n",
+        )
+        .unwrap();
+        let mut blocked = dependants(&plan, &ItemId::new("A").unwrap());
+        blocked.sort();
+        assert_eq!(blocked, ["B", "C"]);
+    }
+
+    #[test]
+    fn progress_hash_ignores_notes_but_not_states() {
+        let mut plan = orch_mvcc::parse("# P\n- [ ] A: a\n  - files: a\n").unwrap();
+        let h1 = progress_hash(&plan);
+        plan.item_mut("A").unwrap().add_note("x");
+        assert_eq!(progress_hash(&plan), h1);
+        plan.item_mut("A").unwrap().state = ItemState::Done;
+        assert_ne!(progress_hash(&plan), h1);
+    }
+}

@@ -1,0 +1,221 @@
+//! Runs a mission through server loss: reconnect (or restart), then resume.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::AgentSet;
+use crate::backend::{AgentBackend, BackendError};
+use crate::events::{MissionEvent, MissionReport, MissionStatus};
+use crate::mission::{Mission, MissionConfig, MissionError};
+
+/// Runs a mission and, when the OpenCode server goes away, gets a new backend from `connect`
+/// and resumes the mission from its `TODO.md` and journal, at most `max_restarts` times.
+///
+/// `connect(n)` is called with 0 for the first backend and 1, 2, … after a loss. For a server
+/// the caller started, it restarts the server; for a remote one, it reconnects. A failing
+/// `connect` is retried with backoff until `reconnect_timeout` has passed since the loss; then
+/// the mission ends with a failed status saying so.
+pub struct Supervisor<B: AgentBackend> {
+    request: String,
+    dir: PathBuf,
+    agents: AgentSet,
+    config: MissionConfig,
+    max_restarts: u32,
+    reconnect_timeout: Duration,
+    stop: CancellationToken,
+    events: broadcast::Sender<MissionEvent>,
+    _backend: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<B: AgentBackend> std::fmt::Debug for Supervisor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("request", &self.request)
+            .field("dir", &self.dir)
+            .field("max_restarts", &self.max_restarts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: AgentBackend> Supervisor<B> {
+    /// A supervisor with 3 restarts and a 60 s reconnection window.
+    pub fn new(request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Supervisor {
+            request: request.into(),
+            dir: dir.into(),
+            agents: AgentSet::builtin(),
+            config: MissionConfig::default(),
+            max_restarts: 3,
+            reconnect_timeout: Duration::from_secs(60),
+            stop: CancellationToken::new(),
+            events,
+            _backend: std::marker::PhantomData,
+        }
+    }
+
+    /// Uses these agents.
+    #[must_use]
+    pub fn agents(mut self, agents: AgentSet) -> Self {
+        self.agents = agents;
+        self
+    }
+
+    /// Uses these limits.
+    #[must_use]
+    pub fn config(mut self, config: MissionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How many times a lost server is replaced.
+    #[must_use]
+    pub fn max_restarts(mut self, restarts: u32) -> Self {
+        self.max_restarts = restarts;
+        self
+    }
+
+    /// How long to keep trying to reconnect after a loss.
+    #[must_use]
+    pub fn reconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.reconnect_timeout = timeout;
+        self
+    }
+
+    /// Uses this stop signal.
+    #[must_use]
+    pub fn stop_token(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// The stop signal.
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Events of every run, in one stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<MissionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs the mission to its end. The report is the last run's; `restarts` says how many
+    /// times the server was replaced.
+    ///
+    /// # Errors
+    /// As [`Mission::run`]; a `connect` that fails for good ends the mission with a failed
+    /// status, not an error.
+    pub async fn run<F, Fut>(self, mut connect: F) -> Result<(MissionReport, u32), MissionError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<Arc<B>, BackendError>>,
+    {
+        let mut restarts = 0u32;
+        let mut last_error = String::new();
+        loop {
+            let backend = match self
+                .connect_with_backoff(&mut connect, restarts, &last_error)
+                .await
+            {
+                Ok(backend) => backend,
+                Err(reason) => return self.unreachable(reason).await.map(|r| (r, restarts)),
+            };
+            let mission = Mission::new(backend, self.request.clone(), self.dir.clone())
+                .agents(self.agents.clone())
+                .config(self.config.clone())
+                .stop_token(self.stop.child_token())
+                .event_sender(self.events.clone());
+            let report = mission.run().await?;
+            match &report.status {
+                MissionStatus::ServerLost { reason }
+                    if restarts < self.max_restarts && !self.stop.is_cancelled() =>
+                {
+                    restarts += 1;
+                    last_error.clone_from(reason);
+                    let _ = self.events.send(MissionEvent::Reconnecting {
+                        attempt: restarts,
+                        reason: reason.clone(),
+                    });
+                }
+                _ => return Ok((report, restarts)),
+            }
+        }
+    }
+
+    async fn connect_with_backoff<F, Fut>(
+        &self,
+        connect: &mut F,
+        attempt: u32,
+        last_error: &str,
+    ) -> Result<Arc<B>, String>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<Arc<B>, BackendError>>,
+    {
+        let deadline = Instant::now() + self.reconnect_timeout;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match connect(attempt).await {
+                Ok(backend) => return Ok(backend),
+                Err(e) if Instant::now() + delay < deadline && !self.stop.is_cancelled() => {
+                    tracing::warn!(error = %e, "OpenCode server not reachable yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.stop.cancelled() => return Err("stopped while reconnecting".into()),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(8));
+                }
+                Err(e) => {
+                    return Err(if last_error.is_empty() {
+                        format!("cannot reach the OpenCode server: {e}")
+                    } else {
+                        format!(
+                            "the OpenCode server was lost ({last_error}) and did not come back within {:?}: {e}",
+                            self.reconnect_timeout
+                        )
+                    });
+                }
+            }
+        }
+    }
+
+    /// The report of a mission whose server never came back: the plan as it stands.
+    async fn unreachable(&self, reason: String) -> Result<MissionReport, MissionError> {
+        let status = MissionStatus::Failed { reason };
+        let _ = self.events.send(MissionEvent::Finished {
+            status: status.clone(),
+        });
+        let store = orch_mvcc::TodoStore::open(self.dir.join(".orchestrator"))?;
+        let (version, plan) = store.snapshot()?;
+        Ok(MissionReport {
+            mission: self.request.clone(),
+            status,
+            items: plan
+                .items
+                .iter()
+                .map(|i| crate::events::ItemReport {
+                    id: i.id.to_string(),
+                    summary: i.summary.clone(),
+                    state: i.state.as_str().to_owned(),
+                    attempts: i.attempts,
+                    verdicts: Vec::new(),
+                    blocked_by: Vec::new(),
+                })
+                .collect(),
+            usage: Default::default(),
+            models: Default::default(),
+            permissions: Vec::new(),
+            plan_version: version,
+            rounds: 0,
+            retries: 0,
+            engine: Default::default(),
+            elapsed: Duration::ZERO,
+        })
+    }
+}

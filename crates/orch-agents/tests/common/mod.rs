@@ -1,0 +1,288 @@
+//! Shared harness of the real-OpenCode test binaries: one `opencode serve` and one scripted
+//! model per binary, a project directory per trial, and rule helpers keyed on a trial's
+//! unique mission text.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use libtest_mimic::Failed;
+use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
+use orch_agents::{
+    AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, ModelRef, PolicyConfig,
+};
+use orch_core::RetryPolicy;
+use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
+use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
+use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
+use serde_json::json;
+
+pub struct Shared {
+    pub model: ScriptedModel,
+    pub server: OpencodeServer,
+    _home: IsolatedHome,
+    _cwd: tempfile::TempDir,
+}
+
+static SHARED: OnceLock<Result<Arc<Shared>, String>> = OnceLock::new();
+pub static KEEP: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
+
+pub fn shared() -> Result<Arc<Shared>, Failed> {
+    SHARED
+        .get_or_init(|| {
+            let start = || -> Result<Arc<Shared>, String> {
+                let bin = require_binary();
+                // Compaction (session reset in the pool) and nothing else is shared by trials.
+                let model = ScriptedModel::start(
+                    Script::new().rule(
+                        Rule::new("compaction")
+                            .kind(RequestKind::Compaction)
+                            .reply(Reply::text("Summary of the earlier work.")),
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+                let home = IsolatedHome::new().map_err(|e| e.to_string())?;
+                let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let server = OpencodeServer::builder()
+                    .binary(bin)
+                    .project_dir(cwd.path())
+                    .isolated_home(home.path())
+                    .start()
+                    .map_err(|e| e.to_string())?;
+                let shared = Arc::new(Shared {
+                    model,
+                    server,
+                    _home: home,
+                    _cwd: cwd,
+                });
+                *KEEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
+                Ok(shared)
+            };
+            start()
+        })
+        .clone()
+        .map_err(Failed::from)
+}
+
+/// A project directory with the scripted provider and the orchestrator's agents installed
+/// through the real installer.
+pub fn project(shared: &Shared) -> Result<tempfile::TempDir, Failed> {
+    let dir = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    let mut config = fake_provider_config(&shared.model.base_url());
+    config["snapshot"] = json!(false);
+    // A second model of the same provider, for fallback tests.
+    config["provider"]["fake"]["models"]["fake-backup"] =
+        json!({"name": "Backup", "tool_call": true});
+    std::fs::write(dir.path().join("opencode.json"), config.to_string())
+        .map_err(|e| Failed::from(e.to_string()))?;
+    let agents = AgentSet::builtin();
+    let mut spec = InstallSpec::new();
+    for agent in agents.agents() {
+        spec = spec.agent(agent.name.clone(), agent.opencode_entry());
+    }
+    ConfigInstaller::new(dir.path())
+        .install(&spec)
+        .map_err(|e| Failed::from(e.to_string()))?;
+    Ok(dir)
+}
+
+pub fn mission_config() -> MissionConfig {
+    MissionConfig {
+        workers: 2,
+        reviewers: 2,
+        turn_timeout: Duration::from_secs(90),
+        policy: PolicyConfig {
+            retry: RetryPolicy {
+                initial_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(2),
+                ..RetryPolicy::default()
+            },
+            ..PolicyConfig::default()
+        },
+        ..MissionConfig::default()
+    }
+}
+
+pub async fn run_mission(
+    shared: &Shared,
+    dir: &Path,
+    request: &str,
+    config: MissionConfig,
+) -> Result<(MissionReport, Vec<MissionEvent>), String> {
+    run_mission_with(shared, dir, request, config, AgentSet::builtin()).await
+}
+
+/// [`run_mission`] with these agents (models, fallbacks).
+pub async fn run_mission_with(
+    shared: &Shared,
+    dir: &Path,
+    request: &str,
+    config: MissionConfig,
+    agents: AgentSet,
+) -> Result<(MissionReport, Vec<MissionEvent>), String> {
+    let client = shared.server.client().with_directory(dir.to_string_lossy());
+    let backend = OpencodeBackend::connect(
+        client,
+        OpencodeBackendConfig {
+            default_model: Some(ModelRef::new("fake", "fake-model")),
+            settle: Duration::from_secs(2),
+            toasts: false,
+            ..OpencodeBackendConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let backend = Arc::new(backend);
+    let mission = Mission::new(Arc::clone(&backend), request, dir)
+        .config(config)
+        .agents(agents);
+    let mut rx = mission.subscribe();
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Ok(event) = rx.recv().await {
+            let end = matches!(event, MissionEvent::Finished { .. });
+            events.push(event);
+            if end {
+                break;
+            }
+        }
+        events
+    });
+    let report = tokio::time::timeout(Duration::from_secs(240), mission.run())
+        .await
+        .map_err(|_| "the mission did not end within 240 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    backend.shutdown().await;
+    let events = collector.await.map_err(|e| e.to_string())?;
+    Ok((report, events))
+}
+
+pub fn run<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(e.to_string()))?
+        .block_on(f)
+        .map_err(Failed::from)
+}
+
+pub fn ensure(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(what()) }
+}
+
+/// Rules of one mission, keyed on its unique request text.
+pub struct Rules<'a> {
+    pub model: &'a ScriptedModel,
+    pub tag: String,
+}
+
+impl Rules<'_> {
+    /// A regex matching prompts of this mission that also contain `then`.
+    pub fn re(&self, then: &str) -> String {
+        format!("(?s)Mission: {}.*{then}", regex_escape(&self.tag))
+    }
+
+    pub fn add(&self, rule: Rule) -> Result<(), String> {
+        self.model.add_rule(rule).map_err(|e| e.to_string())
+    }
+
+    pub fn planner(&self, plan: &str) -> Result<(), String> {
+        self.add(
+            Rule::new(format!("{} plan", self.tag))
+                .agent("planner")
+                .user(&self.re(""))
+                .map_err(|e| e.to_string())?
+                .reply(Reply::text(plan)),
+        )
+    }
+
+    /// The Worker of `item` writes `file` with `content`, then says it is done.
+    pub fn worker_writes(&self, item: &str, file: &str, content: &str) -> Result<(), String> {
+        let re = self.re(&format!("Your item: {item}:"));
+        self.add(
+            Rule::new(format!("{} {item} write", self.tag))
+                .agent("worker")
+                .user(&re)
+                .map_err(|e| e.to_string())?
+                .tool_result(false)
+                .reply(Reply::tool_call(
+                    "write",
+                    json!({"filePath": file, "content": content}),
+                )),
+        )?;
+        self.add(
+            Rule::new(format!("{} {item} done", self.tag))
+                .agent("worker")
+                .user(&re)
+                .map_err(|e| e.to_string())?
+                .last_tool("write")
+                .reply(Reply::text(format!("Wrote {file}."))),
+        )
+    }
+
+    /// The Reviewer of `item` runs `command` and passes only if it exits 0.
+    pub fn reviewer_runs(
+        &self,
+        item_prompt: &str,
+        name: &str,
+        command: &str,
+    ) -> Result<(), String> {
+        let re = self.re(item_prompt);
+        self.add(
+            Rule::new(format!("{} {name} run", self.tag))
+                .agent("reviewer")
+                .user(&re)
+                .map_err(|e| e.to_string())?
+                .tool_result(false)
+                .reply(Reply::tool_call(
+                    "bash",
+                    json!({"command": format!("{command} 2>&1; echo EXIT=$?"), "description": "run the tests"}),
+                )),
+        )?;
+        self.add(
+            Rule::new(format!("{} {name} pass", self.tag))
+                .agent("reviewer")
+                .user(&re)
+                .map_err(|e| e.to_string())?
+                .last_tool("bash")
+                .tool_output("EXIT=0")
+                .map_err(|e| e.to_string())?
+                .reply(Reply::text("The tests pass.\nVERDICT: PASS")),
+        )?;
+        self.add(
+            Rule::new(format!("{} {name} fail", self.tag))
+                .agent("reviewer")
+                .user(&re)
+                .map_err(|e| e.to_string())?
+                .last_tool("bash")
+                .reply(Reply::text("VERDICT: FAIL: the tests did not pass")),
+        )
+    }
+}
+
+pub fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == ' ' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+pub const CALC: &str = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n";
+pub const TESTS: &str = "import unittest\n\nimport calc\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(calc.add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(calc.mul(4, 5), 20)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
+pub const README: &str = "# calc\n\nAdd and multiply. Run the tests with `python3 -m unittest`.\n";
+
+pub fn calc_plan(title: &str) -> String {
+    format!(
+        "# {title}\n\nA tiny calculator with tests.\n\n\
+         - [ ] T1: calculator module\n  - files: calc.py\n\
+         - [ ] T2: unit tests for the calculator\n  - files: test_calc.py\n  - deps: T1\n\
+         - [ ] T3: readme\n  - files: README.md\n"
+    )
+}
