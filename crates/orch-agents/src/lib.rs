@@ -53,6 +53,7 @@
 mod agents;
 pub mod backend;
 mod events;
+mod hooks;
 mod journal;
 mod mission;
 mod policy;
@@ -70,11 +71,12 @@ pub use backend::{
     TurnReport, TurnRequest,
 };
 pub use events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+pub use hooks::{HookEvent, MissionHooks};
 pub use journal::{
     JOURNAL_FILE, Journal, JournalContents, JournalEntry, JournalError, JournalRecord,
 };
 pub use mission::{Mission, MissionConfig, MissionError};
-pub use orch_core::AgentRole;
+pub use orch_core::{AgentRole, HookDecision, HookPhase, HookRegistry, HookSpec};
 pub use orch_opencode::{ModelRef, PermissionRule};
 pub use policy::PolicyConfig;
 pub use protocol::{FixUp, ProtocolError, Verdict};

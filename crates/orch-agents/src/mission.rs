@@ -19,6 +19,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::agents::{AgentSet, worker_session_rules};
 use crate::backend::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRequest};
 use crate::events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+use crate::hooks::{HookEvent, MissionHooks};
 use crate::journal::{Journal, JournalContents, JournalEntry, JournalError};
 use crate::policy::{Policy, PolicyConfig, ProgressSignal};
 use crate::protocol::{self, Verdict};
@@ -107,6 +108,7 @@ pub struct Mission<B: AgentBackend> {
     config: MissionConfig,
     stop: CancellationToken,
     events: broadcast::Sender<MissionEvent>,
+    hooks: Option<Arc<MissionHooks>>,
 }
 
 impl<B: AgentBackend> std::fmt::Debug for Mission<B> {
@@ -132,7 +134,16 @@ impl<B: AgentBackend> Mission<B> {
             config: MissionConfig::default(),
             stop: CancellationToken::new(),
             events,
+            hooks: None,
         }
+    }
+
+    /// Runs these hooks before and after every turn and on every verdict (see
+    /// [`HookEvent`]).
+    #[must_use]
+    pub fn hooks(mut self, hooks: Arc<MissionHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Uses these agents.
@@ -244,6 +255,7 @@ struct Ctx<B: AgentBackend> {
     stop: CancellationToken,
     events: broadcast::Sender<MissionEvent>,
     policy: Policy,
+    hooks: Option<Arc<MissionHooks>>,
     usage: Mutex<Usage>,
     journal: Mutex<Journal>,
     /// Set when any turn saw the server go away.
@@ -343,6 +355,56 @@ impl<B: AgentBackend> Ctx<B> {
         prompt: String,
         allowed_edits: Vec<String>,
     ) -> Result<TurnReport, BackendError> {
+        let mut prompt = prompt;
+        if let Some(hooks) = &self.hooks {
+            let mut event = HookEvent::BeforeTurn {
+                role,
+                item: item.map(ToString::to_string),
+                prompt,
+            };
+            if let orch_core::HookOutcome::Vetoed { hook, reason } = hooks.run(&mut event) {
+                return Err(BackendError::Session {
+                    message: format!("hook {hook} vetoed the turn: {reason}"),
+                });
+            }
+            let HookEvent::BeforeTurn {
+                prompt: changed, ..
+            } = event
+            else {
+                unreachable!("hooks get the event by reference and cannot change its kind")
+            };
+            prompt = changed;
+        }
+        let result = self
+            .turn_inner(session, role, item, prompt, allowed_edits)
+            .await?;
+        let Some(hooks) = &self.hooks else {
+            return Ok(result);
+        };
+        let mut event = HookEvent::AfterTurn {
+            role,
+            item: item.map(ToString::to_string),
+            report: result,
+        };
+        if let orch_core::HookOutcome::Vetoed { hook, reason } = hooks.run(&mut event) {
+            return Err(BackendError::Session {
+                message: format!("hook {hook} rejected the turn: {reason}"),
+            });
+        }
+        let HookEvent::AfterTurn { report, .. } = event else {
+            unreachable!("hooks get the event by reference and cannot change its kind")
+        };
+        Ok(report)
+    }
+
+    async fn turn_inner(
+        &self,
+        session: &B::Session,
+        role: AgentRole,
+        item: Option<&ItemId>,
+        prompt: String,
+        allowed_edits: Vec<String>,
+    ) -> Result<TurnReport, BackendError> {
         let agent = self.agents.for_role(role);
         let primary = self.agents.model_for(role);
         let mut attempt = 1u32;
@@ -365,8 +427,21 @@ impl<B: AgentBackend> Ctx<B> {
                     let result = self
                         .backend
                         .run_turn(session, request, deadline, &self.stop)
-                        .instrument(span)
+                        .instrument(span.clone())
                         .await;
+                    if let Ok(report) = &result {
+                        let _entered = span.enter();
+                        for call in &report.tool_calls {
+                            tracing::info!(tool = %call.tool, status = %call.status, input = %call.input, "tool call");
+                        }
+                        tracing::info!(
+                            tokens_in = report.tokens.input,
+                            tokens_out = report.tokens.output,
+                            cost = report.cost,
+                            elapsed_ms = report.elapsed.as_millis() as u64,
+                            "turn finished"
+                        );
+                    }
                     match &result {
                         Err(e) if e.is_transient() => permit.failure(),
                         Err(BackendError::Stopped) => drop(permit),
@@ -467,6 +542,12 @@ async fn lane_loop<B: AgentBackend>(
             lane: lane_id,
             warm,
         });
+        ctx.backend
+            .notify(&format!(
+                "{id} started (attempt {}): {}",
+                order.attempt, order.item.summary
+            ))
+            .await;
         let span = info_span!("item", item = %id, attempt = order.attempt, lane = lane_id);
         let outcome = run_worker(&ctx, &mut session, &order)
             .instrument(span)
@@ -594,7 +675,7 @@ async fn review<B: AgentBackend>(
                 ctx.record_turn(AgentRole::Reviewer, item, &report);
                 match protocol::parse_verdict(&report.text) {
                     Ok(verdict) => {
-                        result = Ok((verdict, report));
+                        result = Ok((hooked_verdict(ctx, item, verdict), report));
                         break;
                     }
                     Err(e) => {
@@ -618,6 +699,30 @@ async fn review<B: AgentBackend>(
     let broken = result.is_err();
     ctx.close_session(session, broken).await;
     result
+}
+
+/// Runs the verdict hooks: they may change the verdict; a veto makes it a FAIL.
+fn hooked_verdict<B: AgentBackend>(
+    ctx: &Ctx<B>,
+    item: Option<&ItemId>,
+    verdict: Verdict,
+) -> Verdict {
+    let Some(hooks) = &ctx.hooks else {
+        return verdict;
+    };
+    let mut event = HookEvent::Verdict {
+        item: item.map(ToString::to_string),
+        verdict,
+    };
+    match hooks.run(&mut event) {
+        orch_core::HookOutcome::Vetoed { hook, reason } => Verdict::Fail {
+            reasons: format!("hook {hook}: {reason}"),
+        },
+        orch_core::HookOutcome::Proceed => match event {
+            HookEvent::Verdict { verdict, .. } => verdict,
+            _ => unreachable!("hooks get the event by reference and cannot change its kind"),
+        },
+    }
 }
 
 /// Items that can never run because `failed` failed (its transitive dependants).
@@ -671,6 +776,7 @@ impl<B: AgentBackend> Commander<B> {
             stop: mission.stop,
             events: mission.events,
             policy,
+            hooks: mission.hooks,
             usage: Mutex::new(Usage::default()),
             journal: Mutex::new(journal),
             server_lost: Mutex::new(None),
@@ -1141,6 +1247,7 @@ impl<B: AgentBackend> Commander<B> {
                                     item: item.to_string(),
                                     attempts: attempts.unwrap_or(0),
                                 });
+                                self.ctx.backend.notify(&format!("{item} done")).await;
                             }
                             Verdict::Fail { reasons } => {
                                 self.attempt_failed(&item, format!("review: {reasons}"))
@@ -1242,6 +1349,10 @@ impl<B: AgentBackend> Commander<B> {
             })
             .await?;
         if let Some(Some(blocked)) = result {
+            self.ctx
+                .backend
+                .notify(&format!("{item} failed: {reason}"))
+                .await;
             self.ctx.emit(MissionEvent::ItemFailed {
                 item: item.to_string(),
                 reason: format!("{reason} (after {max} attempts)"),
@@ -1412,6 +1523,10 @@ impl<B: AgentBackend> Commander<B> {
         self.ctx.emit(MissionEvent::Finished {
             status: status.clone(),
         });
+        self.ctx
+            .backend
+            .notify(&format!("mission finished: {status:?}"))
+            .await;
         let usage = std::mem::take(&mut *self.ctx.usage.lock());
         let mut engine: BTreeMap<String, f64> =
             self.ctx.policy.engine_extra.lock().drain(..).collect();

@@ -603,3 +603,86 @@ async fn the_supervisor_gives_up_when_the_server_stays_away() {
     }
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// Hooks see every turn and verdict: one rewrites Worker prompts, one vetoes T1's first PASS
+/// (turning it into a FAIL with the hook's reason), and the mission still completes.
+#[tokio::test]
+async fn hooks_modify_prompts_and_veto_verdicts() {
+    use orch_agents::{HookDecision, HookEvent, HookPhase, HookRegistry, HookSpec, Verdict};
+    let vetoed = Arc::new(Mutex::new(false));
+    let veto_flag = Arc::clone(&vetoed);
+    let hooks = HookRegistry::builder()
+        .register(
+            HookSpec::new("house-rules", HookPhase::Early),
+            |event: &mut HookEvent| {
+                if let HookEvent::BeforeTurn {
+                    role: AgentRole::Worker,
+                    prompt,
+                    ..
+                } = event
+                {
+                    prompt.push_str("\nHOUSE RULE: tabs.");
+                }
+                HookDecision::Continue
+            },
+        )
+        .register(
+            HookSpec::new("second-opinion", HookPhase::Late),
+            move |event: &mut HookEvent| {
+                if let HookEvent::Verdict {
+                    item: Some(item),
+                    verdict: Verdict::Pass,
+                } = event
+                    && item == "T1"
+                {
+                    let mut once = veto_flag.lock();
+                    if !*once {
+                        *once = true;
+                        return HookDecision::Veto("needs a second look".into());
+                    }
+                }
+                HookDecision::Continue
+            },
+        )
+        .build()
+        .unwrap();
+    let log = Log::default();
+    let seen = log.clone();
+    let backend = fast()
+        .responder(move |turn| {
+            seen.0.lock().push(turn.clone());
+            Ok(match turn.role {
+                AgentRole::Planner => PLAN.to_owned(),
+                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
+                _ => "done".to_owned(),
+            })
+        })
+        .build();
+    let dir = tempfile::tempdir().unwrap();
+    let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
+        .config(config())
+        .hooks(Arc::new(hooks))
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.status, MissionStatus::Completed);
+    assert!(*vetoed.lock());
+    let workers = log.prompts(AgentRole::Worker);
+    assert!(
+        workers.iter().all(|p| p.ends_with("HOUSE RULE: tabs.")),
+        "{workers:?}"
+    );
+    assert!(
+        log.prompts(AgentRole::Planner)
+            .iter()
+            .all(|p| !p.contains("HOUSE RULE"))
+    );
+    let t1 = report.items.iter().find(|i| i.id == "T1").unwrap();
+    assert_eq!(t1.attempts, 2);
+    assert_eq!(
+        t1.verdicts[0],
+        Verdict::Fail {
+            reasons: "hook second-opinion: needs a second look".into()
+        }
+    );
+}

@@ -232,6 +232,13 @@ pub trait AgentBackend: Send + Sync + 'static {
         async {}
     }
 
+    /// Tells a person watching the backend (OpenCode: a TUI toast). Best effort; the default
+    /// does nothing.
+    fn notify(&self, message: &str) -> impl Future<Output = ()> + Send {
+        let _ = message;
+        async {}
+    }
+
     /// Figures for the report (pool hit rates and the like), as `(name, value)` pairs.
     fn stats(&self) -> Vec<(String, f64)> {
         Vec::new()

@@ -501,6 +501,10 @@ impl AgentBackend for OpencodeBackend {
         Ok(())
     }
 
+    async fn notify(&self, message: &str) {
+        self.toast(message).await;
+    }
+
     fn session_id(&self, session: &OpencodeSession) -> String {
         session.id().to_string()
     }
