@@ -296,6 +296,7 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
 fn backend_config() -> OpencodeBackendConfig {
     OpencodeBackendConfig {
         default_model: Some(ModelRef::new("fake", "fake-model")),
+        silence_probe: Duration::from_secs(1),
         settle: Duration::from_secs(2),
         toasts: false,
         ..OpencodeBackendConfig::default()
@@ -513,6 +514,85 @@ fn server_killed_mid_turn_is_restarted() -> Result<(), Failed> {
     })
 }
 
+/// A real SIGINT to an orchestrator process mid-turn: it exits within 2 s (exit code 130),
+/// no session of the project is still busy on the server, and resume completes the mission.
+fn sigint_stops_the_process_within_two_seconds() -> Result<(), Failed> {
+    let shared = shared()?;
+    let dir = project(&shared)?;
+    run(async {
+        let tag = "calc [sigint]";
+        let rules = Rules {
+            model: &shared.model,
+            tag: tag.into(),
+        };
+        rules.add(
+            Rule::new("sigint slow write")
+                .agent("worker")
+                .user(&rules.re("Your item: T1:"))
+                .map_err(|e| e.to_string())?
+                .tool_result(false)
+                .reply(
+                    Reply::tool_call("write", json!({"filePath": "calc.py", "content": CALC}))
+                        .delay(Duration::from_secs(30)),
+                )
+                .exhausted(Exhausted::Skip),
+        )?;
+        calc_rules(&rules, Duration::ZERO)?;
+        let mut child = spawn_child(&shared, dir.path(), tag)?;
+        let reached = shared
+            .model
+            .wait_until_async(Duration::from_secs(60), |r| {
+                r.iter()
+                    .any(|r| r.rule.as_deref() == Some("sigint slow write"))
+            })
+            .await;
+        if !reached {
+            let _ = child.kill();
+            return Err("the slow Worker turn never reached the model".into());
+        }
+        let signalled = Instant::now();
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        ensure(status.success(), || "kill -INT failed".into())?;
+        let exit = loop {
+            if let Some(exit) = child.try_wait().map_err(|e| e.to_string())? {
+                break exit;
+            }
+            if signalled.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                return Err("the orchestrator did not exit within 10 s of SIGINT".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = signalled.elapsed();
+        ensure(took < Duration::from_secs(2), || {
+            format!("exit took {took:?}")
+        })?;
+        ensure(exit.code() == Some(130), || format!("exit status {exit}"))?;
+        let client = shared
+            .server
+            .client()
+            .with_directory(dir.path().to_string_lossy());
+        let busy = client.session_status().await.map_err(|e| e.to_string())?;
+        ensure(busy.is_empty(), || {
+            format!("sessions still busy after SIGINT: {busy:?}")
+        })?;
+        let store = TodoStore::open(dir.path().join(".orchestrator")).map_err(|e| e.to_string())?;
+        let (_, plan) = store.snapshot().map_err(|e| e.to_string())?;
+        ensure(
+            plan.items.iter().all(|i| i.state != ItemState::InProgress),
+            || format!("{plan:#?}"),
+        )?;
+        let (report, _) = run_mission(&shared, dir.path(), tag, mission_config()).await?;
+        ensure(report.status == MissionStatus::Completed, || {
+            format!("{report:#?}")
+        })?;
+        check_project(dir.path())
+    })
+}
+
 /// The child side of the kill -9 trials: run the mission and exit.
 fn child_main() -> ! {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
@@ -535,8 +615,23 @@ fn child_main() -> ! {
         };
         let mission = Mission::new(Arc::new(backend), env("ORCH_CHILD_REQUEST"), &dir)
             .config(mission_config());
+        // SIGINT (Ctrl-C) cancels the one stop token every loop and wait watches. The handler
+        // is installed before the mission starts (a lazily polled `ctrl_c()` would leave a
+        // window in which SIGINT still kills the process).
+        let stop = mission.stop_handle();
+        let Ok(mut interrupt) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        else {
+            return 3;
+        };
+        tokio::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                stop.cancel();
+            }
+        });
         match mission.run().await {
             Ok(report) if report.status.is_success() => 0,
+            Ok(report) if report.status == MissionStatus::Stopped => 130,
             _ => 1,
         }
     });
@@ -564,6 +659,10 @@ fn main() {
         Trial::test(
             "server_killed_mid_turn_is_restarted",
             server_killed_mid_turn_is_restarted,
+        ),
+        Trial::test(
+            "sigint_stops_the_process_within_two_seconds",
+            sigint_stops_the_process_within_two_seconds,
         ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);

@@ -112,4 +112,4 @@ pub use types::{
     Session, SessionModel, SessionStatus, SessionTime, Toast, ToastVariant, Todo, Tokens, ToolRef,
     ToolState, ToolStatus, UpdateSession,
 };
-pub use wait::{TurnError, TurnOutput, TurnWaiter};
+pub use wait::{DEFAULT_SILENCE_PROBE, TurnError, TurnOutput, TurnWaiter};

@@ -186,7 +186,12 @@ pub struct TurnWaiter {
     sub: Subscription,
     state: watch::Receiver<StreamState>,
     late: bool,
+    silence: Duration,
 }
+
+/// How long a turn may stay silent (no event for its session while the stream is up) before
+/// the waiter probes its state over HTTP.
+pub const DEFAULT_SILENCE_PROBE: Duration = Duration::from_secs(30);
 
 impl EventRouter {
     /// Subscribes to `session` for the turn whose user message is `message`. Call this
@@ -217,6 +222,7 @@ impl EventRouter {
             sub: self.subscribe_session_filtered(session.as_str(), turn_kinds()),
             state: self.watch_state(),
             late: false,
+            silence: DEFAULT_SILENCE_PROBE,
         }
     }
 
@@ -302,6 +308,15 @@ impl TurnWaiter {
         &self.message
     }
 
+    /// Probes the turn's state over HTTP whenever its session shows no event for `silence`
+    /// while the stream is up (default [`DEFAULT_SILENCE_PROBE`]): a turn whose end was missed
+    /// is finished, and a vanished session is reported instead of waited on.
+    #[must_use]
+    pub fn probe_after(mut self, silence: Duration) -> Self {
+        self.silence = silence.max(Duration::from_millis(100));
+        self
+    }
+
     /// Waits until the turn ends or `deadline` passes.
     ///
     /// # Errors
@@ -345,6 +360,15 @@ impl TurnWaiter {
                 }
                 d = self.sub.recv() => d,
                 _ = self.state.changed() => continue,
+                () = tokio::time::sleep(self.silence) => {
+                    // Silent while connected: check rather than wait on an end we missed.
+                    let probe = self.probe().await?;
+                    if probe.done() && (started || probe.user_exists) {
+                        return self.finish(error, deadline).await;
+                    }
+                    started |= probe.user_exists || probe.running;
+                    continue;
+                }
             };
             match delivery {
                 None => {

@@ -165,6 +165,10 @@ fn main() {
             "without_a_stream_the_wait_falls_back_to_polling",
             polling_fallback,
         ),
+        (
+            "a_silent_connected_stream_is_probed_after_the_silence_interval",
+            silence_probe,
+        ),
     ];
     let trials = tests
         .iter()
@@ -1034,5 +1038,47 @@ fn polling_fallback(env: &Env) -> Result<(), Failed> {
             started.elapsed()
         );
         Ok(())
+    })
+}
+
+fn silence_probe(env: &Env) -> Result<(), Failed> {
+    let project = env.project();
+    let elsewhere = env.project();
+    let client = env.client(project.path());
+    rt().block_on(async {
+        // A connected router whose stream belongs to another directory: no event of this
+        // session ever arrives, so only the silence probe can see the turn end.
+        let router = router_for(&env.client(elsewhere.path())).await?;
+        let s = client
+            .create_session(&CreateSession::titled("silent"))
+            .await?;
+        env.rule(
+            Rule::new("silent")
+                .session(s.id.as_str())
+                .reply(Reply::text("answered in silence")),
+        );
+        let p = prompt("anyone there?");
+        let waiter = router
+            .turn_with_client(&client, &s.id, &p.message_id)
+            .probe_after(Duration::from_millis(700));
+        client.prompt_async(&s.id, &p).await?;
+        let started = std::time::Instant::now();
+        let out = waiter.wait(deadline(30)).await?;
+        ensure!(out.text() == "answered in silence", "text {:?}", out.text());
+        ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the probe took {:?}",
+            started.elapsed()
+        );
+        // Without the probe the same wait only ends at its deadline.
+        let p2 = prompt("anyone there, again?");
+        let waiter = router
+            .turn_with_client(&client, &s.id, &p2.message_id)
+            .probe_after(Duration::from_secs(60));
+        client.prompt_async(&s.id, &p2).await?;
+        match waiter.wait(deadline(3)).await {
+            Err(TurnError::Deadline { .. }) => Ok(()),
+            other => Err(format!("expected a deadline without probing, got {other:?}").into()),
+        }
     })
 }

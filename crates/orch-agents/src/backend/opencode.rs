@@ -136,6 +136,9 @@ pub struct OpencodeBackendConfig {
     pub default_model: Option<ModelRef>,
     /// Show OpenCode toasts on item start, finish and mission end (best effort).
     pub toasts: bool,
+    /// A turn whose session shows no event for this long is probed over HTTP (a missed end
+    /// is caught, a vanished session reported).
+    pub silence_probe: Duration,
 }
 
 impl Default for OpencodeBackendConfig {
@@ -148,6 +151,7 @@ impl Default for OpencodeBackendConfig {
             settle: Duration::from_secs(5),
             default_model: None,
             toasts: true,
+            silence_probe: orch_opencode::DEFAULT_SILENCE_PROBE,
         }
     }
 }
@@ -160,6 +164,7 @@ pub struct OpencodeBackend {
     pool: KeyedPool<SessionManager>,
     default_model: Option<ModelRef>,
     toasts: bool,
+    silence_probe: Duration,
     allowed: AtomicU64,
     rejected: AtomicU64,
 }
@@ -199,6 +204,7 @@ impl OpencodeBackend {
             pool,
             default_model: config.default_model,
             toasts: config.toasts,
+            silence_probe: config.silence_probe,
             allowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         })
@@ -411,7 +417,10 @@ impl AgentBackend for OpencodeBackend {
             id.as_str(),
             KindSet::of(&[EventKind::PermissionAsked, EventKind::QuestionAsked]),
         );
-        let waiter = self.router.turn(&id, &message_id);
+        let waiter = self
+            .router
+            .turn(&id, &message_id)
+            .probe_after(self.silence_probe);
         let mut prompt = Prompt::text(turn.prompt)
             .message_id(message_id)
             .agent(turn.agent);

@@ -128,6 +128,7 @@ pub async fn run_mission_with(
             default_model: Some(ModelRef::new("fake", "fake-model")),
             settle: Duration::from_secs(2),
             toasts: false,
+            silence_probe: Duration::from_secs(2),
             ..OpencodeBackendConfig::default()
         },
     )
