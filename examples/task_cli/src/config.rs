@@ -1,0 +1,190 @@
+//! Mission limits: flags, the config file, and the defaults, in that order of precedence.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use orch_agents::MissionConfig;
+use serde::Deserialize;
+
+use crate::failure::Failure;
+
+/// The config file read from the project when `--config` is not given.
+pub(crate) const CONFIG_FILE: &str = ".orchestrator/task.toml";
+
+/// Limits of a mission (each overrides the config file).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct Limits {
+    /// Parallel Worker lanes [default: 4]
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+    /// Parallel Reviewer turns [default: 2]
+    #[arg(long, value_name = "N")]
+    pub(crate) reviewers: Option<usize>,
+    /// Attempts per item before it fails [default: 3]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+    /// Commander rounds before the mission stops [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub(crate) max_rounds: Option<u32>,
+    /// Final integration reviews (each FAIL may add fix-up items) [default: 2]
+    #[arg(long, value_name = "N")]
+    pub(crate) integration_rounds: Option<u32>,
+    /// Deadline of one agent turn, in seconds [default: 600]
+    #[arg(long, value_name = "SECS")]
+    pub(crate) turn_timeout: Option<u64>,
+    /// Stop new work past this many tokens
+    #[arg(long, value_name = "TOKENS")]
+    pub(crate) token_budget: Option<u64>,
+    /// Stop new work past this cost (the provider's currency)
+    #[arg(long, value_name = "COST")]
+    pub(crate) cost_budget: Option<f64>,
+    /// Config file with the same limits [default: DIR/.orchestrator/task.toml if present]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// The config file (`task.toml`): every key optional, unknown keys are errors.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub(crate) workers: Option<usize>,
+    pub(crate) reviewers: Option<usize>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) max_rounds: Option<u32>,
+    pub(crate) integration_rounds: Option<u32>,
+    pub(crate) turn_timeout_secs: Option<u64>,
+    pub(crate) token_budget: Option<u64>,
+    pub(crate) cost_budget: Option<f64>,
+    /// `provider/model` used when `--model` is not given.
+    pub(crate) model: Option<String>,
+    /// OpenCode server URL used when `--server` is not given.
+    pub(crate) server: Option<String>,
+}
+
+impl FileConfig {
+    /// Parses the text of a config file.
+    pub(crate) fn parse(text: &str, path: &Path) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            Failure::env(
+                format!("cannot read the config file {}: {e}", path.display()),
+                "fix the line named above (keys: workers, reviewers, max_attempts, max_rounds, \
+                 integration_rounds, turn_timeout_secs, token_budget, cost_budget, model, server)",
+            )
+        })
+    }
+
+    /// Loads `explicit`, else `<dir>/.orchestrator/task.toml` when it exists, else the defaults.
+    pub(crate) fn load(
+        explicit: Option<&Path>,
+        dir: &Path,
+    ) -> anyhow::Result<(Self, Option<PathBuf>)> {
+        let path = match explicit {
+            Some(path) => path.to_owned(),
+            None => {
+                let path = dir.join(CONFIG_FILE);
+                if !path.is_file() {
+                    return Ok((FileConfig::default(), None));
+                }
+                path
+            }
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Failure::env(
+                format!("cannot read the config file {}: {e}", path.display()),
+                "check the path given to --config",
+            )
+        })?;
+        Ok((FileConfig::parse(&text, &path)?, Some(path)))
+    }
+}
+
+impl Limits {
+    /// The mission configuration: these flags over `file` over the defaults.
+    pub(crate) fn mission_config(&self, file: &FileConfig) -> anyhow::Result<MissionConfig> {
+        let defaults = MissionConfig::default();
+        let config = MissionConfig {
+            workers: self.workers.or(file.workers).unwrap_or(defaults.workers),
+            reviewers: self
+                .reviewers
+                .or(file.reviewers)
+                .unwrap_or(defaults.reviewers),
+            max_attempts: self
+                .max_attempts
+                .or(file.max_attempts)
+                .unwrap_or(defaults.max_attempts),
+            max_rounds: self
+                .max_rounds
+                .or(file.max_rounds)
+                .unwrap_or(defaults.max_rounds),
+            integration_rounds: self
+                .integration_rounds
+                .or(file.integration_rounds)
+                .unwrap_or(defaults.integration_rounds),
+            turn_timeout: self
+                .turn_timeout
+                .or(file.turn_timeout_secs)
+                .map_or(defaults.turn_timeout, Duration::from_secs),
+            token_budget: self.token_budget.or(file.token_budget),
+            cost_budget: self.cost_budget.or(file.cost_budget),
+            ..defaults
+        };
+        if config.workers == 0 || config.reviewers == 0 || config.max_attempts == 0 {
+            return Err(Failure::usage(
+                "workers, reviewers and max_attempts must be at least 1",
+                "pass a positive number (e.g. --workers 2)",
+            ));
+        }
+        if config.turn_timeout.is_zero() {
+            return Err(Failure::usage(
+                "the turn timeout must be at least 1 second",
+                "pass e.g. --turn-timeout 300",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file = FileConfig::parse(
+            "workers = 3\nreviewers = 5\nturn_timeout_secs = 9\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let limits = Limits {
+            workers: Some(1),
+            ..Limits::default()
+        };
+        let config = limits.mission_config(&file).unwrap();
+        assert_eq!(config.workers, 1);
+        assert_eq!(config.reviewers, 5);
+        assert_eq!(config.turn_timeout, Duration::from_secs(9));
+        assert_eq!(config.max_attempts, MissionConfig::default().max_attempts);
+    }
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let err = FileConfig::parse("workers = 2\nworkerz = 3\n", Path::new("t.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("workerz"), "{text}");
+    }
+
+    #[test]
+    fn zero_workers_is_bad_usage() {
+        let limits = Limits {
+            workers: Some(0),
+            ..Limits::default()
+        };
+        let err = limits.mission_config(&FileConfig::default()).unwrap_err();
+        assert_eq!(
+            crate::failure::describe(&err).0,
+            crate::failure::code::USAGE
+        );
+    }
+}

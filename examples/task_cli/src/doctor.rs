@@ -1,0 +1,370 @@
+//! `task_cli doctor`: checks the environment and says what to do about each problem.
+
+use std::path::Path;
+use std::time::Duration;
+
+use orch_agents::{AgentSet, Journal};
+use orch_mvcc::{TODO_FILE, TodoStore};
+use orch_opencode::{CONFIG_FILES, Client, ConfigInstaller, InstallError};
+use orch_testkit::opencode::OPENCODE_VERSION;
+use serde_json::json;
+
+use crate::config::FileConfig;
+use crate::failure::code;
+use crate::opencode_env;
+use crate::output::{Mode, Ui};
+use crate::runner::agents_spec;
+use crate::state;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug)]
+struct Check {
+    name: &'static str,
+    level: Level,
+    detail: String,
+    fix: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn ok(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Level::Ok, detail, None::<String>);
+    }
+    fn warn(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(name, Level::Warn, detail, Some(fix));
+    }
+    fn fail(&mut self, name: &'static str, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push(name, Level::Fail, detail, Some(fix));
+    }
+    fn push(
+        &mut self,
+        name: &'static str,
+        level: Level,
+        detail: impl Into<String>,
+        fix: Option<impl Into<String>>,
+    ) {
+        self.0.push(Check {
+            name,
+            level,
+            detail: detail.into(),
+            fix: fix.map(Into::into),
+        });
+    }
+}
+
+/// Runs every check; exit 3 when one fails.
+pub(crate) async fn doctor(
+    ui: &Ui,
+    dir: &Path,
+    server: Option<&str>,
+    start_server: bool,
+) -> anyhow::Result<u8> {
+    let mut checks = Checks::default();
+
+    // OpenCode binary and version.
+    let bin = match opencode_env::find() {
+        Ok(bin) => {
+            checks.ok("opencode", format!("found {}", bin.display()));
+            match opencode_env::version(&bin) {
+                Ok(v) if v == OPENCODE_VERSION => checks.ok("opencode version", v),
+                Ok(v) => checks.warn(
+                    "opencode version",
+                    format!("{v}; this project is tested with {OPENCODE_VERSION}"),
+                    "scripts/install-opencode.sh installs the pinned version (or set OPENCODE_BIN)",
+                ),
+                Err(e) => checks.fail(
+                    "opencode version",
+                    e,
+                    "reinstall with scripts/install-opencode.sh",
+                ),
+            }
+            Some(bin)
+        }
+        Err(e) => {
+            checks.fail(
+                "opencode",
+                format!("not found: {e}"),
+                opencode_env::INSTALL_HINT,
+            );
+            None
+        }
+    };
+
+    // Config files.
+    let present: Vec<&str> = CONFIG_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).is_file())
+        .collect();
+    let installer = ConfigInstaller::new(dir);
+    match AgentSet::for_project(dir) {
+        Ok(agents) => {
+            checks.ok(
+                "agents.json",
+                if dir.join(".orchestrator/agents.json").is_file() {
+                    "parses"
+                } else {
+                    "absent: the built-in agents are used"
+                },
+            );
+            match installer.dry_run(&agents_spec(&agents)) {
+                Err(InstallError::Parse {
+                    path,
+                    line,
+                    column,
+                    message,
+                }) => checks.fail(
+                    "opencode config",
+                    format!(
+                        "{} does not parse: {message} at line {line}, column {column}",
+                        path.display()
+                    ),
+                    format!(
+                        "fix line {line} of {}; OpenCode will not start with it",
+                        path.display()
+                    ),
+                ),
+                Err(e) => checks.fail("opencode config", e.to_string(), "fix the file named above"),
+                Ok(report) if present.is_empty() => checks.warn(
+                    "opencode config",
+                    format!(
+                        "no {} in {}; the orchestrator's agents are not installed",
+                        CONFIG_FILES.join(" or "),
+                        dir.display()
+                    ),
+                    format!(
+                        "run `task_cli install --dir {}` (preview with --dry-run); it creates {}",
+                        dir.display(),
+                        report.path.display()
+                    ),
+                ),
+                Ok(report) if report.changed => checks.warn(
+                    "opencode config",
+                    format!(
+                        "{} parses, but the orchestrator's agents are not (all) installed",
+                        report.path.display()
+                    ),
+                    format!(
+                        "run `task_cli install --dir {}` (preview with --dry-run)",
+                        dir.display()
+                    ),
+                ),
+                Ok(report) => checks.ok(
+                    "opencode config",
+                    format!("{} parses; the agents are installed", report.path.display()),
+                ),
+            }
+            match installer.backups() {
+                Ok(b) if b.is_empty() => checks.ok("config backups", "none"),
+                Ok(b) => checks.ok(
+                    "config backups",
+                    format!(
+                        "{} (newest {})",
+                        b.len(),
+                        b.last()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ),
+                ),
+                Err(e) => checks.warn(
+                    "config backups",
+                    format!("cannot list: {e}"),
+                    "check the directory's permissions",
+                ),
+            }
+        }
+        Err(e) => checks.fail(
+            "agents.json",
+            e.to_string(),
+            "fix .orchestrator/agents.json at the line named above, or delete it",
+        ),
+    }
+    match FileConfig::load(None, dir) {
+        Ok((_, Some(path))) => checks.ok("task.toml", format!("{} parses", path.display())),
+        Ok((_, None)) => checks.ok("task.toml", "absent: default limits"),
+        Err(e) => checks.fail("task.toml", e.to_string(), "fix the line named above"),
+    }
+
+    // The server: reachable, auth, model.
+    let mut own = None;
+    let client = if let Some(url) = server {
+        match opencode_env::connect_remote(url).await {
+            Ok((client, version)) => {
+                checks.ok("server", format!("{url} answers (opencode {version})"));
+                Some(client)
+            }
+            Err(e) => {
+                let (_, what, fix) = crate::failure::describe(&e);
+                checks.fail("server", what, fix.unwrap_or_default());
+                None
+            }
+        }
+    } else if let (Some(bin), true) = (&bin, start_server) {
+        match opencode_env::start_server(bin, dir, None).await {
+            Ok(server) => {
+                let client = server.client().with_directory(dir.to_string_lossy());
+                match client.health().await {
+                    Ok(h) => checks.ok(
+                        "server",
+                        format!(
+                            "started {} and it answers (opencode {})",
+                            server.base_url(),
+                            h.version
+                        ),
+                    ),
+                    Err(e) => checks.fail(
+                        "server",
+                        format!("started but does not answer: {e}"),
+                        "look at the server log: run `opencode serve` in the project",
+                    ),
+                }
+                // Auth: a client without the password must be refused.
+                match Client::builder(server.base_url()).build() {
+                    Ok(anon) => match tokio::time::timeout(Duration::from_secs(5), anon.health())
+                        .await
+                    {
+                        Ok(Err(_)) => {
+                            checks.ok("auth", "the server refuses requests without the password")
+                        }
+                        Ok(Ok(_)) => checks.warn(
+                            "auth",
+                            "the server answers without a password",
+                            "set OPENCODE_SERVER_PASSWORD when you run `opencode serve` yourself",
+                        ),
+                        Err(_) => checks.warn(
+                            "auth",
+                            "no answer within 5 s",
+                            "run `opencode serve` by hand and look at its output",
+                        ),
+                    },
+                    Err(e) => checks.warn("auth", e.to_string(), "report this"),
+                }
+                own = Some(server);
+                Some(client)
+            }
+            Err(e) => {
+                let (_, what, _) = crate::failure::describe(&e);
+                checks.fail("server", what, "run `opencode serve` in the project and read its output; a config error names the file and line");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(client) = &client {
+        match client.config().await {
+            Ok(config) => match config.get("model").and_then(|m| m.as_str()) {
+                Some(model) => checks.ok("model", format!("default model {model}")),
+                None => checks.warn(
+                    "model",
+                    "no default model configured",
+                    "set \"model\": \"provider/model\" in opencode.json, or pass --model provider/model to `task_cli run`",
+                ),
+            },
+            Err(e) => checks.fail("model", format!("cannot read the server's config: {e}"), "check the server"),
+        }
+    }
+    drop(own);
+
+    // Mission state.
+    let state_dir = dir.join(".orchestrator");
+    if state_dir.join(TODO_FILE).is_file() {
+        match TodoStore::open(&state_dir).and_then(|s| s.snapshot().map(|snap| (s, snap))) {
+            Ok((store, (version, plan))) => {
+                checks.ok(
+                    "TODO.md",
+                    format!(
+                        "parses: \"{}\", v{version}, {} items",
+                        plan.title,
+                        plan.items.len()
+                    ),
+                );
+                match store.verify() {
+                    Ok(s) => checks.ok("audit log", format!("verified: {} records up to v{}", s.records, s.last_version)),
+                    Err(e) => checks.fail("audit log", e.to_string(), "the plan history was changed outside the orchestrator; keep a copy of .orchestrator for inspection and start a new mission in a fresh directory"),
+                }
+            }
+            Err(e) => checks.fail(
+                "TODO.md",
+                e.to_string(),
+                "fix .orchestrator/TODO.md at the line named above",
+            ),
+        }
+        match Journal::read(&state_dir) {
+            Ok(j) => checks.ok(
+                "journal",
+                format!(
+                    "{} records{}",
+                    j.records.len(),
+                    if j.repaired_bytes > 0 {
+                        ", a torn last line cut off"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Err(e) => checks.fail(
+                "journal",
+                e.to_string(),
+                "move .orchestrator/journal.jsonl aside; the mission resumes from TODO.md",
+            ),
+        }
+        let pid_file = state_dir.join(state::PID_FILE);
+        if pid_file.is_file() {
+            match state::running_pid(dir) {
+                Some(pid) => checks.ok("orchestrator", format!("running (pid {pid})")),
+                None => checks.warn(
+                    "orchestrator",
+                    "a pid file is left from a run that ended abnormally",
+                    format!(
+                        "remove {} (or just run `task_cli resume`)",
+                        pid_file.display()
+                    ),
+                ),
+            }
+        }
+    } else {
+        checks.ok("mission state", "no mission in this directory yet");
+    }
+
+    let failed = checks.0.iter().any(|c| c.level == Level::Fail);
+    if ui.mode() == Mode::Json {
+        let list: Vec<_> = checks
+            .0
+            .iter()
+            .map(|c| json!({"check": c.name, "status": match c.level { Level::Ok => "ok", Level::Warn => "warn", Level::Fail => "fail" }, "detail": c.detail, "fix": c.fix}))
+            .collect();
+        ui.json(&json!({"event": "doctor", "dir": dir, "ok": !failed, "checks": list}));
+    } else {
+        for c in &checks.0 {
+            let mark = match c.level {
+                Level::Ok => "✓",
+                Level::Warn => "!",
+                Level::Fail => "✗",
+            };
+            println!("{mark} {:<16} {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("  {:<16} fix: {fix}", "");
+            }
+        }
+        let warns = checks.0.iter().filter(|c| c.level == Level::Warn).count();
+        let fails = checks.0.iter().filter(|c| c.level == Level::Fail).count();
+        println!(
+            "\n{} checks: {fails} failed, {warns} warnings",
+            checks.0.len()
+        );
+    }
+    Ok(if failed {
+        code::ENVIRONMENT
+    } else {
+        code::SUCCESS
+    })
+}

@@ -1,0 +1,146 @@
+//! `install` / `uninstall`: the orchestrator's agents in the project's opencode.json(c).
+
+use std::path::Path;
+
+use orch_agents::AgentSet;
+use orch_opencode::ConfigInstaller;
+use serde_json::json;
+
+use crate::failure::{Failure, code};
+use crate::output::{Mode, Ui};
+use crate::runner::agents_spec;
+
+fn agents(dir: &Path) -> anyhow::Result<AgentSet> {
+    AgentSet::for_project(dir).map_err(|e| {
+        Failure::env(
+            format!("cannot load the agents: {e}"),
+            "fix .orchestrator/agents.json at the line named above (or delete it to use the built-in agents)",
+        )
+    })
+}
+
+fn install_error(e: orch_opencode::InstallError) -> anyhow::Error {
+    let fix = match &e {
+        orch_opencode::InstallError::Conflict { .. } => {
+            "an agent of the same name already exists with other settings; rename yours, or pass --force to replace it"
+        }
+        orch_opencode::InstallError::Parse { .. } => {
+            "fix the file at the line and column named above, then run this again"
+        }
+        _ => "run `task_cli doctor` for details",
+    };
+    Failure::env(e.to_string(), fix)
+}
+
+/// `task_cli install [--dry-run] [--force]`.
+pub(crate) fn install(ui: &Ui, dir: &Path, dry_run: bool, force: bool) -> anyhow::Result<u8> {
+    let agents = agents(dir)?;
+    let spec = agents_spec(&agents).force(force);
+    let installer = ConfigInstaller::new(dir);
+    let report = if dry_run {
+        installer.dry_run(&spec)
+    } else {
+        installer.install(&spec)
+    }
+    .map_err(install_error)?;
+    let names: Vec<String> = agents.agents().map(|a| a.name.clone()).collect();
+    if ui.mode() == Mode::Json {
+        ui.json(&json!({
+            "event": "install",
+            "dry_run": dry_run,
+            "path": report.path,
+            "changed": report.changed,
+            "backup": report.backup,
+            "agents": names,
+            "diff": report.diff,
+        }));
+        return Ok(code::SUCCESS);
+    }
+    if !report.changed {
+        println!(
+            "{}: the agents ({}) are already installed; nothing to change",
+            report.path.display(),
+            names.join(", ")
+        );
+        return Ok(code::SUCCESS);
+    }
+    print!("{}", report.diff);
+    if !report.diff.ends_with('\n') {
+        println!();
+    }
+    if dry_run {
+        println!(
+            "dry run: {} would change as shown above (nothing was written); run `task_cli install` to apply it",
+            report.path.display()
+        );
+    } else {
+        println!(
+            "installed {} into {}",
+            names.join(", "),
+            report.path.display()
+        );
+        if let Some(backup) = &report.backup {
+            println!("backup of the previous file: {}", backup.display());
+        }
+    }
+    Ok(code::SUCCESS)
+}
+
+/// `task_cli uninstall [--dry-run]`.
+pub(crate) fn uninstall(ui: &Ui, dir: &Path, dry_run: bool) -> anyhow::Result<u8> {
+    let agents = agents(dir)?;
+    let spec = agents_spec(&agents);
+    let installer = ConfigInstaller::new(dir);
+    if dry_run {
+        // The uninstall of a dry run is shown as the diff of the real one on a copy.
+        let copy = tempfile::tempdir()?;
+        for name in orch_opencode::CONFIG_FILES {
+            let from = dir.join(name);
+            if from.is_file() {
+                std::fs::copy(&from, copy.path().join(name))?;
+            }
+        }
+        let report = ConfigInstaller::new(copy.path())
+            .uninstall(&spec)
+            .map_err(install_error)?;
+        let diff = report.diff.replace(
+            &copy.path().display().to_string(),
+            &dir.display().to_string(),
+        );
+        if ui.mode() == Mode::Json {
+            ui.json(&json!({"event": "uninstall", "dry_run": true, "changed": report.changed, "diff": diff, "kept": report.kept}));
+        } else if report.changed {
+            print!("{diff}");
+            println!("dry run: nothing was written; run `task_cli uninstall` to apply it");
+        } else {
+            println!("nothing to uninstall");
+        }
+        return Ok(code::SUCCESS);
+    }
+    let report = installer.uninstall(&spec).map_err(install_error)?;
+    if ui.mode() == Mode::Json {
+        ui.json(&json!({
+            "event": "uninstall",
+            "dry_run": false,
+            "path": report.path,
+            "changed": report.changed,
+            "backup": report.backup,
+            "kept": report.kept,
+            "diff": report.diff,
+        }));
+        return Ok(code::SUCCESS);
+    }
+    if report.changed {
+        print!("{}", report.diff);
+        println!(
+            "removed the orchestrator's agents from {}",
+            report.path.display()
+        );
+    } else {
+        println!("{}: nothing to uninstall", report.path.display());
+    }
+    for key in &report.kept {
+        println!("kept `{key}`: it was changed after install (remove it by hand if you want)");
+    }
+    Ok(code::SUCCESS)
+}
