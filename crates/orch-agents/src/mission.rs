@@ -1498,6 +1498,19 @@ impl<B: AgentBackend> Commander<B> {
 
     async fn finish(self, status: MissionStatus) -> Result<MissionReport, MissionError> {
         let (version, plan) = self.snapshot().await?;
+        // Items the plan shows done without a journal line (a write that landed after an
+        // earlier run's reconciliation) are reconciled now, so the journal stays complete.
+        if let Ok(journal) = Journal::read(self.store.dir()) {
+            let recorded = journal.done_counts();
+            for item in &plan.items {
+                if item.state == ItemState::Done && !recorded.contains_key(item.id.as_str()) {
+                    self.ctx.journal(JournalEntry::Reconciled {
+                        item: item.id.to_string(),
+                        state: item.state.as_str().to_owned(),
+                    });
+                }
+            }
+        }
         let failed: Vec<ItemId> = plan
             .items
             .iter()

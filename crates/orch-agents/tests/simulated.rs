@@ -484,9 +484,26 @@ async fn a_crash_at_any_point_resumes_without_redoing_finished_work() {
             dir.path(),
         )
         .config(config());
-        let crashed =
-            tokio::time::timeout(Duration::from_millis(crash_after_ms), first.run()).await;
-        if crashed.is_ok() {
+        // The crashed run gets a runtime of its own, dropped at the crash point like a dying
+        // process: every task stops, and no blocking store write outlives it into the
+        // resumed run (a dropped future alone would leave its spawn_blocking work running).
+        let finished = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_millis(crash_after_ms), first.run())
+                    .await
+                    .is_ok()
+            });
+            drop(runtime);
+            result
+        })
+        .join()
+        .unwrap();
+        if finished {
             continue; // it finished before the crash point; nothing to resume
         }
         crashes += 1;
