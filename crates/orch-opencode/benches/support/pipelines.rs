@@ -1,0 +1,168 @@
+//! The recorded event stream and the decode + route pipelines measured by
+//! `benches/events.rs` and `examples/event_throughput.rs` (one copy, included by path; each
+//! target uses a different subset, hence the `dead_code` allowance).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use orch_opencode::{Delivery, EventRouter, KindSet, RawEvent, RouterConfig};
+
+pub(crate) const SAMPLES: &str = include_str!("../../tests/data/events-sample.jsonl");
+pub(crate) const COPIES: usize = 50;
+
+pub(crate) struct Recorded {
+    pub(crate) chunks: Vec<Bytes>,
+    pub(crate) sessions: Vec<String>,
+}
+
+pub(crate) fn recorded() -> Recorded {
+    let events: Vec<String> = SAMPLES
+        .lines()
+        .map(|l| {
+            // The event text exactly as OpenCode sent it (key order included).
+            #[derive(serde::Deserialize)]
+            struct Line<'a> {
+                #[serde(borrow)]
+                event: &'a serde_json::value::RawValue,
+            }
+            let line: Line<'_> = serde_json::from_str(l).expect("sample line");
+            line.event.get().to_owned()
+        })
+        .collect();
+    let mut originals: Vec<String> = Vec::new();
+    for e in &events {
+        let mut rest = e.as_str();
+        while let Some(at) = rest.find("ses_") {
+            let id: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !originals.contains(&id) {
+                originals.push(id.clone());
+            }
+            rest = &rest[at + id.len()..];
+        }
+    }
+    let mut chunks = Vec::with_capacity(events.len() * COPIES);
+    let mut sessions = Vec::new();
+    for copy in 0..COPIES {
+        for (i, orig) in originals.iter().enumerate() {
+            // Same length as the original id, so the JSON stays realistic.
+            let mut id = format!("ses_c{copy:03}s{i:03}");
+            while id.len() < orig.len() {
+                id.push('x');
+            }
+            if copy == 0 || !sessions.contains(&id) {
+                sessions.push(id);
+            }
+        }
+    }
+    for e in &events {
+        for copy in 0..COPIES {
+            let mut text = e.clone();
+            for (i, orig) in originals.iter().enumerate() {
+                let mut id = format!("ses_c{copy:03}s{i:03}");
+                while id.len() < orig.len() {
+                    id.push('x');
+                }
+                text = text.replace(orig.as_str(), &id);
+            }
+            chunks.push(Bytes::from(format!("data: {text}\n\n")));
+        }
+    }
+    Recorded { chunks, sessions }
+}
+
+pub(crate) fn sse(chunks: &[Bytes]) -> impl futures::Stream<Item = String> + '_ {
+    futures::stream::iter(chunks.iter().cloned().map(Ok::<_, Infallible>))
+        .eventsource()
+        .map(|e| e.expect("valid sse").data)
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Decode {
+    None,
+    Turn,
+    All,
+}
+
+pub(crate) fn drain(subs: &mut [orch_opencode::Subscription], decode: Decode) -> usize {
+    let mut n = 0;
+    let turn = KindSet::turn();
+    for sub in subs.iter_mut() {
+        while let Some(d) = sub.try_recv() {
+            if let Delivery::Event(raw) = d {
+                let wanted = match decode {
+                    Decode::None => false,
+                    Decode::Turn => turn.contains(raw.kind()),
+                    Decode::All => true,
+                };
+                if wanted {
+                    black_box(raw.decode().expect("typed event"));
+                }
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+pub(crate) fn routed(rec: &Recorded, decode: Decode) -> usize {
+    let router = EventRouter::detached(RouterConfig::default());
+    let mut subs: Vec<_> = rec
+        .sessions
+        .iter()
+        .map(|s| router.subscribe_session(s))
+        .collect();
+    let mut delivered = 0;
+    futures::executor::block_on(async {
+        let mut stream = std::pin::pin!(sse(&rec.chunks));
+        let mut i = 0usize;
+        while let Some(data) = stream.next().await {
+            match RawEvent::parse(data) {
+                Ok(raw) => router.publish(raw),
+                Err(e) => panic!("{e}"),
+            }
+            i += 1;
+            if i.is_multiple_of(512) {
+                delivered += drain(&mut subs, decode);
+            }
+        }
+    });
+    delivered + drain(&mut subs, decode)
+}
+
+pub(crate) fn routed_payloads(rec: &Recorded, payloads: &[String], decode: Decode) -> usize {
+    let router = EventRouter::detached(RouterConfig::default());
+    let mut subs: Vec<_> = rec
+        .sessions
+        .iter()
+        .map(|s| router.subscribe_session(s))
+        .collect();
+    let mut delivered = 0;
+    for (i, p) in payloads.iter().enumerate() {
+        // The clone stands for the String the SSE decoder would hand over.
+        router.publish(RawEvent::parse(p.clone()).expect("envelope"));
+        if i % 512 == 511 {
+            delivered += drain(&mut subs, decode);
+        }
+    }
+    delivered + drain(&mut subs, decode)
+}
+
+pub(crate) fn baseline(rec: &Recorded) -> usize {
+    futures::executor::block_on(async {
+        let mut stream = std::pin::pin!(sse(&rec.chunks));
+        let mut n = 0;
+        while let Some(data) = stream.next().await {
+            let v: serde_json::Value = serde_json::from_str(&data).expect("json");
+            black_box(&v);
+            n += 1;
+        }
+        n
+    })
+}
