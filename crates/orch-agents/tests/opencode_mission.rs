@@ -12,7 +12,7 @@ use common::{
     CALC, README, Rules, TESTS, calc_plan, ensure, mission_config, project, run, run_mission,
     shared,
 };
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Failed, Trial};
 use orch_agents::{MissionConfig, MissionEvent, MissionStatus};
 use orch_mvcc::{ItemState, TodoStore};
 use orch_testkit::{Outcome, Reply, Rule};
@@ -35,10 +35,8 @@ fn complete_mission_builds_a_tested_project() -> Result<(), Failed> {
         // T3 tries calc.py first (not its file), gets rejected, then writes README.md.
         let t3 = rules.re("Your item: T3:");
         rules.add(
-            Rule::new("complete T3 trespass")
-                .agent("worker")
-                .user(&t3)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("complete T3 trespass", "worker", &t3)?
                 .tool_result(false)
                 .reply(Reply::tool_call(
                     "write",
@@ -46,10 +44,8 @@ fn complete_mission_builds_a_tested_project() -> Result<(), Failed> {
                 )),
         )?;
         rules.add(
-            Rule::new("complete T3 after rejection")
-                .agent("worker")
-                .user(&t3)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("complete T3 after rejection", "worker", &t3)?
                 .tool_output("rejected")
                 .map_err(|e| e.to_string())?
                 .reply(Reply::tool_call(
@@ -58,25 +54,12 @@ fn complete_mission_builds_a_tested_project() -> Result<(), Failed> {
                 )),
         )?;
         rules.add(
-            Rule::new("complete T3 done")
-                .agent("worker")
-                .user(&t3)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("complete T3 done", "worker", &t3)?
                 .last_tool("write")
                 .reply(Reply::text("Wrote README.md.")),
         )?;
-        rules.reviewer_runs(
-            "Review item T1:",
-            "T1",
-            "python3 -c 'import calc; assert calc.add(2, 3) == 5'",
-        )?;
-        rules.reviewer_runs("Review item T2:", "T2", "python3 -m unittest -v")?;
-        rules.reviewer_runs("Review item T3:", "T3", "test -s README.md")?;
-        rules.reviewer_runs(
-            "Every item is done",
-            "integration",
-            "python3 -m unittest -v",
-        )?;
+        rules.calc_reviews()?;
 
         let (report, events) =
             run_mission(&shared, dir.path(), &rules.tag, mission_config()).await?;
@@ -151,10 +134,8 @@ fn review_fail_then_pass_carries_the_notes() -> Result<(), Failed> {
         let first = rules.re("Your item: T1:");
         let second = rules.re("Your item: T1:.*mul is missing");
         rules.add(
-            Rule::new("retry T1 fixed")
-                .agent("worker")
-                .user(&second)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("retry T1 fixed", "worker", &second)?
                 .tool_result(false)
                 .reply(Reply::tool_call(
                     "write",
@@ -162,10 +143,8 @@ fn review_fail_then_pass_carries_the_notes() -> Result<(), Failed> {
                 )),
         )?;
         rules.add(
-            Rule::new("retry T1 first")
-                .agent("worker")
-                .user(&first)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("retry T1 first", "worker", &first)?
                 .tool_result(false)
                 .reply(Reply::tool_call(
                     "write",
@@ -173,19 +152,14 @@ fn review_fail_then_pass_carries_the_notes() -> Result<(), Failed> {
                 )),
         )?;
         rules.add(
-            Rule::new("retry T1 done")
-                .agent("worker")
-                .user(&first)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("retry T1 done", "worker", &first)?
                 .last_tool("write")
                 .reply(Reply::text("Wrote calc.py.")),
         )?;
         let review = rules.re("Review item T1:");
         rules.add(
-            Rule::new("retry review run")
-                .agent("reviewer")
-                .user(&review)
-                .map_err(|e| e.to_string())?
+            rules.rule("retry review run", "reviewer", &review)?
                 .tool_result(false)
                 .reply(Reply::tool_call(
                     "bash",
@@ -193,19 +167,15 @@ fn review_fail_then_pass_carries_the_notes() -> Result<(), Failed> {
                 )),
         )?;
         rules.add(
-            Rule::new("retry review pass")
-                .agent("reviewer")
-                .user(&review)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("retry review pass", "reviewer", &review)?
                 .tool_output("EXIT=0")
                 .map_err(|e| e.to_string())?
                 .reply(Reply::text("VERDICT: PASS")),
         )?;
         rules.add(
-            Rule::new("retry review fail")
-                .agent("reviewer")
-                .user(&review)
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("retry review fail", "reviewer", &review)?
                 .last_tool("bash")
                 .reply(Reply::text("VERDICT: FAIL: mul is missing from calc.py")),
         )?;
@@ -294,10 +264,8 @@ fn malformed_plan_is_reasked() -> Result<(), Failed> {
             tag: "build calc [replan]".into(),
         };
         rules.add(
-            Rule::new("replan plans")
-                .agent("planner")
-                .user(&rules.re(""))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("replan plans", "planner", &rules.re(""))?
                 .reply(Reply::text(
                     "# Broken\n\n- [ ] T1: module\n  - files: calc.py\n  - deps: T9\n",
                 ))
@@ -305,13 +273,7 @@ fn malformed_plan_is_reasked() -> Result<(), Failed> {
                     "# Calc\n\n- [ ] T1: module\n  - files: calc.py\n",
                 )),
         )?;
-        rules.worker_writes("T1", "calc.py", CALC)?;
-        rules.reviewer_runs("Review item T1:", "T1", "python3 -c 'import calc'")?;
-        rules.reviewer_runs(
-            "Every item is done",
-            "integration",
-            "python3 -c 'import calc'",
-        )?;
+        rules.module_work_and_reviews()?;
         let (report, events) =
             run_mission(&shared, dir.path(), &rules.tag, mission_config()).await?;
         ensure(report.status == MissionStatus::Completed, || {
@@ -353,10 +315,8 @@ fn rate_limits_are_honoured_then_recover() -> Result<(), Failed> {
             tag: "build calc [ratelimit]".into(),
         };
         rules.add(
-            Rule::new("ratelimit plan")
-                .agent("planner")
-                .user(&rules.re(""))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("ratelimit plan", "planner", &rules.re(""))?
                 .reply(
                     Reply::error(429, "Rate limit exceeded")
                         .retry_after(1)
@@ -366,13 +326,7 @@ fn rate_limits_are_honoured_then_recover() -> Result<(), Failed> {
                     "# Calc\n\n- [ ] T1: module\n  - files: calc.py\n",
                 )),
         )?;
-        rules.worker_writes("T1", "calc.py", CALC)?;
-        rules.reviewer_runs("Review item T1:", "T1", "python3 -c 'import calc'")?;
-        rules.reviewer_runs(
-            "Every item is done",
-            "integration",
-            "python3 -c 'import calc'",
-        )?;
+        rules.module_work_and_reviews()?;
         let (report, events) =
             run_mission(&shared, dir.path(), &rules.tag, mission_config()).await?;
         ensure(report.status == MissionStatus::Completed, || {
@@ -408,10 +362,7 @@ fn token_budget_stops_new_work() -> Result<(), Failed> {
             tag: "build calc [budget]".into(),
         };
         rules.add(
-            Rule::new("budget plan")
-                .agent("planner")
-                .user(&rules.re(""))
-                .map_err(|e| e.to_string())?
+            rules.rule("budget plan", "planner", &rules.re(""))?
                 .reply(
                     Reply::text("# Calc\n\n- [ ] T1: module\n  - files: calc.py\n- [ ] T2: more\n  - files: more.py\n  - deps: T1\n")
                         .usage(50_000, 100),
@@ -474,13 +425,7 @@ fn server_errors_open_the_breaker_and_move_to_the_fallback() -> Result<(), Faile
                     "# Calc\n\n- [ ] T1: module\n  - files: calc.py\n",
                 )),
         )?;
-        rules.worker_writes("T1", "calc.py", CALC)?;
-        rules.reviewer_runs("Review item T1:", "T1", "python3 -c 'import calc'")?;
-        rules.reviewer_runs(
-            "Every item is done",
-            "integration",
-            "python3 -c 'import calc'",
-        )?;
+        rules.module_work_and_reviews()?;
         let mut agents = orch_agents::AgentSet::builtin();
         agents.model = Some(orch_agents::ModelRef::new("fake", "fake-model"));
         agents.fallback_models = vec![orch_agents::ModelRef::new("fake", "fake-backup")];
@@ -518,7 +463,6 @@ fn server_errors_open_the_breaker_and_move_to_the_fallback() -> Result<(), Faile
 }
 
 fn main() {
-    let args = Arguments::from_args();
     let trials = vec![
         Trial::test(
             "complete_mission_builds_a_tested_project",
@@ -543,12 +487,5 @@ fn main() {
             server_errors_open_the_breaker_and_move_to_the_fallback,
         ),
     ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(
-        common::KEEP
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(),
-    );
-    conclusion.exit();
+    common::run_trials(trials);
 }

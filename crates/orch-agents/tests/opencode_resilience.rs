@@ -17,14 +17,14 @@ use common::{
     CALC, README, Rules, TESTS, calc_plan, ensure, mission_config, project, run, run_mission,
     shared,
 };
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Failed, Trial};
 use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
 use orch_agents::{
     AgentRole, Journal, JournalEntry, Mission, MissionConfig, MissionEvent, MissionStatus, ModelRef,
 };
 use orch_mvcc::{ItemState, TodoStore};
 use orch_opencode::Client;
-use orch_testkit::{Exhausted, Fault, Outcome, Reply, Rule};
+use orch_testkit::{Exhausted, Fault, Outcome, Reply};
 use serde_json::json;
 
 fn short_turns() -> MissionConfig {
@@ -42,39 +42,9 @@ fn calc_rules(rules: &Rules<'_>, worker_delay: Duration) -> Result<(), String> {
         ("T2", "test_calc.py", TESTS),
         ("T3", "README.md", README),
     ] {
-        let re = rules.re(&format!("Your item: {item}:"));
-        rules.add(
-            Rule::new(format!("{} {item} write", rules.tag))
-                .agent("worker")
-                .user(&re)
-                .map_err(|e| e.to_string())?
-                .tool_result(false)
-                .reply(
-                    Reply::tool_call("write", json!({"filePath": file, "content": content}))
-                        .delay(worker_delay),
-                ),
-        )?;
-        rules.add(
-            Rule::new(format!("{} {item} done", rules.tag))
-                .agent("worker")
-                .user(&re)
-                .map_err(|e| e.to_string())?
-                .last_tool("write")
-                .reply(Reply::text(format!("Wrote {file}."))),
-        )?;
+        rules.worker_writes_after(item, file, content, worker_delay)?;
     }
-    rules.reviewer_runs(
-        "Review item T1:",
-        "T1",
-        "python3 -c 'import calc; assert calc.add(2, 3) == 5'",
-    )?;
-    rules.reviewer_runs("Review item T2:", "T2", "python3 -m unittest -v")?;
-    rules.reviewer_runs("Review item T3:", "T3", "test -s README.md")?;
-    rules.reviewer_runs(
-        "Every item is done",
-        "integration",
-        "python3 -m unittest -v",
-    )
+    rules.calc_reviews()
 }
 
 fn check_project(dir: &Path) -> Result<(), String> {
@@ -114,10 +84,8 @@ fn stalled_stream_is_aborted_and_retried() -> Result<(), Failed> {
             tag: "calc [stall]".into(),
         };
         rules.add(
-            Rule::new("stall once")
-                .agent("worker")
-                .user(&rules.re("Your item: T1:"))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("stall once", "worker", &rules.re("Your item: T1:"))?
                 .tool_result(false)
                 .reply(Reply::fault(Fault::Stall))
                 .exhausted(Exhausted::Skip),
@@ -150,10 +118,8 @@ fn looping_cut_stream_is_aborted() -> Result<(), Failed> {
             tag: "calc [cut]".into(),
         };
         rules.add(
-            Rule::new("cut loop")
-                .agent("worker")
-                .user(&rules.re("Your item: T3:"))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("cut loop", "worker", &rules.re("Your item: T3:"))?
                 .reply(
                     Reply::fault(Fault::Cut)
                         .with_text("partial answer")
@@ -218,10 +184,8 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
             tag: "calc [stop]".into(),
         };
         rules.add(
-            Rule::new("slow first write")
-                .agent("worker")
-                .user(&rules.re("Your item: T1:"))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("slow first write", "worker", &rules.re("Your item: T1:"))?
                 .tool_result(false)
                 .reply(
                     Reply::tool_call("write", json!({"filePath": "calc.py", "content": CALC}))
@@ -526,10 +490,8 @@ fn sigint_stops_the_process_within_two_seconds() -> Result<(), Failed> {
             tag: tag.into(),
         };
         rules.add(
-            Rule::new("sigint slow write")
-                .agent("worker")
-                .user(&rules.re("Your item: T1:"))
-                .map_err(|e| e.to_string())?
+            rules
+                .rule("sigint slow write", "worker", &rules.re("Your item: T1:"))?
                 .tool_result(false)
                 .reply(
                     Reply::tool_call("write", json!({"filePath": "calc.py", "content": CALC}))
@@ -642,7 +604,6 @@ fn main() {
     if std::env::var_os("ORCH_CHILD_MISSION").is_some() {
         child_main();
     }
-    let args = Arguments::from_args();
     let trials = vec![
         Trial::test(
             "stalled_stream_is_aborted_and_retried",
@@ -665,12 +626,5 @@ fn main() {
             sigint_stops_the_process_within_two_seconds,
         ),
     ];
-    let conclusion = libtest_mimic::run(&args, trials);
-    drop(
-        common::KEEP
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(),
-    );
-    conclusion.exit();
+    common::run_trials(trials);
 }

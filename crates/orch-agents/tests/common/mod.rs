@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use libtest_mimic::Failed;
+use libtest_mimic::{Arguments, Failed, Trial};
 use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
 use orch_agents::{
     AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, ModelRef, PolicyConfig,
@@ -185,41 +185,78 @@ impl Rules<'_> {
         format!("(?s)Mission: {}.*{then}", regex_escape(&self.tag))
     }
 
+    /// A rule for `agent` matching prompts that match `regex` (from [`Rules::re`]).
+    pub fn rule(&self, name: impl Into<String>, agent: &str, regex: &str) -> Result<Rule, String> {
+        Rule::new(name)
+            .agent(agent)
+            .user(regex)
+            .map_err(|e| e.to_string())
+    }
+
     pub fn add(&self, rule: Rule) -> Result<(), String> {
         self.model.add_rule(rule).map_err(|e| e.to_string())
     }
 
     pub fn planner(&self, plan: &str) -> Result<(), String> {
         self.add(
-            Rule::new(format!("{} plan", self.tag))
-                .agent("planner")
-                .user(&self.re(""))
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} plan", self.tag), "planner", &self.re(""))?
                 .reply(Reply::text(plan)),
         )
     }
 
     /// The Worker of `item` writes `file` with `content`, then says it is done.
     pub fn worker_writes(&self, item: &str, file: &str, content: &str) -> Result<(), String> {
+        self.worker_writes_after(item, file, content, Duration::ZERO)
+    }
+
+    /// [`Rules::worker_writes`], with the model taking `delay` before the write call.
+    pub fn worker_writes_after(
+        &self,
+        item: &str,
+        file: &str,
+        content: &str,
+        delay: Duration,
+    ) -> Result<(), String> {
         let re = self.re(&format!("Your item: {item}:"));
         self.add(
-            Rule::new(format!("{} {item} write", self.tag))
-                .agent("worker")
-                .user(&re)
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} {item} write", self.tag), "worker", &re)?
                 .tool_result(false)
-                .reply(Reply::tool_call(
-                    "write",
-                    json!({"filePath": file, "content": content}),
-                )),
+                .reply(
+                    Reply::tool_call("write", json!({"filePath": file, "content": content}))
+                        .delay(delay),
+                ),
         )?;
         self.add(
-            Rule::new(format!("{} {item} done", self.tag))
-                .agent("worker")
-                .user(&re)
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} {item} done", self.tag), "worker", &re)?
                 .last_tool("write")
                 .reply(Reply::text(format!("Wrote {file}."))),
+        )
+    }
+
+    /// Reviews of the 3-item calculator project ([`calc_plan`]), each by a real test run.
+    pub fn calc_reviews(&self) -> Result<(), String> {
+        self.reviewer_runs(
+            "Review item T1:",
+            "T1",
+            "python3 -c 'import calc; assert calc.add(2, 3) == 5'",
+        )?;
+        self.reviewer_runs("Review item T2:", "T2", "python3 -m unittest -v")?;
+        self.reviewer_runs("Review item T3:", "T3", "test -s README.md")?;
+        self.reviewer_runs(
+            "Every item is done",
+            "integration",
+            "python3 -m unittest -v",
+        )
+    }
+
+    /// A one-item mission's work and reviews: T1 writes `calc.py`, reviews import it.
+    pub fn module_work_and_reviews(&self) -> Result<(), String> {
+        self.worker_writes("T1", "calc.py", CALC)?;
+        self.reviewer_runs("Review item T1:", "T1", "python3 -c 'import calc'")?;
+        self.reviewer_runs(
+            "Every item is done",
+            "integration",
+            "python3 -c 'import calc'",
         )
     }
 
@@ -232,10 +269,7 @@ impl Rules<'_> {
     ) -> Result<(), String> {
         let re = self.re(item_prompt);
         self.add(
-            Rule::new(format!("{} {name} run", self.tag))
-                .agent("reviewer")
-                .user(&re)
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} {name} run", self.tag), "reviewer", &re)?
                 .tool_result(false)
                 .reply(Reply::tool_call(
                     "bash",
@@ -243,20 +277,14 @@ impl Rules<'_> {
                 )),
         )?;
         self.add(
-            Rule::new(format!("{} {name} pass", self.tag))
-                .agent("reviewer")
-                .user(&re)
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} {name} pass", self.tag), "reviewer", &re)?
                 .last_tool("bash")
                 .tool_output("EXIT=0")
                 .map_err(|e| e.to_string())?
                 .reply(Reply::text("The tests pass.\nVERDICT: PASS")),
         )?;
         self.add(
-            Rule::new(format!("{} {name} fail", self.tag))
-                .agent("reviewer")
-                .user(&re)
-                .map_err(|e| e.to_string())?
+            self.rule(format!("{} {name} fail", self.tag), "reviewer", &re)?
                 .last_tool("bash")
                 .reply(Reply::text("VERDICT: FAIL: the tests did not pass")),
         )
@@ -286,4 +314,12 @@ pub fn calc_plan(title: &str) -> String {
          - [ ] T2: unit tests for the calculator\n  - files: test_calc.py\n  - deps: T1\n\
          - [ ] T3: readme\n  - files: README.md\n"
     )
+}
+
+/// Runs the trials with libtest's command line, then stops the shared server (a static is
+/// never dropped) and exits with the harness's code.
+pub fn run_trials(trials: Vec<Trial>) -> ! {
+    let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);
+    drop(KEEP.lock().unwrap_or_else(|e| e.into_inner()).take());
+    conclusion.exit()
 }
