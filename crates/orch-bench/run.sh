@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every end-to-end benchmark of issue #10 and prints the table.
+# Usage: crates/orch-bench/run.sh [--only 1,2,..] [--tmp DIR]
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+# The Node baseline of benchmark 3: the pinned SDK from package-lock.json.
+if command -v npm >/dev/null 2>&1; then
+  (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+else
+  echo "npm not found: benchmark 3 runs without its Node baseline" >&2
+fi
+cd "$root"
+cargo build --release -p orch-bench --bin e2e
+exec "$root/target/release/e2e" "$@"

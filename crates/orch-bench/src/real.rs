@@ -1,0 +1,551 @@
+//! Benchmarks 4 and 5 (and the server side of 6): a real `opencode serve` with the scripted
+//! model of `orch-testkit`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use orch_agents::{
+    AgentBackend, AgentRole, AgentSet, Mission, MissionConfig, MissionEvent, MissionStatus,
+    ModelRef, OpencodeBackend, OpencodeBackendConfig, SessionSpec, TurnRequest,
+};
+use orch_opencode::{ConfigInstaller, CreateSession, InstallSpec, OpencodeServer};
+use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
+use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::MultiBackend;
+use crate::plans::{Shape, dag, plan_text};
+use crate::{Row, fmt_duration};
+
+/// The prompt prefix answered at once by the scripted model (throughput probes).
+pub const PING: &str = "PING";
+
+/// One scripted model and one OpenCode server (several projects can share them).
+#[derive(Debug)]
+pub struct RealEnv {
+    /// The scripted model.
+    pub model: ScriptedModel,
+    /// The server.
+    pub server: OpencodeServer,
+    _home: IsolatedHome,
+    _cwd: tempfile::TempDir,
+}
+
+/// The script: compaction and pings at once, Planner/Worker/Reviewer after `delay`.
+pub fn script(plan: &str, delay: Duration) -> Result<Script, String> {
+    let e = |e: orch_testkit::ScriptError| e.to_string();
+    Ok(Script::new()
+        .rule(
+            Rule::new("compaction")
+                .kind(RequestKind::Compaction)
+                .reply(Reply::text("Summary of the earlier work.")),
+        )
+        .rule(
+            Rule::new("ping")
+                .user(PING)
+                .map_err(e)?
+                .reply(Reply::text("pong")),
+        )
+        .rule(
+            Rule::new("plan")
+                .agent("planner")
+                .reply(Reply::text(plan).delay(delay)),
+        )
+        .rule(
+            Rule::new("work")
+                .agent("worker")
+                .reply(Reply::text("Implemented the item.").delay(delay)),
+        )
+        .rule(
+            Rule::new("review")
+                .agent("reviewer")
+                .reply(Reply::text("Checked.\nVERDICT: PASS").delay(delay)),
+        ))
+}
+
+impl RealEnv {
+    /// Starts the scripted model and one server.
+    pub fn start(script: Script) -> Result<Self, String> {
+        let model = ScriptedModel::start(script).map_err(|e| e.to_string())?;
+        Self::with_model(model)
+    }
+
+    /// Starts one server using `model`.
+    pub fn with_model(model: ScriptedModel) -> Result<Self, String> {
+        let (server, home, cwd) = start_server()?;
+        Ok(RealEnv {
+            model,
+            server,
+            _home: home,
+            _cwd: cwd,
+        })
+    }
+
+    /// A project directory with the scripted provider, the orchestrator's agents, and
+    /// OpenCode snapshots on or off (on: the directory is a git repository).
+    pub fn project(&self, snapshot: bool) -> Result<tempfile::TempDir, String> {
+        project_for(&self.model.base_url(), snapshot)
+    }
+}
+
+/// Starts an `opencode serve` with its own isolated home (its own storage).
+pub fn start_server() -> Result<(OpencodeServer, IsolatedHome, tempfile::TempDir), String> {
+    let home = IsolatedHome::new().map_err(|e| e.to_string())?;
+    let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = OpencodeServer::builder()
+        .binary(require_binary())
+        .project_dir(cwd.path())
+        .isolated_home(home.path())
+        .start()
+        .map_err(|e| e.to_string())?;
+    Ok((server, home, cwd))
+}
+
+/// See [`RealEnv::project`].
+pub fn project_for(model_url: &str, snapshot: bool) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut config = fake_provider_config(model_url);
+    config["snapshot"] = json!(snapshot);
+    std::fs::write(dir.path().join("opencode.json"), config.to_string())
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("README.md"), "# bench project\n").map_err(|e| e.to_string())?;
+    let agents = AgentSet::builtin();
+    let mut spec = InstallSpec::new();
+    for agent in agents.agents() {
+        spec = spec.agent(agent.name.clone(), agent.opencode_entry());
+    }
+    ConfigInstaller::new(dir.path())
+        .install(&spec)
+        .map_err(|e| e.to_string())?;
+    if snapshot {
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"][..],
+            &[
+                "-c",
+                "user.name=b",
+                "-c",
+                "user.email=b@b",
+                "commit",
+                "-qm",
+                "init",
+            ][..],
+        ] {
+            std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(dir)
+}
+
+/// The backend settings of the benchmarks.
+pub fn backend_config(max_per_role: usize, max_reuse: u32) -> OpencodeBackendConfig {
+    OpencodeBackendConfig {
+        max_per_role,
+        max_reuse,
+        default_model: Some(ModelRef::new("fake", "fake-model")),
+        settle: Duration::from_millis(200),
+        toasts: false,
+        ..OpencodeBackendConfig::default()
+    }
+}
+
+/// Connects a backend to `server` for `project`.
+pub async fn connect(
+    server: &OpencodeServer,
+    project: &Path,
+    config: OpencodeBackendConfig,
+) -> Result<OpencodeBackend, String> {
+    let client = server.client().with_directory(project.to_string_lossy());
+    OpencodeBackend::connect(client, config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn ping(n: u64) -> TurnRequest {
+    TurnRequest {
+        role: AgentRole::Commander,
+        agent: "orch-commander".into(),
+        model: None,
+        prompt: format!("{PING} {n}"),
+        allowed_edits: Vec::new(),
+    }
+}
+
+fn spec(role: AgentRole) -> SessionSpec {
+    SessionSpec {
+        role,
+        title: format!("bench {role}"),
+        rules: Vec::new(),
+    }
+}
+
+/// Opens a session, runs one ping turn, gives the session back; returns the wall time.
+pub async fn one_turn<B: AgentBackend>(backend: &B, n: u64) -> Result<Duration, String> {
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let session = backend
+        .open(spec(AgentRole::Commander))
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = backend
+        .run_turn(
+            &session,
+            ping(n),
+            Instant::now() + Duration::from_secs(30),
+            &stop,
+        )
+        .await;
+    backend
+        .close(session, result.is_err())
+        .await
+        .map_err(|e| e.to_string())?;
+    result.map_err(|e| e.to_string())?;
+    Ok(t.elapsed())
+}
+
+/// Ping turns per second that `concurrency` sessions sustain on one backend for `window`.
+pub async fn turns_per_second<B: AgentBackend>(
+    backend: Arc<B>,
+    concurrency: usize,
+    window: Duration,
+) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<parking_lot::Mutex<Option<String>>> = Arc::default();
+    let end = Instant::now() + window;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..concurrency {
+        let (backend, done, errors) =
+            (Arc::clone(&backend), Arc::clone(&done), Arc::clone(&errors));
+        let first_error = Arc::clone(&first_error);
+        tasks.spawn(async move {
+            let stop = CancellationToken::new();
+            let Ok(session) = backend.open(spec(AgentRole::Commander)).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let r = backend
+                    .run_turn(
+                        &session,
+                        ping(c as u64 * 1_000_000 + n),
+                        Instant::now() + Duration::from_secs(30),
+                        &stop,
+                    )
+                    .await;
+                match r {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        first_error.lock().get_or_insert_with(|| e.to_string());
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            let _ = backend.close(session, false).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed().as_secs_f64();
+    if errors.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{} turns failed", errors.load(Ordering::Relaxed)));
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    crate::plans::quantile(&mut v, 0.5)
+}
+
+/// Benchmark 4: session pool acquire vs creating a real session, and the per-turn saving.
+pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
+    let project = env.project(false)?;
+    let client = env
+        .server
+        .client()
+        .with_directory(project.path().to_string_lossy());
+    // Baseline: POST /session.
+    let mut create = Vec::new();
+    for i in 0..30 {
+        let t = Instant::now();
+        client
+            .create_session(&CreateSession::titled(format!("bench create {i}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        create.push(t.elapsed());
+    }
+    // Ours: acquire a pooled session (the pool is warm after the first open).
+    let pooled = connect(&env.server, project.path(), backend_config(8, 1_000)).await?;
+    let first = pooled
+        .open(spec(AgentRole::Reviewer))
+        .await
+        .map_err(|e| e.to_string())?;
+    pooled
+        .close(first, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut acquire = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let s = pooled
+            .open(spec(AgentRole::Reviewer))
+            .await
+            .map_err(|e| e.to_string())?;
+        acquire.push(t.elapsed());
+        pooled.close(s, false).await.map_err(|e| e.to_string())?;
+    }
+    let (c, a) = (median(create), median(acquire));
+    let ratio = c.as_secs_f64() / a.as_secs_f64().max(1e-9);
+    // Per turn: a fresh session for each turn (max_reuse 0) vs the pool (reused, reset by
+    // compaction before reuse).
+    let fresh = connect(&env.server, project.path(), backend_config(8, 0)).await?;
+    let mut fresh_t = Vec::new();
+    let mut pooled_t = Vec::new();
+    for n in 0..15 {
+        fresh_t.push(one_turn(&fresh, n).await?);
+        pooled_t.push(one_turn(&pooled, 100 + n).await?);
+    }
+    let (f, p) = (median(fresh_t), median(pooled_t));
+    pooled.shutdown().await;
+    fresh.shutdown().await;
+    Ok(vec![
+        Row::info(
+            4,
+            "session acquire: pool hit vs POST /session (median)",
+            fmt_duration(a),
+        )
+        .baseline(format!("create {}", fmt_duration(c)), ratio)
+        .target("≥ 100 ×", ratio >= 100.0),
+        Row::info(
+            4,
+            "one real turn incl. session: pooled (compaction reset) vs fresh session (median)",
+            fmt_duration(p),
+        )
+        .baseline(
+            format!(
+                "fresh {} (saving {} per turn)",
+                fmt_duration(f),
+                if f >= p {
+                    fmt_duration(f - p)
+                } else {
+                    format!("−{}", fmt_duration(p - f))
+                }
+            ),
+            f.as_secs_f64() / p.as_secs_f64().max(1e-9),
+        ),
+    ])
+}
+
+/// What one speed-up mission measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeedupRun {
+    /// The whole mission.
+    pub total: Duration,
+    /// Plan committed → finished.
+    pub items: Duration,
+    /// Mean wall time of a Worker turn as the mission saw it.
+    pub worker_turn: Duration,
+    /// Mean wall time of a Reviewer turn.
+    pub reviewer_turn: Duration,
+    /// Compaction requests the model received (session resets).
+    pub compactions: usize,
+}
+
+fn compactions(model: &ScriptedModel) -> usize {
+    model
+        .requests()
+        .iter()
+        .filter(|r| r.rule.as_deref() == Some("compaction"))
+        .count()
+}
+
+/// Runs one mission of independent items on `workers` Workers and Reviewers.
+pub async fn speedup_run(
+    env: &RealEnv,
+    project: &Path,
+    workers: usize,
+) -> Result<SpeedupRun, String> {
+    let compactions0 = compactions(&env.model);
+    let backend =
+        Arc::new(connect(&env.server, project, backend_config(workers.max(2) * 2, 10)).await?);
+    let mission =
+        Mission::new(Arc::clone(&backend), "speed-up benchmark", project).config(MissionConfig {
+            workers,
+            reviewers: workers,
+            integration_review: false,
+            turn_timeout: Duration::from_secs(60),
+            ..MissionConfig::default()
+        });
+    let mut rx = mission.subscribe();
+    let watcher = tokio::spawn(async move {
+        let mut committed = None;
+        while let Ok(e) = rx.recv().await {
+            match e {
+                MissionEvent::PlanCommitted { .. } => committed = Some(Instant::now()),
+                MissionEvent::Finished { .. } => return committed.map(|c| c.elapsed()),
+                _ => {}
+            }
+        }
+        None
+    });
+    let t = Instant::now();
+    let report = mission.run().await.map_err(|e| e.to_string())?;
+    let total = t.elapsed();
+    let items = watcher.await.ok().flatten().unwrap_or(total);
+    backend.shutdown().await;
+    if report.status != MissionStatus::Completed {
+        return Err(format!("mission ended {:?}", report.status));
+    }
+    let mean = |role| {
+        report.usage.get(&role).map_or(Duration::ZERO, |u| {
+            Duration::from_millis(u.busy_ms / u.turns.max(1))
+        })
+    };
+    Ok(SpeedupRun {
+        total,
+        items,
+        worker_turn: mean(AgentRole::Worker),
+        reviewer_turn: mean(AgentRole::Reviewer),
+        compactions: compactions(&env.model) - compactions0,
+    })
+}
+
+/// Benchmark 5: parallel speed-up at 500 ms per turn, and the turns per second one server
+/// sustains with and without snapshots.
+pub async fn bench5() -> Result<Vec<Row>, String> {
+    let n = 16;
+    let delay = Duration::from_millis(500);
+    let env = RealEnv::start(script(&plan_text(&dag(Shape::Wide, n)), delay)?)?;
+    let p1 = env.project(false)?;
+    let p8 = env.project(false)?;
+    let r1 = speedup_run(&env, p1.path(), 1).await?;
+    let r8 = speedup_run(&env, p8.path(), 8).await?;
+    let (t1, i1, t8, i8) = (r1.total, r1.items, r8.total, r8.items);
+    let ratio_items = i1.as_secs_f64() / i8.as_secs_f64();
+    let ratio_total = t1.as_secs_f64() / t8.as_secs_f64();
+    // Ideal items phase: 1 Worker: n work turns in a row, then the last review; 8 Workers:
+    // n/8 work turns, then the last review.
+    let ideal = ((n + 1) as f64) / ((n / 8 + 1) as f64);
+    let mut rows = vec![
+        Row::info(
+            5,
+            format!("{n} items, 500 ms turns: items phase, 8 Workers vs 1"),
+            fmt_duration(i8),
+        )
+        .baseline(format!("1 Worker {}", fmt_duration(i1)), ratio_items)
+        .target(
+            format!("≥ 6 × (ideal here {ideal:.2} ×)"),
+            ratio_items >= 6.0,
+        ),
+        Row::info(
+            5,
+            "same, whole mission incl. the 500 ms Planner turn",
+            fmt_duration(t8),
+        )
+        .baseline(format!("1 Worker {}", fmt_duration(t1)), ratio_total),
+    ];
+    for (label, r) in [("8 Workers", r8), ("1 Worker", r1)] {
+        rows.push(Row::info(
+            5,
+            format!(
+                "{label}: mean Worker / Reviewer turn as the mission saw it (model: 500 ms); compactions"
+            ),
+            format!(
+                "{} / {}; {} compactions",
+                fmt_duration(r.worker_turn),
+                fmt_duration(r.reviewer_turn),
+                r.compactions
+            ),
+        ));
+    }
+    for snapshot in [false, true] {
+        let project = env.project(snapshot)?;
+        let backend =
+            Arc::new(connect(&env.server, project.path(), backend_config(32, 1_000)).await?);
+        let _ = one_turn(backend.as_ref(), 0).await?;
+        let tps = turns_per_second(Arc::clone(&backend), 16, Duration::from_secs(4)).await?;
+        backend.shutdown().await;
+        rows.push(Row::info(
+            5,
+            format!(
+                "turns/s one server sustains (16 sessions, instant model, snapshots {})",
+                if snapshot { "on" } else { "off" }
+            ),
+            format!("{tps:.1} turns/s"),
+        ));
+    }
+    Ok(rows)
+}
+
+/// Benchmark 6: turns per second with two OpenCode servers behind one [`MultiBackend`]
+/// against one, and a server lost mid-run.
+pub async fn bench6() -> Result<Vec<Row>, String> {
+    let model = ScriptedModel::start(script("", Duration::ZERO)?).map_err(|e| e.to_string())?;
+    let project = project_for(&model.base_url(), false)?;
+    let mut servers = vec![start_server()?, start_server()?];
+    let mut rates = Vec::new();
+    for n in [1usize, 2] {
+        let mut backends = Vec::new();
+        for (server, _, _) in servers.iter().take(n) {
+            backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+        }
+        let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
+        // Warm every server (first prompt in a directory boots an instance).
+        let warm: Vec<_> = (0..n as u64 * 2)
+            .map(|i| one_turn(multi.as_ref(), i))
+            .collect();
+        for r in futures::future::join_all(warm).await {
+            r?;
+        }
+        let tps = turns_per_second(Arc::clone(&multi), 16, Duration::from_secs(4)).await?;
+        multi.shutdown().await;
+        rates.push(tps);
+    }
+    let ratio = rates[1] / rates[0];
+    let mut rows = vec![
+        Row::info(
+            6,
+            "turns/s, 2 servers vs 1 (16 sessions, instant model, no snapshots)",
+            format!("{:.1} turns/s", rates[1]),
+        )
+        .baseline(format!("1 server {:.1} turns/s", rates[0]), ratio),
+    ];
+    // Loss: 8 sessions on two servers, one server killed after 1 s; turns keep succeeding.
+    let mut backends = Vec::new();
+    for (server, _, _) in &servers {
+        backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+    }
+    let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
+    let run = tokio::spawn(turns_per_second(
+        Arc::clone(&multi),
+        8,
+        Duration::from_secs(4),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let lost = servers.pop();
+    drop(lost);
+    let result = run.await.map_err(|e| e.to_string())?;
+    rows.push(
+        Row::info(
+            6,
+            "server killed mid-run (8 sessions on 2 servers): sessions moved / turns failed",
+            match &result {
+                Ok(tps) => format!("{} moved, 0 failed ({tps:.1} turns/s)", multi.migrations()),
+                Err(e) => format!("{} moved, {e}", multi.migrations()),
+            },
+        )
+        .target("0 failed", result.is_ok() && multi.migrations() > 0),
+    );
+    multi.shutdown().await;
+    Ok(rows)
+}
