@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -104,18 +104,13 @@ impl Harness {
     }
 }
 
-static HARNESS: OnceLock<Result<Arc<Harness>, String>> = OnceLock::new();
-static KEEP: std::sync::Mutex<Option<Arc<Harness>>> = std::sync::Mutex::new(None);
+/// The shared harness: the only long-lived strong reference, taken (and so dropped, stopping
+/// the server) at the end of `main`.
+static HARNESS: Mutex<Option<Result<Arc<Harness>, String>>> = Mutex::new(None);
 
 fn harness() -> Result<Arc<Harness>, Failed> {
-    HARNESS
-        .get_or_init(|| {
-            let harness = Harness::start().map(Arc::new);
-            if let Ok(h) = &harness {
-                *KEEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(h));
-            }
-            harness
-        })
+    let mut slot = HARNESS.lock().unwrap_or_else(|e| e.into_inner());
+    slot.get_or_insert_with(|| Harness::start().map(Arc::new))
         .clone()
         .map_err(Failed::from)
 }
@@ -422,6 +417,6 @@ fn main() {
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     // Stop the shared OpenCode server before exiting (statics are never dropped).
-    drop(KEEP.lock().unwrap_or_else(|e| e.into_inner()).take());
+    drop(HARNESS.lock().unwrap_or_else(|e| e.into_inner()).take());
     conclusion.exit();
 }

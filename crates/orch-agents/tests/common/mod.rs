@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -25,12 +25,15 @@ pub struct Shared {
     _cwd: tempfile::TempDir,
 }
 
-static SHARED: OnceLock<Result<Arc<Shared>, String>> = OnceLock::new();
-pub static KEEP: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
+/// The shared server and model: the only long-lived strong reference, taken (and so dropped,
+/// stopping both) by [`run_trials`].
+static SHARED: Mutex<Option<Result<Arc<Shared>, String>>> = Mutex::new(None);
 
 pub fn shared() -> Result<Arc<Shared>, Failed> {
     SHARED
-        .get_or_init(|| {
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| {
             let start = || -> Result<Arc<Shared>, String> {
                 let bin = require_binary();
                 // Compaction (session reset in the pool) and nothing else is shared by trials.
@@ -56,7 +59,6 @@ pub fn shared() -> Result<Arc<Shared>, Failed> {
                     _home: home,
                     _cwd: cwd,
                 });
-                *KEEP.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&shared));
                 Ok(shared)
             };
             start()
@@ -320,6 +322,6 @@ pub fn calc_plan(title: &str) -> String {
 /// never dropped) and exits with the harness's code.
 pub fn run_trials(trials: Vec<Trial>) -> ! {
     let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);
-    drop(KEEP.lock().unwrap_or_else(|e| e.into_inner()).take());
+    drop(SHARED.lock().unwrap_or_else(|e| e.into_inner()).take());
     conclusion.exit()
 }
