@@ -515,6 +515,16 @@ impl AgentSet {
         self.agents.values()
     }
 
+    /// What `orch_opencode::ConfigInstaller` installs for these agents (one `agent` entry
+    /// each).
+    pub fn install_spec(&self) -> orch_opencode::InstallSpec {
+        self.agents
+            .values()
+            .fold(orch_opencode::InstallSpec::new(), |spec, a| {
+                spec.agent(a.name.clone(), a.opencode_entry())
+            })
+    }
+
     /// The `agent` section to install into `opencode.json`.
     pub fn opencode_agents(&self) -> Value {
         Value::Object(

@@ -762,6 +762,11 @@ struct Commander<B: AgentBackend> {
     started: Instant,
     /// The journal as it was when this run started (what earlier runs did).
     history: JournalContents,
+    /// The plan as of the last commit (or the first snapshot): prompts and the progress hash
+    /// read it instead of taking another locked snapshot of the store each round.
+    plan: Plan,
+    /// Lane statistics, recorded when execution winds down, for the report.
+    lane_stats: Vec<(String, f64)>,
 }
 
 impl<B: AgentBackend> Commander<B> {
@@ -791,18 +796,41 @@ impl<B: AgentBackend> Commander<B> {
             budget_hit: None,
             started: Instant::now(),
             history,
+            plan: Plan::default(),
+            lane_stats: Vec::new(),
         })
     }
 
+    /// Applies `change` through the store and keeps the resulting plan in `self.plan`.
     async fn commit<T: Send + 'static>(
-        &self,
-        change: impl FnMut(&mut Plan) -> T + Send + 'static,
+        &mut self,
+        mut change: impl FnMut(&mut Plan) -> T + Send + 'static,
     ) -> Result<(u64, T), MissionError> {
         let store = self.store.clone();
-        let committed = tokio::task::spawn_blocking(move || store.update(WRITER, change))
-            .await
-            .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??;
-        Ok((committed.version, committed.value))
+        let committed = tokio::task::spawn_blocking(move || {
+            store.update(WRITER, move |plan| {
+                let value = change(plan);
+                (value, plan.clone())
+            })
+        })
+        .await
+        .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??;
+        let (value, plan) = committed.value;
+        self.plan = plan;
+        Ok((committed.version, value))
+    }
+
+    /// Journals a `Reconciled` line for every item `plan` shows done that `recorded` (the
+    /// journal's done counts) lacks: a plan commit whose journal line was lost.
+    fn reconcile(&self, plan: &Plan, recorded: &std::collections::BTreeMap<String, u32>) {
+        for item in &plan.items {
+            if item.state == ItemState::Done && !recorded.contains_key(item.id.as_str()) {
+                self.ctx.journal(JournalEntry::Reconciled {
+                    item: item.id.to_string(),
+                    state: item.state.as_str().to_owned(),
+                });
+            }
+        }
     }
 
     async fn snapshot(&self) -> Result<(u64, Plan), MissionError> {
@@ -815,15 +843,8 @@ impl<B: AgentBackend> Commander<B> {
     async fn run(mut self) -> Result<MissionReport, MissionError> {
         let (_, existing) = self.snapshot().await?;
         let resumed = !existing.items.is_empty();
-        let recorded = self.history.done_counts();
-        for item in &existing.items {
-            if item.state == ItemState::Done && !recorded.contains_key(item.id.as_str()) {
-                self.ctx.journal(JournalEntry::Reconciled {
-                    item: item.id.to_string(),
-                    state: item.state.as_str().to_owned(),
-                });
-            }
-        }
+        self.reconcile(&existing, &self.history.done_counts());
+        self.plan = existing;
         let stale = self.history.open_sessions();
         if !stale.is_empty() {
             self.ctx.backend.cleanup(stale.clone()).await;
@@ -1033,7 +1054,7 @@ impl<B: AgentBackend> Commander<B> {
         engine.push(("lanes.steals".into(), stats.steals() as f64));
         engine.push(("lanes.warm_hit_ratio".into(), stats.warm_hit_ratio()));
         engine.push(("lanes.pushed".into(), stats.pushed as f64));
-        *self.ctx.policy.engine_extra.lock() = engine;
+        self.lane_stats = engine;
         Ok(status)
     }
 
@@ -1095,27 +1116,18 @@ impl<B: AgentBackend> Commander<B> {
         let running = self.running.clone();
         let (_, started) = self
             .commit(move |plan| {
-                let mut busy: HashSet<String> = plan
-                    .items
-                    .iter()
-                    .filter(|i| matches!(i.state, ItemState::InProgress | ItemState::InReview))
-                    .flat_map(|i| i.files.iter().cloned())
-                    .collect();
-                let done: HashSet<ItemId> = plan
-                    .items
-                    .iter()
-                    .filter(|i| i.state == ItemState::Done)
+                // Ready: pending, dependencies done, no file shared with an item in progress
+                // or in review, nor with another item of this batch.
+                let ids: Vec<ItemId> = plan
+                    .ready_batch()
+                    .into_iter()
+                    .filter(|i| !running.contains(&i.id))
                     .map(|i| i.id.clone())
                     .collect();
-                let mut started = Vec::new();
-                for item in &mut plan.items {
-                    let ready = item.state == ItemState::Pending
-                        && !running.contains(&item.id)
-                        && item.deps.iter().all(|d| done.contains(d))
-                        && !item.files.iter().any(|f| busy.contains(f));
-                    if ready {
+                let mut started = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Some(item) = plan.item_mut(&id) {
                         item.state = ItemState::InProgress;
-                        busy.extend(item.files.iter().cloned());
                         started.push(item.clone());
                     }
                 }
@@ -1125,8 +1137,7 @@ impl<B: AgentBackend> Commander<B> {
         if started.is_empty() {
             return Ok(());
         }
-        let (_, plan) = self.snapshot().await?;
-        let context = protocol::mission_context(&self.request, &plan);
+        let context = protocol::mission_context(&self.request, &self.plan);
         for item in started {
             self.running.insert(item.id.clone());
             let order = WorkOrder {
@@ -1151,8 +1162,7 @@ impl<B: AgentBackend> Commander<B> {
         tx: &mpsc::UnboundedSender<Outcome>,
         reviews: &mut JoinSet<()>,
     ) -> Result<(), MissionError> {
-        let (_, plan) = self.snapshot().await?;
-        let context = protocol::mission_context(&self.request, &plan);
+        let context = protocol::mission_context(&self.request, &self.plan);
         let prompt = protocol::review_prompt(&context, &item, &diff);
         let ctx = Arc::clone(&self.ctx);
         let tx = tx.clone();
@@ -1259,7 +1269,7 @@ impl<B: AgentBackend> Commander<B> {
                         if self.ctx.stop.is_cancelled()
                             || self.ctx.server_lost.lock().is_some() =>
                     {
-                        self.requeue_review(&item).await?;
+                        // An interrupted review leaves the item in review; resume reviews it.
                     }
                     Err(e) => {
                         self.attempt_failed(&item, format!("review error: {e}"))
@@ -1269,11 +1279,10 @@ impl<B: AgentBackend> Commander<B> {
             }
         }
         self.check_budgets();
-        let (_, plan) = self.snapshot().await?;
-        match self.ctx.policy.observe_progress(progress_hash(&plan)) {
+        match self.ctx.policy.observe_progress(progress_hash(&self.plan)) {
             ProgressSignal::Ok => {}
             ProgressSignal::Diagnose(unchanged) => {
-                let diagnosis = self.diagnose(&plan, unchanged).await;
+                let diagnosis = self.diagnose(&self.plan, unchanged).await;
                 self.ctx.emit(MissionEvent::Stagnation {
                     unchanged,
                     escalated: false,
@@ -1302,14 +1311,15 @@ impl<B: AgentBackend> Commander<B> {
                 self.requeue(&item).await
             }
             Outcome::Reviewed { item, .. } => {
+                // An interrupted review leaves the item in review; resume reviews it.
                 self.running.remove(&item);
-                self.requeue_review(&item).await
+                Ok(())
             }
         }
     }
 
     /// An item whose turn was interrupted goes back to pending, attempts unchanged.
-    async fn requeue(&self, item: &ItemId) -> Result<(), MissionError> {
+    async fn requeue(&mut self, item: &ItemId) -> Result<(), MissionError> {
         let id = item.clone();
         self.commit(move |plan| {
             if let Some(i) = plan.item_mut(&id)
@@ -1320,11 +1330,6 @@ impl<B: AgentBackend> Commander<B> {
         })
         .await
         .map(|_| ())
-    }
-
-    /// An interrupted review leaves the item in review, to be reviewed on resume.
-    async fn requeue_review(&self, _item: &ItemId) -> Result<(), MissionError> {
-        Ok(())
     }
 
     async fn attempt_failed(&mut self, item: &ItemId, reason: String) -> Result<(), MissionError> {
@@ -1496,20 +1501,12 @@ impl<B: AgentBackend> Commander<B> {
         }
     }
 
-    async fn finish(self, status: MissionStatus) -> Result<MissionReport, MissionError> {
+    async fn finish(mut self, status: MissionStatus) -> Result<MissionReport, MissionError> {
         let (version, plan) = self.snapshot().await?;
         // Items the plan shows done without a journal line (a write that landed after an
         // earlier run's reconciliation) are reconciled now, so the journal stays complete.
         if let Ok(journal) = Journal::read(self.store.dir()) {
-            let recorded = journal.done_counts();
-            for item in &plan.items {
-                if item.state == ItemState::Done && !recorded.contains_key(item.id.as_str()) {
-                    self.ctx.journal(JournalEntry::Reconciled {
-                        item: item.id.to_string(),
-                        state: item.state.as_str().to_owned(),
-                    });
-                }
-            }
+            self.reconcile(&plan, &journal.done_counts());
         }
         let failed: Vec<ItemId> = plan
             .items
@@ -1542,7 +1539,7 @@ impl<B: AgentBackend> Commander<B> {
             .await;
         let usage = std::mem::take(&mut *self.ctx.usage.lock());
         let mut engine: BTreeMap<String, f64> =
-            self.ctx.policy.engine_extra.lock().drain(..).collect();
+            std::mem::take(&mut self.lane_stats).into_iter().collect();
         for (k, v) in self.ctx.backend.stats() {
             engine.insert(k, v);
         }

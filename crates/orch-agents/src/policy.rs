@@ -82,8 +82,6 @@ pub(crate) struct Policy {
     progress: Mutex<ProgressTracker>,
     loops: Mutex<HashMap<ItemId, LoopBreaker>>,
     loop_threshold: u32,
-    /// Figures added by the mission when it winds down (lane statistics).
-    pub(crate) engine_extra: Mutex<Vec<(String, f64)>>,
 }
 
 impl Policy {
@@ -110,7 +108,6 @@ impl Policy {
             progress: Mutex::new(ProgressTracker::new(p.diagnose_after, p.escalate_after)),
             loops: Mutex::new(HashMap::new()),
             loop_threshold: p.loop_threshold,
-            engine_extra: Mutex::new(Vec::new()),
         }
     }
 

@@ -10,7 +10,7 @@ use orch_agents::{
     AgentBackend, AgentRole, AgentSet, Mission, MissionConfig, MissionEvent, MissionStatus,
     ModelRef, OpencodeBackend, OpencodeBackendConfig, SessionSpec, TurnRequest,
 };
-use orch_opencode::{ConfigInstaller, CreateSession, InstallSpec, OpencodeServer};
+use orch_opencode::{ConfigInstaller, CreateSession, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
@@ -113,13 +113,8 @@ pub fn project_for(model_url: &str, snapshot: bool) -> Result<tempfile::TempDir,
     std::fs::write(dir.path().join("opencode.json"), config.to_string())
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("README.md"), "# bench project\n").map_err(|e| e.to_string())?;
-    let agents = AgentSet::builtin();
-    let mut spec = InstallSpec::new();
-    for agent in agents.agents() {
-        spec = spec.agent(agent.name.clone(), agent.opencode_entry());
-    }
     ConfigInstaller::new(dir.path())
-        .install(&spec)
+        .install(&AgentSet::builtin().install_spec())
         .map_err(|e| e.to_string())?;
     if snapshot {
         for args in [

@@ -51,11 +51,7 @@ pub(crate) struct MissionSpec {
 
 /// The install spec of the orchestrator's agents.
 pub(crate) fn agents_spec(agents: &AgentSet) -> InstallSpec {
-    let mut spec = InstallSpec::new();
-    for agent in agents.agents() {
-        spec = spec.agent(agent.name.clone(), agent.opencode_entry());
-    }
-    spec
+    agents.install_spec()
 }
 
 /// Removes the pid file when the run ends.

@@ -13,7 +13,7 @@ use orch_agents::{
     AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, ModelRef, PolicyConfig,
 };
 use orch_core::RetryPolicy;
-use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
+use orch_opencode::{ConfigInstaller, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
@@ -78,13 +78,8 @@ pub fn project(shared: &Shared) -> Result<tempfile::TempDir, Failed> {
         json!({"name": "Backup", "tool_call": true});
     std::fs::write(dir.path().join("opencode.json"), config.to_string())
         .map_err(|e| Failed::from(e.to_string()))?;
-    let agents = AgentSet::builtin();
-    let mut spec = InstallSpec::new();
-    for agent in agents.agents() {
-        spec = spec.agent(agent.name.clone(), agent.opencode_entry());
-    }
     ConfigInstaller::new(dir.path())
-        .install(&spec)
+        .install(&AgentSet::builtin().install_spec())
         .map_err(|e| Failed::from(e.to_string()))?;
     Ok(dir)
 }
