@@ -143,6 +143,27 @@ impl JournalContents {
         finished
     }
 
+    /// Items whose last attempt passed review: an `ItemDone` after their last `ItemStarted`.
+    pub fn passed(&self) -> std::collections::BTreeSet<String> {
+        let mut passed = std::collections::BTreeSet::new();
+        for record in &self.records {
+            match &record.entry {
+                JournalEntry::Event {
+                    event: MissionEvent::ItemStarted { item, .. },
+                } => {
+                    passed.remove(item);
+                }
+                JournalEntry::Event {
+                    event: MissionEvent::ItemDone { item, .. },
+                } => {
+                    passed.insert(item.clone());
+                }
+                _ => {}
+            }
+        }
+        passed
+    }
+
     /// How many times each item was marked done (events, and reconciliations on resume).
     pub fn done_counts(&self) -> std::collections::BTreeMap<String, u32> {
         let mut counts = std::collections::BTreeMap::new();

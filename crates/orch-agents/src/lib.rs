@@ -56,7 +56,9 @@ mod events;
 mod hooks;
 mod journal;
 mod mission;
+mod plan_writer;
 mod policy;
+mod ready;
 pub mod protocol;
 mod supervisor;
 

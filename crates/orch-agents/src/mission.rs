@@ -21,11 +21,10 @@ use crate::backend::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRe
 use crate::events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
 use crate::hooks::{HookEvent, MissionHooks};
 use crate::journal::{Journal, JournalContents, JournalEntry, JournalError};
+use crate::plan_writer::PlanWriter;
 use crate::policy::{Policy, PolicyConfig, ProgressSignal};
 use crate::protocol::{self, Verdict};
-
-/// The writer id the Commander commits TODO.md changes under.
-const WRITER: &str = "commander";
+use crate::ready::ReadyIndex;
 
 /// Limits and switches of a mission.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +53,10 @@ pub struct MissionConfig {
     pub policy: PolicyConfig,
     /// fsync the journal after each record (off only for tests and benchmarks).
     pub journal_fsync: bool,
+    /// Least time between two writes of `TODO.md`. The Commander works from its own copy of
+    /// the plan and writes changes behind, batched; the journal, written first, is what resume
+    /// rebuilds unwritten changes from. Zero writes as soon as the previous write ends.
+    pub store_interval: Duration,
 }
 
 impl Default for MissionConfig {
@@ -71,6 +74,7 @@ impl Default for MissionConfig {
             cost_budget: None,
             policy: PolicyConfig::default(),
             journal_fsync: true,
+            store_interval: Duration::from_millis(20),
         }
     }
 }
@@ -277,6 +281,13 @@ impl<B: AgentBackend> Ctx<B> {
         });
         // No subscriber is fine: events are for observers.
         let _ = self.events.send(event);
+    }
+
+    /// Sends a notice to the user through the backend without waiting for it (a toast is
+    /// never on a turn's path).
+    fn notify(&self, message: String) {
+        let backend = Arc::clone(&self.backend);
+        tokio::spawn(async move { backend.notify(&message).await });
     }
 
     /// Appends to the journal; a failing journal is logged, not fatal (the plan store stays
@@ -542,12 +553,10 @@ async fn lane_loop<B: AgentBackend>(
             lane: lane_id,
             warm,
         });
-        ctx.backend
-            .notify(&format!(
-                "{id} started (attempt {}): {}",
-                order.attempt, order.item.summary
-            ))
-            .await;
+        ctx.notify(format!(
+            "{id} started (attempt {}): {}",
+            order.attempt, order.item.summary
+        ));
         let span = info_span!("item", item = %id, attempt = order.attempt, lane = lane_id);
         let outcome = run_worker(&ctx, &mut session, &order)
             .instrument(span)
@@ -742,19 +751,27 @@ fn dependants(plan: &Plan, failed: &ItemId) -> Vec<String> {
 
 /// A hash of the ids and states (not notes or attempts): what "progress" means.
 fn progress_hash(plan: &Plan) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
+    // One buffer, hashed at once: blake3 is fast on long input and slow per small update.
+    let mut bytes = Vec::with_capacity(plan.items.len() * 16);
     for item in &plan.items {
-        hasher.update(item.id.as_str().as_bytes());
-        hasher.update(item.state.as_str().as_bytes());
-        hasher.update(b"\n");
+        bytes.extend_from_slice(item.id.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.push(item.state.marker() as u8);
+        bytes.push(b'\n');
     }
-    *hasher.finalize().as_bytes()
+    *blake3::hash(&bytes).as_bytes()
 }
 
 struct Commander<B: AgentBackend> {
     ctx: Arc<Ctx<B>>,
     request: String,
-    store: TodoStore,
+    /// The working copy of the plan, written behind to the store.
+    writer: PlanWriter,
+    /// Items whose readiness may have changed, and the writer's merge count it follows.
+    ready: ReadyIndex,
+    merges_seen: u64,
+    /// Items handed to the Worker lanes whose Worker outcome has not come back.
+    on_lanes: usize,
     running: HashSet<ItemId>,
     rounds: u32,
     verdicts: HashMap<ItemId, Vec<Verdict>>,
@@ -762,9 +779,6 @@ struct Commander<B: AgentBackend> {
     started: Instant,
     /// The journal as it was when this run started (what earlier runs did).
     history: JournalContents,
-    /// The plan as of the last commit (or the first snapshot): prompts and the progress hash
-    /// read it instead of taking another locked snapshot of the store each round.
-    plan: Plan,
     /// Lane statistics, recorded when execution winds down, for the report.
     lane_stats: Vec<(String, f64)>,
 }
@@ -772,6 +786,7 @@ struct Commander<B: AgentBackend> {
 impl<B: AgentBackend> Commander<B> {
     fn new(mission: Mission<B>, store: TodoStore) -> Result<Self, MissionError> {
         let policy = Policy::new(&mission.config);
+        let writer = PlanWriter::new(store.clone(), mission.config.store_interval);
         let (journal, history) = Journal::open(store.dir(), mission.config.journal_fsync)?;
         let ctx = Arc::new(Ctx {
             backend: mission.backend,
@@ -789,35 +804,23 @@ impl<B: AgentBackend> Commander<B> {
         Ok(Commander {
             ctx,
             request: mission.request,
-            store,
+            writer,
+            ready: ReadyIndex::new(),
+            merges_seen: 0,
+            on_lanes: 0,
             running: HashSet::new(),
             rounds: 0,
             verdicts: HashMap::new(),
             budget_hit: None,
             started: Instant::now(),
             history,
-            plan: Plan::default(),
             lane_stats: Vec::new(),
         })
     }
 
-    /// Applies `change` through the store and keeps the resulting plan in `self.plan`.
-    async fn commit<T: Send + 'static>(
-        &mut self,
-        mut change: impl FnMut(&mut Plan) -> T + Send + 'static,
-    ) -> Result<(u64, T), MissionError> {
-        let store = self.store.clone();
-        let committed = tokio::task::spawn_blocking(move || {
-            store.update(WRITER, move |plan| {
-                let value = change(plan);
-                (value, plan.clone())
-            })
-        })
-        .await
-        .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??;
-        let (value, plan) = committed.value;
-        self.plan = plan;
-        Ok((committed.version, value))
+    /// The working copy of the plan.
+    fn current(&self) -> &Plan {
+        self.writer.plan()
     }
 
     /// Journals a `Reconciled` line for every item `plan` shows done that `recorded` (the
@@ -833,18 +836,10 @@ impl<B: AgentBackend> Commander<B> {
         }
     }
 
-    async fn snapshot(&self) -> Result<(u64, Plan), MissionError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.snapshot())
-            .await
-            .map_err(|e| MissionError::Config(format!("store task failed: {e}")))??)
-    }
-
     async fn run(mut self) -> Result<MissionReport, MissionError> {
-        let (_, existing) = self.snapshot().await?;
-        let resumed = !existing.items.is_empty();
-        self.reconcile(&existing, &self.history.done_counts());
-        self.plan = existing;
+        self.writer.sync().await?;
+        let resumed = !self.current().items.is_empty();
+        self.reconcile(self.current(), &self.history.done_counts());
         let stale = self.history.open_sessions();
         if !stale.is_empty() {
             self.ctx.backend.cleanup(stale.clone()).await;
@@ -858,7 +853,7 @@ impl<B: AgentBackend> Commander<B> {
         let status = if resumed {
             self.execute(true).await?
         } else {
-            match self.plan().await? {
+            match self.planning().await? {
                 Ok(()) => self.execute(false).await?,
                 Err(status) => status,
             }
@@ -868,7 +863,7 @@ impl<B: AgentBackend> Commander<B> {
 
     /// The planning phase: a Planner turn, parsed and validated, re-asked with the error at
     /// most `plan_retries` times.
-    async fn plan(&mut self) -> Result<Result<(), MissionStatus>, MissionError> {
+    async fn planning(&mut self) -> Result<Result<(), MissionStatus>, MissionError> {
         let ctx = Arc::clone(&self.ctx);
         let session = match ctx
             .open_session(SessionSpec {
@@ -925,11 +920,9 @@ impl<B: AgentBackend> Commander<B> {
             match protocol::extract_plan(&report.text) {
                 Ok(plan) => {
                     let items = plan.items.len();
-                    let (version, ()) = self
-                        .commit(move |p| {
-                            *p = plan.clone();
-                        })
-                        .await?;
+                    self.writer.change(move |p| *p = plan.clone());
+                    self.ready.invalidate();
+                    let version = self.writer.sync().await?;
                     ctx.emit(MissionEvent::PlanCommitted { version, items });
                     outcome = Ok(());
                     break;
@@ -972,15 +965,22 @@ impl<B: AgentBackend> Commander<B> {
                 break MissionStatus::Stopped;
             }
             if self.budget_hit.is_none() {
-                self.dispatch(&scheduler).await?;
+                self.dispatch(&scheduler);
             }
+            // What this pass changed goes to the store in the background.
+            self.writer.start();
             if self.running.is_empty() {
-                let (_, plan) = self.snapshot().await?;
+                // Agree with the store (and take in what others wrote) before concluding.
+                self.writer.sync().await?;
+                if self.budget_hit.is_none() && !self.current().ready_batch().is_empty() {
+                    continue;
+                }
                 if let Some(budget) = &self.budget_hit {
                     break MissionStatus::BudgetExceeded {
                         budget: budget.clone(),
                     };
                 }
+                let plan = self.current().clone();
                 if plan.is_finished() && plan.items.iter().all(|i| i.state == ItemState::Done) {
                     if !ctx.config.integration_review {
                         break MissionStatus::Completed;
@@ -1008,13 +1008,24 @@ impl<B: AgentBackend> Commander<B> {
             }
             let outcome = tokio::select! {
                 outcome = rx.recv() => outcome,
+                written = self.writer.drive() => {
+                    written?;
+                    continue;
+                }
                 () = ctx.stop.cancelled() => None,
             };
             let Some(outcome) = outcome else {
                 break MissionStatus::Stopped;
             };
+            // One pass handles every outcome that has arrived, then schedules once.
             self.rounds += 1;
-            if let Some(status) = self.handle(outcome, &tx, &mut reviews).await? {
+            self.handle(outcome, &tx, &mut reviews).await?;
+            while self.rounds < ctx.config.max_rounds {
+                let Ok(outcome) = rx.try_recv() else { break };
+                self.rounds += 1;
+                self.handle(outcome, &tx, &mut reviews).await?;
+            }
+            if let Some(status) = self.observe_progress().await {
                 break status;
             }
             if let Some(reason) = self.ctx.server_lost.lock().clone() {
@@ -1037,7 +1048,7 @@ impl<B: AgentBackend> Commander<B> {
                 () = tokio::time::sleep_until(grace) => None,
             };
             let Some(outcome) = outcome else { break };
-            self.settle(outcome).await?;
+            self.settle(outcome);
         }
         drop(tx);
         reviews.shutdown().await;
@@ -1054,45 +1065,57 @@ impl<B: AgentBackend> Commander<B> {
         engine.push(("lanes.steals".into(), stats.steals() as f64));
         engine.push(("lanes.warm_hit_ratio".into(), stats.warm_hit_ratio()));
         engine.push(("lanes.pushed".into(), stats.pushed as f64));
+        let (commits, changes) = self.writer.stats();
+        engine.push(("store.commits".into(), commits as f64));
+        engine.push(("store.changes".into(), changes as f64));
         self.lane_stats = engine;
         Ok(status)
     }
 
-    /// After a restart: items in review are reviewed; an item in progress whose Worker turn
-    /// the journal shows finished goes to review too (its work is not redone); other items in
+    /// After a restart: items in review are reviewed; an item whose Worker turn the journal
+    /// shows finished goes to review too (its work is not redone); an item the journal shows
+    /// passed review is done (its plan change had not been written yet); other items in
     /// progress (their session died with the process) go back to pending.
     async fn recover(
         &mut self,
         tx: &mpsc::UnboundedSender<Outcome>,
         reviews: &mut JoinSet<()>,
     ) -> Result<(), MissionError> {
-        let finished: HashSet<String> = {
-            let (_, plan) = self.snapshot().await?;
-            plan.items
-                .iter()
-                .filter(|i| {
-                    i.state == ItemState::InProgress && self.history.worker_finished(i.id.as_str())
-                })
-                .map(|i| i.id.to_string())
-                .collect()
-        };
-        let (_, in_review) = self
-            .commit(move |plan| {
-                let mut in_review = Vec::new();
-                for item in &mut plan.items {
-                    match item.state {
-                        ItemState::InProgress if finished.contains(item.id.as_str()) => {
-                            item.state = ItemState::InReview;
-                            in_review.push(item.clone());
-                        }
-                        ItemState::InProgress => item.state = ItemState::Pending,
-                        ItemState::InReview => in_review.push(item.clone()),
-                        _ => {}
-                    }
-                }
-                in_review
+        let mut passed = self.history.passed();
+        passed.retain(|id| self.current().item(id).is_some_and(|i| i.state.is_active()));
+        let finished: HashSet<String> = self
+            .current()
+            .items
+            .iter()
+            .filter(|i| {
+                i.state == ItemState::InProgress
+                    && !passed.contains(i.id.as_str())
+                    && self.history.worker_finished(i.id.as_str())
             })
-            .await?;
+            .map(|i| i.id.to_string())
+            .collect();
+        self.writer.change(move |plan| {
+            for item in &mut plan.items {
+                let id = item.id.as_str();
+                if passed.contains(id) {
+                    item.state = ItemState::Done;
+                    item.attempts += 1;
+                } else if finished.contains(id) {
+                    item.state = ItemState::InReview;
+                } else if item.state == ItemState::InProgress {
+                    item.state = ItemState::Pending;
+                }
+            }
+        });
+        self.ready.invalidate();
+        self.writer.sync().await?;
+        let in_review: Vec<Item> = self
+            .current()
+            .items
+            .iter()
+            .filter(|i| i.state == ItemState::InReview)
+            .cloned()
+            .collect();
         for item in in_review {
             let text = read_files(&self.ctx.dir, &item.files)
                 .into_iter()
@@ -1103,66 +1126,72 @@ impl<B: AgentBackend> Commander<B> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
-            self.spawn_review(item, text, tx, reviews).await?;
+            self.spawn_review(item, text, tx, reviews);
         }
         Ok(())
     }
 
     /// Marks every ready item in progress and queues it on the lanes, keyed by its files.
-    async fn dispatch(
-        &mut self,
-        scheduler: &LaneScheduler<String, WorkOrder>,
-    ) -> Result<(), MissionError> {
-        let running = self.running.clone();
-        let (_, started) = self
-            .commit(move |plan| {
-                // Ready: pending, dependencies done, no file shared with an item in progress
-                // or in review, nor with another item of this batch.
-                let ids: Vec<ItemId> = plan
-                    .ready_batch()
-                    .into_iter()
-                    .filter(|i| !running.contains(&i.id))
-                    .map(|i| i.id.clone())
-                    .collect();
-                let mut started = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Some(item) = plan.item_mut(&id) {
-                        item.state = ItemState::InProgress;
-                        started.push(item.clone());
-                    }
-                }
-                started
-            })
-            .await?;
-        if started.is_empty() {
-            return Ok(());
+    fn dispatch(&mut self, scheduler: &LaneScheduler<String, WorkOrder>) {
+        // Ready: pending, dependencies done, no file shared with an item in progress or in
+        // review, nor with another item of this batch.
+        if self.writer.merges() != self.merges_seen {
+            self.merges_seen = self.writer.merges();
+            self.ready.invalidate();
         }
-        let context = protocol::mission_context(&self.request, &self.plan);
-        for item in started {
+        // Each lane holds at most one item beyond the one it runs: items wait as pending in
+        // the plan, not as "in progress" in a lane's queue, and the next pass can still place
+        // them by affinity.
+        let room = (2 * self.ctx.config.workers).saturating_sub(self.on_lanes);
+        if room == 0 {
+            return;
+        }
+        let started: Vec<Item> = self
+            .ready
+            .batch(self.writer.plan(), room)
+            .into_iter()
+            .filter(|i| !self.running.contains(&i.id))
+            .cloned()
+            .collect();
+        if started.is_empty() {
+            return;
+        }
+        let ids: HashSet<ItemId> = started.iter().map(|i| i.id.clone()).collect();
+        self.writer.change(move |plan| {
+            for item in &mut plan.items {
+                if item.state == ItemState::Pending && ids.contains(&item.id) {
+                    item.state = ItemState::InProgress;
+                }
+            }
+        });
+        for mut item in started {
+            item.state = ItemState::InProgress;
             self.running.insert(item.id.clone());
             let order = WorkOrder {
                 attempt: item.attempts + 1,
-                context: context.clone(),
+                context: protocol::mission_context(&self.request, self.current(), Some(&item)),
                 item,
             };
             let keys = order.item.files.clone();
-            if let Err(rejected) = scheduler.push_with_affinity(keys, order) {
-                // Only a closed scheduler rejects; the mission is ending.
-                let order = rejected.into_inner();
-                self.running.remove(&order.item.id);
+            match scheduler.push_with_affinity(keys, order) {
+                Ok(_) => self.on_lanes += 1,
+                Err(rejected) => {
+                    // Only a closed scheduler rejects; the mission is ending.
+                    let order = rejected.into_inner();
+                    self.running.remove(&order.item.id);
+                }
             }
         }
-        Ok(())
     }
 
-    async fn spawn_review(
+    fn spawn_review(
         &mut self,
         item: Item,
         diff: String,
         tx: &mpsc::UnboundedSender<Outcome>,
         reviews: &mut JoinSet<()>,
-    ) -> Result<(), MissionError> {
-        let context = protocol::mission_context(&self.request, &self.plan);
+    ) {
+        let context = protocol::mission_context(&self.request, self.current(), Some(&item));
         let prompt = protocol::review_prompt(&context, &item, &diff);
         let ctx = Arc::clone(&self.ctx);
         let tx = tx.clone();
@@ -1178,18 +1207,18 @@ impl<B: AgentBackend> Commander<B> {
             }
             .instrument(span),
         );
-        Ok(())
     }
 
-    /// Applies one outcome; returns a final status when the mission must end now.
+    /// Applies one outcome to the working copy and starts what follows from it (a review).
     async fn handle(
         &mut self,
         outcome: Outcome,
         tx: &mpsc::UnboundedSender<Outcome>,
         reviews: &mut JoinSet<()>,
-    ) -> Result<Option<MissionStatus>, MissionError> {
+    ) -> Result<(), MissionError> {
         match outcome {
             Outcome::WorkerDone { item, report, diff } => {
+                self.on_lanes = self.on_lanes.saturating_sub(1);
                 if let Some(detail) = self.ctx.policy.observe_turn(&item, &report) {
                     self.ctx.emit(MissionEvent::LoopDetected {
                         item: item.to_string(),
@@ -1197,37 +1226,35 @@ impl<B: AgentBackend> Commander<B> {
                     });
                     let note = format!("the orchestrator saw a loop: {detail}; change approach");
                     let id = item.clone();
-                    self.commit(move |plan| {
+                    self.writer.change(move |plan| {
                         if let Some(i) = plan.item_mut(&id) {
                             i.add_note(&note);
                         }
-                    })
-                    .await?;
+                    });
                 }
                 let id = item.clone();
-                let (_, moved) = self
-                    .commit(move |plan| {
-                        let item = plan.item_mut(&id)?;
-                        item.state = ItemState::InReview;
-                        Some(item.clone())
-                    })
-                    .await?;
+                self.writer.change(move |plan| {
+                    if let Some(i) = plan.item_mut(&id) {
+                        i.state = ItemState::InReview;
+                    }
+                });
+                self.ready.touch(item.as_str());
                 self.running.remove(&item);
-                match moved {
-                    Some(moved) => self.spawn_review(moved, diff, tx, reviews).await?,
+                match self.current().item(&item).cloned() {
+                    Some(moved) => self.spawn_review(moved, diff, tx, reviews),
                     None => warn!(item = %item, "item vanished from the plan (external edit)"),
                 }
             }
             Outcome::WorkerFailed { item, error } => {
+                self.on_lanes = self.on_lanes.saturating_sub(1);
                 self.running.remove(&item);
                 if matches!(
                     error,
                     BackendError::Stopped | BackendError::ServerLost { .. }
                 ) {
-                    self.requeue(&item).await?;
+                    self.requeue(&item);
                 } else {
-                    self.attempt_failed(&item, format!("worker error: {error}"))
-                        .await?;
+                    self.attempt_failed(&item, format!("worker error: {error}"));
                 }
             }
             Outcome::Reviewed { item, result } => {
@@ -1245,23 +1272,22 @@ impl<B: AgentBackend> Commander<B> {
                         match verdict {
                             Verdict::Pass => {
                                 let id = item.clone();
-                                let (_, attempts) = self
-                                    .commit(move |plan| {
-                                        let item = plan.item_mut(&id)?;
-                                        item.state = ItemState::Done;
-                                        item.attempts += 1;
-                                        Some(item.attempts)
-                                    })
-                                    .await?;
+                                self.writer.change(move |plan| {
+                                    if let Some(i) = plan.item_mut(&id) {
+                                        i.state = ItemState::Done;
+                                        i.attempts += 1;
+                                    }
+                                });
+                                self.ready.touch(item.as_str());
+                                let attempts = self.current().item(&item).map_or(0, |i| i.attempts);
                                 self.ctx.emit(MissionEvent::ItemDone {
                                     item: item.to_string(),
-                                    attempts: attempts.unwrap_or(0),
+                                    attempts,
                                 });
-                                self.ctx.backend.notify(&format!("{item} done")).await;
+                                self.ctx.notify(format!("{item} done"));
                             }
                             Verdict::Fail { reasons } => {
-                                self.attempt_failed(&item, format!("review: {reasons}"))
-                                    .await?;
+                                self.attempt_failed(&item, format!("review: {reasons}"));
                             }
                         }
                     }
@@ -1271,23 +1297,30 @@ impl<B: AgentBackend> Commander<B> {
                     {
                         // An interrupted review leaves the item in review; resume reviews it.
                     }
-                    Err(e) => {
-                        self.attempt_failed(&item, format!("review error: {e}"))
-                            .await?
-                    }
+                    Err(e) => self.attempt_failed(&item, format!("review error: {e}")),
                 }
             }
         }
         self.check_budgets();
-        match self.ctx.policy.observe_progress(progress_hash(&self.plan)) {
-            ProgressSignal::Ok => {}
+        Ok(())
+    }
+
+    /// Feeds the stagnation tracker this pass's plan; a final status when it escalates.
+    async fn observe_progress(&mut self) -> Option<MissionStatus> {
+        match self
+            .ctx
+            .policy
+            .observe_progress(progress_hash(self.current()))
+        {
+            ProgressSignal::Ok => None,
             ProgressSignal::Diagnose(unchanged) => {
-                let diagnosis = self.diagnose(&self.plan, unchanged).await;
+                let diagnosis = self.diagnose(self.current(), unchanged).await;
                 self.ctx.emit(MissionEvent::Stagnation {
                     unchanged,
                     escalated: false,
                     diagnosis,
                 });
+                None
             }
             ProgressSignal::Escalate(unchanged) => {
                 self.ctx.emit(MissionEvent::Stagnation {
@@ -1295,76 +1328,71 @@ impl<B: AgentBackend> Commander<B> {
                     escalated: true,
                     diagnosis: None,
                 });
-                return Ok(Some(MissionStatus::Failed {
+                Some(MissionStatus::Failed {
                     reason: format!("no progress for {unchanged} rounds"),
-                }));
+                })
             }
         }
-        Ok(None)
     }
 
     /// Outcomes that arrive while winding down: record them without starting new work.
-    async fn settle(&mut self, outcome: Outcome) -> Result<(), MissionError> {
+    fn settle(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::WorkerDone { item, .. } | Outcome::WorkerFailed { item, .. } => {
                 self.running.remove(&item);
-                self.requeue(&item).await
+                self.requeue(&item);
             }
             Outcome::Reviewed { item, .. } => {
                 // An interrupted review leaves the item in review; resume reviews it.
                 self.running.remove(&item);
-                Ok(())
             }
         }
     }
 
     /// An item whose turn was interrupted goes back to pending, attempts unchanged.
-    async fn requeue(&mut self, item: &ItemId) -> Result<(), MissionError> {
+    fn requeue(&mut self, item: &ItemId) {
         let id = item.clone();
-        self.commit(move |plan| {
+        self.writer.change(move |plan| {
             if let Some(i) = plan.item_mut(&id)
                 && i.state == ItemState::InProgress
             {
                 i.state = ItemState::Pending;
             }
-        })
-        .await
-        .map(|_| ())
+        });
+        self.ready.touch(item.as_str());
     }
 
-    async fn attempt_failed(&mut self, item: &ItemId, reason: String) -> Result<(), MissionError> {
+    /// One attempt of `item` failed: a note, and the item goes back to pending or, at the
+    /// attempt limit, fails (and its dependants with it).
+    fn attempt_failed(&mut self, item: &ItemId, reason: String) {
         let id = item.clone();
         let max = self.ctx.config.max_attempts;
         let note = reason.clone();
-        let (_, result) = self
-            .commit(move |plan| {
-                let failed = {
-                    let item = plan.item_mut(&id)?;
-                    item.attempts += 1;
-                    item.add_note(&format!("attempt {}: {note}", item.attempts));
-                    if item.attempts >= max {
-                        item.state = ItemState::Failed;
-                        true
-                    } else {
-                        item.state = ItemState::Pending;
-                        false
-                    }
+        self.writer.change(move |plan| {
+            if let Some(item) = plan.item_mut(&id) {
+                item.attempts += 1;
+                item.add_note(&format!("attempt {}: {note}", item.attempts));
+                item.state = if item.attempts >= max {
+                    ItemState::Failed
+                } else {
+                    ItemState::Pending
                 };
-                Some(failed.then(|| dependants(plan, &id)))
-            })
-            .await?;
-        if let Some(Some(blocked)) = result {
-            self.ctx
-                .backend
-                .notify(&format!("{item} failed: {reason}"))
-                .await;
+            }
+        });
+        self.ready.touch(item.as_str());
+        let failed = self
+            .current()
+            .item(item)
+            .is_some_and(|i| i.state == ItemState::Failed);
+        if failed {
+            let blocked = dependants(self.current(), item);
+            self.ctx.notify(format!("{item} failed: {reason}"));
             self.ctx.emit(MissionEvent::ItemFailed {
                 item: item.to_string(),
                 reason: format!("{reason} (after {max} attempts)"),
                 blocked,
             });
         }
-        Ok(())
     }
 
     fn check_budgets(&mut self) {
@@ -1401,8 +1429,10 @@ impl<B: AgentBackend> Commander<B> {
             })
             .await
             .ok()?;
-        let prompt =
-            protocol::diagnostic_prompt(&protocol::mission_context(&self.request, plan), unchanged);
+        let prompt = protocol::diagnostic_prompt(
+            &protocol::mission_context(&self.request, plan, None),
+            unchanged,
+        );
         let result = ctx
             .turn(&session, AgentRole::Commander, None, prompt, Vec::new())
             .await;
@@ -1419,7 +1449,7 @@ impl<B: AgentBackend> Commander<B> {
         round: u32,
         plan: &Plan,
     ) -> Result<Option<MissionStatus>, MissionError> {
-        let context = protocol::mission_context(&self.request, plan);
+        let context = protocol::mission_context(&self.request, plan, None);
         let result = review(&self.ctx, None, protocol::integration_prompt(&context)).await;
         let (verdict, report) = match result {
             Ok(ok) => ok,
@@ -1438,24 +1468,27 @@ impl<B: AgentBackend> Commander<B> {
             Verdict::Pass => Vec::new(),
             Verdict::Fail { .. } => protocol::parse_fixups(&report.text),
         };
-        let (_, added) = self
-            .commit(move |plan| {
-                let mut added = Vec::new();
-                for (n, fix) in fixups.iter().enumerate() {
-                    let Ok(id) = ItemId::new(format!("F{round}-{}", n + 1)) else {
-                        continue;
-                    };
-                    if plan.item(&id).is_some() {
-                        continue;
-                    }
-                    plan.push(
-                        Item::new(id.clone(), fix.summary.clone()).with_files(fix.files.clone()),
-                    );
-                    added.push(id.to_string());
+        let mut added = Vec::new();
+        for (n, fix) in fixups.iter().enumerate() {
+            let Ok(id) = ItemId::new(format!("F{round}-{}", n + 1)) else {
+                continue;
+            };
+            if self.current().item(&id).is_some() {
+                continue;
+            }
+            added.push(Item::new(id, fix.summary.clone()).with_files(fix.files.clone()));
+        }
+        let new_items = added.clone();
+        self.writer.change(move |plan| {
+            for item in &new_items {
+                if plan.item(&item.id).is_none() {
+                    plan.push(item.clone());
                 }
-                added
-            })
-            .await?;
+            }
+        });
+        self.ready.invalidate();
+        self.writer.sync().await?;
+        let added: Vec<String> = added.into_iter().map(|i| i.id.to_string()).collect();
         self.ctx.emit(MissionEvent::IntegrationReviewed {
             round,
             verdict: verdict.clone(),
@@ -1502,10 +1535,11 @@ impl<B: AgentBackend> Commander<B> {
     }
 
     async fn finish(mut self, status: MissionStatus) -> Result<MissionReport, MissionError> {
-        let (version, plan) = self.snapshot().await?;
+        let version = self.writer.sync().await?;
+        let plan = self.current().clone();
         // Items the plan shows done without a journal line (a write that landed after an
         // earlier run's reconciliation) are reconciled now, so the journal stays complete.
-        if let Ok(journal) = Journal::read(self.store.dir()) {
+        if let Ok(journal) = Journal::read(self.writer.store().dir()) {
             self.reconcile(&plan, &journal.done_counts());
         }
         let failed: Vec<ItemId> = plan

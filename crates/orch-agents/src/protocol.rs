@@ -176,11 +176,23 @@ pub fn planner_retry_prompt(mission: &str, error: &ProtocolError) -> String {
     )
 }
 
+/// Plans up to this many items are listed whole in every turn's context; larger plans are
+/// summarised around the item (see [`mission_context`]).
+pub const CONTEXT_FULL_PLAN: usize = 40;
+
+/// Items listed around the focus item in a summarised context.
+const CONTEXT_NEIGHBOURS: usize = 24;
+
 /// Context every Worker and Reviewer turn carries, so an agent whose session was compacted
 /// or reused never works from a lost context.
-pub fn mission_context(mission: &str, plan: &Plan) -> String {
+///
+/// A plan of at most [`CONTEXT_FULL_PLAN`] items is listed whole. A larger one would put a
+/// prompt's worth of plan into every turn (and cost the Commander time per turn that grows
+/// with the plan), so it is summarised: counts per state, then the items around `focus` (its
+/// dependencies and the items that depend on it, in plan order), at most 24 of them.
+pub fn mission_context(mission: &str, plan: &Plan, focus: Option<&Item>) -> String {
     let mut out = format!("Mission: {mission}\nPlan: {}\n", plan.title);
-    for item in &plan.items {
+    let line = |out: &mut String, item: &Item| {
         let _ = writeln!(
             out,
             "- [{}] {}: {}",
@@ -188,6 +200,46 @@ pub fn mission_context(mission: &str, plan: &Plan) -> String {
             item.id,
             item.summary
         );
+    };
+    if plan.items.len() <= CONTEXT_FULL_PLAN {
+        for item in &plan.items {
+            line(&mut out, item);
+        }
+        return out;
+    }
+    let c = plan.counts();
+    let _ = writeln!(
+        out,
+        "{} items: {} done, {} in progress, {} in review, {} pending, {} failed.",
+        plan.items.len(),
+        c.done,
+        c.in_progress,
+        c.in_review,
+        c.pending,
+        c.failed
+    );
+    let Some(focus) = focus else {
+        return out;
+    };
+    let mut shown = 0usize;
+    let mut related = 0usize;
+    for item in &plan.items {
+        let is_dep = focus.deps.contains(&item.id);
+        let is_dependant = item.deps.contains(&focus.id);
+        if !(is_dep || is_dependant) {
+            continue;
+        }
+        related += 1;
+        if shown < CONTEXT_NEIGHBOURS {
+            if shown == 0 {
+                out.push_str("Items around yours (dependencies and dependants):\n");
+            }
+            line(&mut out, item);
+            shown += 1;
+        }
+    }
+    if related > shown {
+        let _ = writeln!(out, "- … and {} more related items", related - shown);
     }
     out
 }
@@ -291,6 +343,8 @@ pub fn diagnostic_prompt(context: &str, unchanged_rounds: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use orch_mvcc::ItemState;
+
     use super::*;
 
     #[test]
@@ -374,5 +428,50 @@ mod tests {
         assert!(prompt.contains("tests/a.rs"));
         assert!(prompt.contains("Done before you: T1"));
         assert!(prompt.contains("the edge case is missing"));
+    }
+
+    fn chain(n: usize) -> Plan {
+        let mut plan = Plan::new("chain");
+        for i in 0..n {
+            let mut item = Item::new(ItemId::new(format!("T{i}")).unwrap(), format!("step {i}"))
+                .with_files([format!("f{i}.rs")]);
+            if i > 0 {
+                item = item.with_deps([ItemId::new(format!("T{}", i - 1)).unwrap()]);
+            }
+            plan.push(item);
+        }
+        plan
+    }
+
+    #[test]
+    fn small_plans_are_listed_whole_in_the_context() {
+        let plan = chain(CONTEXT_FULL_PLAN);
+        let text = mission_context("m", &plan, plan.item("T3"));
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("- [")).count(),
+            CONTEXT_FULL_PLAN
+        );
+    }
+
+    #[test]
+    fn large_plans_are_summarised_around_the_item() {
+        let mut plan = chain(500);
+        plan.set_state("T0", ItemState::Done);
+        plan.set_state("T1", ItemState::InProgress);
+        // T1 gets many dependants: the list is capped and says how many it left out.
+        for i in 300..340 {
+            plan.items[i].deps.push(ItemId::new("T1").unwrap());
+        }
+        let text = mission_context("m", &plan, plan.item("T1"));
+        assert!(text.contains("500 items: 1 done, 1 in progress, 0 in review, 498 pending"));
+        assert!(text.contains("- [x] T0: step 0"), "its dependency: {text}");
+        assert!(text.contains("- [ ] T2: step 2"), "its dependant: {text}");
+        assert!(!text.contains("T1: step 1"), "not itself");
+        let listed = text.lines().filter(|l| l.starts_with("- [")).count();
+        assert_eq!(listed, 24);
+        assert!(text.contains("… and 18 more related items"), "{text}");
+        // Without a focus (integration review, diagnosis): the counts only.
+        let text = mission_context("m", &plan, None);
+        assert!(!text.contains("- ["));
     }
 }

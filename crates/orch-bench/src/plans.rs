@@ -191,6 +191,94 @@ pub fn handoff_gaps(items: &[PlanItem], turns: &[TurnRecord]) -> Vec<Duration> {
     gaps
 }
 
+/// The makespan a zero-overhead online scheduler reaches with the latencies the run drew:
+/// the Planner's turns, then every ready item (plan order) starts the instant a Worker slot is
+/// free, its review the instant its Worker turn ends and a Reviewer slot is free, and its
+/// dependants become ready the instant the review ends. Like the mission, it cannot know a
+/// turn's length before running it; what separates a run from this replay is orchestration
+/// time, what separates this replay from [`bound`] is the price of not knowing (the tail of
+/// the last Worker turns and the review that must follow the last one).
+pub fn greedy_replay(
+    items: &[PlanItem],
+    turns: &[TurnRecord],
+    workers: usize,
+    reviewers: usize,
+) -> Duration {
+    use std::cmp::Reverse;
+    use std::collections::{BTreeSet, BinaryHeap};
+
+    let mut planning = Duration::ZERO;
+    let mut work: HashMap<&str, Duration> = HashMap::new();
+    let mut review: HashMap<&str, Duration> = HashMap::new();
+    for t in turns.iter().filter(|t| t.ok) {
+        let d = t.end.saturating_sub(t.start);
+        match (t.role, t.item.as_deref()) {
+            (AgentRole::Planner, _) => planning += d,
+            (AgentRole::Worker, Some(i)) => *work.entry(i).or_default() += d,
+            (AgentRole::Reviewer, Some(i)) => *review.entry(i).or_default() += d,
+            _ => {}
+        }
+    }
+    let index: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.id.as_str(), i))
+        .collect();
+    let mut waiting: Vec<usize> = items.iter().map(|it| it.deps.len()).collect();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); items.len()];
+    for (i, it) in items.iter().enumerate() {
+        for d in &it.deps {
+            if let Some(&j) = index.get(d.as_str()) {
+                dependants[j].push(i);
+            }
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..items.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut to_review: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    // (time, kind: 0 = Worker end, 1 = review end, item)
+    let mut events: BinaryHeap<Reverse<(Duration, u8, usize)>> = BinaryHeap::new();
+    let (mut free_w, mut free_r) = (workers.max(1), reviewers.max(1));
+    let mut now = planning;
+    let mut end = planning;
+    loop {
+        while free_w > 0 {
+            let Some(i) = ready.pop_first() else { break };
+            free_w -= 1;
+            let d = work.get(items[i].id.as_str()).copied().unwrap_or_default();
+            events.push(Reverse((now + d, 0, i)));
+        }
+        while free_r > 0 {
+            let Some(i) = to_review.pop_front() else {
+                break;
+            };
+            free_r -= 1;
+            let d = review
+                .get(items[i].id.as_str())
+                .copied()
+                .unwrap_or_default();
+            events.push(Reverse((now + d, 1, i)));
+        }
+        let Some(Reverse((t, kind, i))) = events.pop() else {
+            break;
+        };
+        now = t;
+        end = end.max(t);
+        if kind == 0 {
+            free_w += 1;
+            to_review.push_back(i);
+        } else {
+            free_r += 1;
+            for &j in &dependants[i] {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+    }
+    end
+}
+
 /// The `q` quantile (0..=1) of `values` (sorted in place).
 pub fn quantile(values: &mut [Duration], q: f64) -> Duration {
     if values.is_empty() {

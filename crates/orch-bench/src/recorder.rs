@@ -69,6 +69,11 @@ impl<B> Recorder<B> {
         }
     }
 
+    /// Time since the recorder was built (the clock of [`TurnRecord`]).
+    pub fn clock(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
     /// The wrapped backend.
     pub fn inner(&self) -> &B {
         &self.inner
