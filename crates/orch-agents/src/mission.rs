@@ -103,35 +103,23 @@ pub enum MissionError {
     },
 }
 
-/// One mission: a request, a project directory, a backend and the agents.
-pub struct Mission<B: AgentBackend> {
-    backend: Arc<B>,
-    request: String,
-    dir: PathBuf,
-    agents: AgentSet,
-    config: MissionConfig,
-    stop: CancellationToken,
-    events: broadcast::Sender<MissionEvent>,
-    hooks: Option<Arc<MissionHooks>>,
+/// Everything about a mission but its backend: what [`Mission`] runs, and what a
+/// [`Supervisor`](crate::Supervisor) hands to each mission it runs (one per connection).
+#[derive(Clone)]
+pub(crate) struct MissionSettings {
+    pub(crate) request: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) agents: AgentSet,
+    pub(crate) config: MissionConfig,
+    pub(crate) stop: CancellationToken,
+    pub(crate) events: broadcast::Sender<MissionEvent>,
+    pub(crate) hooks: Option<Arc<MissionHooks>>,
 }
 
-impl<B: AgentBackend> std::fmt::Debug for Mission<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mission")
-            .field("request", &self.request)
-            .field("dir", &self.dir)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B: AgentBackend> Mission<B> {
-    /// A mission for `request` in the project at `dir`, with the built-in agents and default
-    /// limits.
-    pub fn new(backend: Arc<B>, request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+impl MissionSettings {
+    pub(crate) fn new(request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
         let (events, _) = broadcast::channel(1024);
-        Mission {
-            backend,
+        MissionSettings {
             request: request.into(),
             dir: dir.into(),
             agents: AgentSet::builtin(),
@@ -142,57 +130,90 @@ impl<B: AgentBackend> Mission<B> {
         }
     }
 
+    /// The state directory: `<dir>/.orchestrator`.
+    pub(crate) fn state_dir(&self) -> PathBuf {
+        self.dir.join(".orchestrator")
+    }
+}
+
+/// One mission: a request, a project directory, a backend and the agents.
+pub struct Mission<B: AgentBackend> {
+    backend: Arc<B>,
+    settings: MissionSettings,
+}
+
+impl<B: AgentBackend> std::fmt::Debug for Mission<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mission")
+            .field("request", &self.settings.request)
+            .field("dir", &self.settings.dir)
+            .field("config", &self.settings.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: AgentBackend> Mission<B> {
+    /// A mission for `request` in the project at `dir`, with the built-in agents and default
+    /// limits.
+    pub fn new(backend: Arc<B>, request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self::with_settings(backend, MissionSettings::new(request, dir))
+    }
+
+    pub(crate) fn with_settings(backend: Arc<B>, settings: MissionSettings) -> Self {
+        Mission { backend, settings }
+    }
+
     /// Runs these hooks before and after every turn and on every verdict (see
     /// [`HookEvent`]).
     #[must_use]
     pub fn hooks(mut self, hooks: Arc<MissionHooks>) -> Self {
-        self.hooks = Some(hooks);
+        self.settings.hooks = Some(hooks);
         self
     }
 
     /// Uses these agents.
     #[must_use]
     pub fn agents(mut self, agents: AgentSet) -> Self {
-        self.agents = agents;
+        self.settings.agents = agents;
         self
     }
 
     /// Uses these limits.
     #[must_use]
     pub fn config(mut self, config: MissionConfig) -> Self {
-        self.config = config;
+        self.settings.config = config;
         self
     }
 
     /// Uses this stop signal (a child of it is watched by every loop and every wait).
     #[must_use]
     pub fn stop_token(mut self, stop: CancellationToken) -> Self {
-        self.stop = stop;
+        self.settings.stop = stop;
         self
     }
 
     /// The stop signal: cancel it to stop the mission.
     pub fn stop_handle(&self) -> CancellationToken {
-        self.stop.clone()
+        self.settings.stop.clone()
     }
 
     /// Publishes events on `sender` instead of the mission's own channel (a supervisor that
     /// runs several missions in a row keeps one stream for its subscribers).
     #[must_use]
     pub fn event_sender(mut self, sender: broadcast::Sender<MissionEvent>) -> Self {
-        self.events = sender;
+        self.settings.events = sender;
         self
     }
 
     /// Subscribes to the mission's events (capacity 1,024; a subscriber that falls further
     /// behind loses the oldest and is told how many by `RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<MissionEvent> {
-        self.events.subscribe()
+        self.settings.events.subscribe()
     }
 
     /// The state directory: `<dir>/.orchestrator`.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(".orchestrator")
+        self.settings.state_dir()
     }
 
     /// Runs the mission to its end and writes `.orchestrator/report.json`.
@@ -204,13 +225,13 @@ impl<B: AgentBackend> Mission<B> {
     /// [`MissionError`] when the mission cannot run at all (the store, the configuration, the
     /// report file). A mission that runs and fails returns `Ok` with a failed status.
     pub async fn run(self) -> Result<MissionReport, MissionError> {
-        if self.config.workers == 0 || self.config.reviewers == 0 {
+        if self.settings.config.workers == 0 || self.settings.config.reviewers == 0 {
             return Err(MissionError::Config(
                 "workers and reviewers must be at least 1".into(),
             ));
         }
         let store = TodoStore::open(self.state_dir())?;
-        let span = info_span!("mission", request = %self.request);
+        let span = info_span!("mission", request = %self.settings.request);
         let dir = self.state_dir();
         let report = Commander::new(self, store)?.run().instrument(span).await?;
         let path = dir.join("report.json");
@@ -785,25 +806,26 @@ struct Commander<B: AgentBackend> {
 
 impl<B: AgentBackend> Commander<B> {
     fn new(mission: Mission<B>, store: TodoStore) -> Result<Self, MissionError> {
-        let policy = Policy::new(&mission.config);
-        let writer = PlanWriter::new(store.clone(), mission.config.store_interval);
-        let (journal, history) = Journal::open(store.dir(), mission.config.journal_fsync)?;
+        let Mission { backend, settings } = mission;
+        let policy = Policy::new(&settings.config);
+        let writer = PlanWriter::new(store.clone(), settings.config.store_interval);
+        let (journal, history) = Journal::open(store.dir(), settings.config.journal_fsync)?;
         let ctx = Arc::new(Ctx {
-            backend: mission.backend,
-            agents: mission.agents,
-            config: mission.config,
-            dir: mission.dir,
-            stop: mission.stop,
-            events: mission.events,
+            backend,
+            agents: settings.agents,
+            config: settings.config,
+            dir: settings.dir,
+            stop: settings.stop,
+            events: settings.events,
             policy,
-            hooks: mission.hooks,
+            hooks: settings.hooks,
             usage: Mutex::new(Usage::default()),
             journal: Mutex::new(journal),
             server_lost: Mutex::new(None),
         });
         Ok(Commander {
             ctx,
-            request: mission.request,
+            request: settings.request,
             writer,
             ready: ReadyIndex::new(),
             merges_seen: 0,

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::AgentSet;
 use crate::backend::{AgentBackend, BackendError};
 use crate::events::{MissionEvent, MissionReport, MissionStatus};
-use crate::mission::{Mission, MissionConfig, MissionError};
+use crate::hooks::MissionHooks;
+use crate::mission::{Mission, MissionConfig, MissionError, MissionSettings};
 
 /// Runs a mission and, when the OpenCode server goes away, gets a new backend from `connect`
 /// and resumes the mission from its `TODO.md` and journal, at most `max_restarts` times.
@@ -22,22 +23,18 @@ use crate::mission::{Mission, MissionConfig, MissionError};
 /// `connect` is retried with backoff until `reconnect_timeout` has passed since the loss; then
 /// the mission ends with a failed status saying so.
 pub struct Supervisor<B: AgentBackend> {
-    request: String,
-    dir: PathBuf,
-    agents: AgentSet,
-    config: MissionConfig,
+    /// What every run gets (its stop signal as a child of this one).
+    settings: MissionSettings,
     max_restarts: u32,
     reconnect_timeout: Duration,
-    stop: CancellationToken,
-    events: broadcast::Sender<MissionEvent>,
     _backend: std::marker::PhantomData<fn() -> B>,
 }
 
 impl<B: AgentBackend> std::fmt::Debug for Supervisor<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("request", &self.request)
-            .field("dir", &self.dir)
+            .field("request", &self.settings.request)
+            .field("dir", &self.settings.dir)
             .field("max_restarts", &self.max_restarts)
             .finish_non_exhaustive()
     }
@@ -46,16 +43,10 @@ impl<B: AgentBackend> std::fmt::Debug for Supervisor<B> {
 impl<B: AgentBackend> Supervisor<B> {
     /// A supervisor with 3 restarts and a 60 s reconnection window.
     pub fn new(request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
-        let (events, _) = broadcast::channel(1024);
         Supervisor {
-            request: request.into(),
-            dir: dir.into(),
-            agents: AgentSet::builtin(),
-            config: MissionConfig::default(),
+            settings: MissionSettings::new(request, dir),
             max_restarts: 3,
             reconnect_timeout: Duration::from_secs(60),
-            stop: CancellationToken::new(),
-            events,
             _backend: std::marker::PhantomData,
         }
     }
@@ -63,14 +54,21 @@ impl<B: AgentBackend> Supervisor<B> {
     /// Uses these agents.
     #[must_use]
     pub fn agents(mut self, agents: AgentSet) -> Self {
-        self.agents = agents;
+        self.settings.agents = agents;
         self
     }
 
     /// Uses these limits.
     #[must_use]
     pub fn config(mut self, config: MissionConfig) -> Self {
-        self.config = config;
+        self.settings.config = config;
+        self
+    }
+
+    /// Runs these hooks in every mission it runs (see [`Mission::hooks`]).
+    #[must_use]
+    pub fn hooks(mut self, hooks: Arc<MissionHooks>) -> Self {
+        self.settings.hooks = Some(hooks);
         self
     }
 
@@ -91,18 +89,25 @@ impl<B: AgentBackend> Supervisor<B> {
     /// Uses this stop signal.
     #[must_use]
     pub fn stop_token(mut self, stop: CancellationToken) -> Self {
-        self.stop = stop;
+        self.settings.stop = stop;
         self
     }
 
     /// The stop signal.
     pub fn stop_handle(&self) -> CancellationToken {
-        self.stop.clone()
+        self.settings.stop.clone()
+    }
+
+    /// Publishes the events of every run on `sender` (see [`Mission::event_sender`]).
+    #[must_use]
+    pub fn event_sender(mut self, sender: broadcast::Sender<MissionEvent>) -> Self {
+        self.settings.events = sender;
+        self
     }
 
     /// Events of every run, in one stream.
     pub fn subscribe(&self) -> broadcast::Receiver<MissionEvent> {
-        self.events.subscribe()
+        self.settings.events.subscribe()
     }
 
     /// Runs the mission to its end. The report is the last run's; `restarts` says how many
@@ -126,19 +131,17 @@ impl<B: AgentBackend> Supervisor<B> {
                 Ok(backend) => backend,
                 Err(reason) => return self.unreachable(reason).await.map(|r| (r, restarts)),
             };
-            let mission = Mission::new(backend, self.request.clone(), self.dir.clone())
-                .agents(self.agents.clone())
-                .config(self.config.clone())
-                .stop_token(self.stop.child_token())
-                .event_sender(self.events.clone());
+            let mut settings = self.settings.clone();
+            settings.stop = self.settings.stop.child_token();
+            let mission = Mission::with_settings(backend, settings);
             let report = mission.run().await?;
             match &report.status {
                 MissionStatus::ServerLost { reason }
-                    if restarts < self.max_restarts && !self.stop.is_cancelled() =>
+                    if restarts < self.max_restarts && !self.settings.stop.is_cancelled() =>
                 {
                     restarts += 1;
                     last_error.clone_from(reason);
-                    let _ = self.events.send(MissionEvent::Reconnecting {
+                    let _ = self.settings.events.send(MissionEvent::Reconnecting {
                         attempt: restarts,
                         reason: reason.clone(),
                     });
@@ -163,11 +166,13 @@ impl<B: AgentBackend> Supervisor<B> {
         loop {
             match connect(attempt).await {
                 Ok(backend) => return Ok(backend),
-                Err(e) if Instant::now() + delay < deadline && !self.stop.is_cancelled() => {
+                Err(e)
+                    if Instant::now() + delay < deadline && !self.settings.stop.is_cancelled() =>
+                {
                     tracing::warn!(error = %e, "OpenCode server not reachable yet; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.stop.cancelled() => return Err("stopped while reconnecting".into()),
+                        () = self.settings.stop.cancelled() => return Err("stopped while reconnecting".into()),
                     }
                     delay = (delay * 2).min(Duration::from_secs(8));
                 }
@@ -188,13 +193,13 @@ impl<B: AgentBackend> Supervisor<B> {
     /// The report of a mission whose server never came back: the plan as it stands.
     async fn unreachable(&self, reason: String) -> Result<MissionReport, MissionError> {
         let status = MissionStatus::Failed { reason };
-        let _ = self.events.send(MissionEvent::Finished {
+        let _ = self.settings.events.send(MissionEvent::Finished {
             status: status.clone(),
         });
-        let store = orch_mvcc::TodoStore::open(self.dir.join(".orchestrator"))?;
+        let store = orch_mvcc::TodoStore::open(self.settings.state_dir())?;
         let (version, plan) = store.snapshot()?;
         Ok(MissionReport {
-            mission: self.request.clone(),
+            mission: self.settings.request.clone(),
             status,
             items: plan
                 .items

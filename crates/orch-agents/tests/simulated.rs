@@ -551,14 +551,36 @@ async fn the_supervisor_resumes_after_server_loss() {
     let dir = tempfile::tempdir().unwrap();
     let lost_once = Arc::new(Mutex::new(false));
     let flag = Arc::clone(&lost_once);
-    let supervisor = orch_agents::Supervisor::new("build a thing", dir.path()).config(config());
+    // Hooks reach the missions of every connection: each prompt is marked.
+    let hooks = orch_agents::HookRegistry::builder()
+        .register(
+            orch_agents::HookSpec::new("mark", orch_agents::HookPhase::Normal),
+            |event: &mut orch_agents::HookEvent| {
+                if let orch_agents::HookEvent::BeforeTurn { prompt, .. } = event {
+                    prompt.push_str("\nSUPERVISED");
+                }
+                orch_agents::HookDecision::Continue
+            },
+        )
+        .build()
+        .unwrap();
+    // (attempt, prompt marked) of every turn.
+    let seen: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let supervisor = orch_agents::Supervisor::new("build a thing", dir.path())
+        .config(config())
+        .hooks(Arc::new(hooks));
     let mut events = supervisor.subscribe();
     let (report, restarts) = supervisor
         .run(move |attempt| {
             let flag = Arc::clone(&flag);
+            let record = Arc::clone(&record);
             async move {
                 let backend = fast()
                     .responder(move |turn| {
+                        record
+                            .lock()
+                            .push((attempt, turn.prompt.ends_with("\nSUPERVISED")));
                         let mut lost = flag.lock();
                         if attempt == 0 && turn.role == AgentRole::Worker && !*lost {
                             *lost = true;
@@ -581,6 +603,9 @@ async fn the_supervisor_resumes_after_server_loss() {
     assert_eq!(report.status, MissionStatus::Completed, "{report:#?}");
     assert_eq!(restarts, 1);
     assert!(*lost_once.lock());
+    let seen = seen.lock();
+    assert!(seen.iter().any(|(a, _)| *a == 0) && seen.iter().any(|(a, _)| *a == 1));
+    assert!(seen.iter().all(|(_, marked)| *marked), "{seen:?}");
     assert!(
         report.items.iter().all(|i| i.attempts == 1),
         "{:?}",
