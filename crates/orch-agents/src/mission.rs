@@ -51,7 +51,8 @@ pub struct MissionConfig {
     pub cost_budget: Option<f64>,
     /// Retry, breaker, auto-scaling and stagnation settings.
     pub policy: PolicyConfig,
-    /// fsync the journal after each record (off only for tests and benchmarks).
+    /// fsync the journal (in the background, group commit: see [`Journal`]); a record is
+    /// always written before the Commander acts on it. Off only for tests and benchmarks.
     pub journal_fsync: bool,
     /// Least time between two writes of `TODO.md`. The Commander works from its own copy of
     /// the plan and writes changes behind, batched; the journal, written first, is what resume
@@ -1094,23 +1095,27 @@ impl<B: AgentBackend> Commander<B> {
         Ok(status)
     }
 
-    /// After a restart: items in review are reviewed; an item whose Worker turn the journal
-    /// shows finished goes to review too (its work is not redone); an item the journal shows
-    /// passed review is done (its plan change had not been written yet); other items in
-    /// progress (their session died with the process) go back to pending.
+    /// After a restart: items in review are reviewed; an item whose last Worker turn the
+    /// journal shows finished (and not reviewed since) goes to review too (its work is not
+    /// redone); an item the journal shows passed review is done (its plan change had not been
+    /// written yet); other items in progress (their session died with the process) go back to
+    /// pending.
     async fn recover(
         &mut self,
         tx: &mpsc::UnboundedSender<Outcome>,
         reviews: &mut JoinSet<()>,
     ) -> Result<(), MissionError> {
+        // TODO.md is written behind the journal: an item can show pending in the store while
+        // the journal has its Worker turn finished, or its review passed.
+        let open = |i: &Item| !i.state.is_terminal();
         let mut passed = self.history.passed();
-        passed.retain(|id| self.current().item(id).is_some_and(|i| i.state.is_active()));
+        passed.retain(|id| self.current().item(id).is_some_and(open));
         let finished: HashSet<String> = self
             .current()
             .items
             .iter()
             .filter(|i| {
-                i.state == ItemState::InProgress
+                matches!(i.state, ItemState::Pending | ItemState::InProgress)
                     && !passed.contains(i.id.as_str())
                     && self.history.worker_finished(i.id.as_str())
             })

@@ -464,6 +464,88 @@ async fn stop_ends_the_mission_quickly_and_resume_finishes_it() {
     );
 }
 
+/// TODO.md is written behind the journal, so a crash can leave the store behind it: T1's
+/// review passed and T3's Worker turn finished per the journal, while the store still shows
+/// both pending. Resume trusts the journal: T1 is done without a turn, T3 goes straight to
+/// review, and only T2 gets a Worker.
+#[tokio::test]
+async fn resume_rebuilds_from_the_journal_what_the_store_had_not_written() {
+    use orch_agents::{Journal, JournalEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join(".orchestrator");
+    let store = TodoStore::open(&state).unwrap();
+    store
+        .update("commander", |p| *p = orch_mvcc::parse(PLAN).unwrap())
+        .unwrap();
+    drop(store);
+    let (mut journal, _) = Journal::open(&state, false).unwrap();
+    let ev = |event| JournalEntry::Event { event };
+    for (item, reviewed) in [("T1", true), ("T3", false)] {
+        journal
+            .append(ev(MissionEvent::ItemStarted {
+                item: item.into(),
+                attempt: 1,
+                lane: 0,
+                warm: false,
+            }))
+            .unwrap();
+        journal
+            .append(ev(MissionEvent::TurnFinished {
+                role: AgentRole::Worker,
+                item: Some(item.into()),
+                tokens: Default::default(),
+                elapsed_ms: 5,
+                tool_calls: 0,
+            }))
+            .unwrap();
+        if reviewed {
+            journal
+                .append(ev(MissionEvent::Reviewed {
+                    item: item.into(),
+                    verdict: orch_agents::Verdict::Pass,
+                }))
+                .unwrap();
+            journal
+                .append(ev(MissionEvent::ItemDone {
+                    item: item.into(),
+                    attempts: 1,
+                }))
+                .unwrap();
+        }
+    }
+    drop(journal);
+    let log = Log::default();
+    let seen = log.clone();
+    let backend = fast()
+        .responder(move |turn| {
+            seen.0.lock().push(turn.clone());
+            Ok(match turn.role {
+                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
+                _ => "done".to_owned(),
+            })
+        })
+        .build();
+    let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
+        .config(config())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(report.status, MissionStatus::Completed, "{report:#?}");
+    let workers = log.prompts(AgentRole::Worker);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(workers[0].contains("Your item: T2:"));
+    let reviews = log.prompts(AgentRole::Reviewer);
+    assert!(reviews.iter().any(|p| p.contains("Review item T3:")));
+    assert!(!reviews.iter().any(|p| p.contains("Review item T1:")));
+    let done = orch_agents::Journal::read(&state).unwrap().done_counts();
+    assert!(done.values().all(|n| *n == 1), "{done:?}");
+    assert!(
+        states(dir.path())
+            .iter()
+            .all(|(_, s)| *s == ItemState::Done)
+    );
+}
+
 /// A process dying at any instant (the mission future dropped: no cleanup runs) loses nothing:
 /// the resumed mission completes, no item is marked done twice (the journal says so), and
 /// sessions the dead run left open are closed.
