@@ -18,7 +18,10 @@
 //!   (create, recycle before reuse, health check, and a teardown that runs off the caller's
 //!   path and only when the manager deems it safe). Per-key and total limits, FIFO waiters,
 //!   cancellation-safe [`get`](KeyedPool::get), reuse limits, idle eviction, and a
-//!   [`close`](KeyedPool::close) that drains. It is the engine of the OpenCode session pool.
+//!   [`close`](KeyedPool::close) that drains. Recycling can run in the background
+//!   ([`RecycleMode::Background`]) and keys can be kept warm
+//!   ([`min_idle`](KeyedPoolBuilder::min_idle), [`prewarm`](KeyedPool::prewarm)), so `get`
+//!   pays neither for a reset nor for a create. It is the engine of the OpenCode session pool.
 //!
 //! The defaults are the seed parameters of the TypeScript plugin this workspace rebuilds:
 //! 200 objects with 50 prewarmed, 1,000 strings of at most 100 bytes, 50 buffers per class,
@@ -82,7 +85,7 @@ pub use interner::{
 };
 pub use keyed::{
     BuildError, KeyedPool, KeyedPoolBuilder, KeyedPoolConfig, KeyedPoolStats, Manager, Metrics,
-    PoolError, PooledResource, ReuseOrder, TeardownReason,
+    PoolError, PooledResource, RecycleMode, Replenish, ReuseOrder, TeardownReason,
 };
 pub use object::{
     DEFAULT_MAX_SIZE, DEFAULT_PREWARM, ObjectPool, ObjectPoolBuilder, ObjectPoolStats, Pooled,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BufMut;
 use common::{Shared, TestManager};
-use orch_pool::{BufferPool, InternError, Interner, KeyedPool, ObjectPool};
+use orch_pool::{BufferPool, InternError, Interner, KeyedPool, ObjectPool, RecycleMode, Replenish};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -210,6 +210,95 @@ proptest! {
             prop_assert_eq!(s.live, 0);
             prop_assert_eq!(s.created, s.torn_down);
             prop_assert_eq!(s.reused + s.created, handed_out);
+            prop_assert_eq!(m.0.teardowns().len() as u64, s.created);
+            Ok(())
+        })?;
+    }
+}
+
+#[derive(Debug, Clone)]
+enum WOp {
+    Get(u8),
+    Drop(usize),
+    Retire(usize),
+    Break(usize),
+    Prewarm(u8, u8),
+    Advance(u8),
+}
+
+fn w_op() -> impl Strategy<Value = WOp> {
+    prop_oneof![
+        4 => (0u8..3).prop_map(WOp::Get),
+        3 => (0usize..16).prop_map(WOp::Drop),
+        2 => (0usize..16).prop_map(WOp::Retire),
+        1 => (0usize..16).prop_map(WOp::Break),
+        1 => ((0u8..3), (0u8..4)).prop_map(|(k, n)| WOp::Prewarm(k, n)),
+        1 => (0u8..40).prop_map(WOp::Advance),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// The same invariants with background recycling and warm keys, whose creates and
+    /// recycles take time (so they overlap gets, returns and the reaper).
+    #[test]
+    fn keyed_pool_warm_invariants(per_key in 1usize..4, total in 1usize..6, min_idle in 0usize..3, background in any::<bool>(), on_return in any::<bool>(), ops in prop::collection::vec(w_op(), 0..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+        rt.block_on(async move {
+            let m = Shared(TestManager::shared());
+            *m.0.create_delay.lock() = Some(Duration::from_secs(1));
+            *m.0.recycle_delay.lock() = Some(Duration::from_secs(1));
+            let p = KeyedPool::builder(m.clone())
+                .max_per_key(per_key)
+                .max_total(total)
+                .max_reuse(Some(3))
+                .min_idle(min_idle)
+                .replenish(if on_return { Replenish::OnReturn } else { Replenish::Eager })
+                .recycle_mode(if background { RecycleMode::Background } else { RecycleMode::OnAcquire })
+                .idle_timeout(Some(Duration::from_secs(30)))
+                .health_check_interval(Some(Duration::from_secs(20)))
+                .build()
+                .expect("builds");
+            let mut held = Vec::new();
+            let mut handed_out = 0u64;
+            for op in ops {
+                match op {
+                    WOp::Get(key) => {
+                        let got = tokio::time::timeout(Duration::from_millis(2500), p.get(format!("k{key}"))).await;
+                        if let Ok(Ok(r)) = got {
+                            prop_assert_eq!(u64::from(r.resets) + 1, u64::from(r.metrics().uses), "reset before every reuse");
+                            handed_out += 1;
+                            held.push(r);
+                        }
+                    }
+                    WOp::Drop(i) if !held.is_empty() => { let n = held.len(); drop(held.swap_remove(i % n)); }
+                    WOp::Retire(i) if !held.is_empty() => { let n = held.len(); held.swap_remove(i % n).retire(); }
+                    WOp::Break(i) if !held.is_empty() => { let n = held.len(); held[i % n].mark_broken(); }
+                    WOp::Prewarm(key, n) => p.prewarm(format!("k{key}"), usize::from(n)),
+                    WOp::Advance(s) => tokio::time::sleep(Duration::from_millis(u64::from(s) * 100)).await,
+                    _ => {}
+                }
+                tokio::task::yield_now().await;
+                let s = p.stats();
+                prop_assert!(s.live <= total, "never above the total");
+                for key in 0..3 {
+                    let (live, idle) = p.key_status(&format!("k{key}"));
+                    prop_assert!(live <= per_key, "never above the per-key limit");
+                    prop_assert!(idle <= live);
+                }
+                let ids: HashSet<u64> = held.iter().map(|r| r.id).collect();
+                prop_assert_eq!(ids.len(), held.len(), "never two holders of one resource");
+                prop_assert_eq!(s.created as usize + s.creating, s.live + (s.discarded + s.detached) as usize, "stats add up");
+                prop_assert_eq!(s.created, s.misses + s.prewarmed);
+                prop_assert_eq!(s.hits + s.misses, handed_out);
+            }
+            drop(held);
+            p.close().await;
+            let s = p.stats();
+            prop_assert_eq!((s.live, s.creating, s.recycling, s.tearing_down), (0, 0, 0, 0));
+            prop_assert_eq!(s.created, s.torn_down);
+            prop_assert_eq!(s.hits + s.misses, handed_out);
             prop_assert_eq!(m.0.teardowns().len() as u64, s.created);
             Ok(())
         })?;

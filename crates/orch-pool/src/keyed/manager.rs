@@ -12,9 +12,13 @@ use tokio::time::Instant;
 /// [`KeyedPool`](super::KeyedPool).
 ///
 /// Every method is async and may take as long as it needs; the pool never holds a lock across
-/// them. `create` and `recycle` run on the path of the caller of
-/// [`get`](super::KeyedPool::get); `check` runs in the pool's background reaper; `teardown`
-/// always runs in a task of its own, never on a caller's path.
+/// them. `create` runs on the path of the caller of [`get`](super::KeyedPool::get) when no
+/// idle resource is ready, and in a background task when the pool keeps keys warm
+/// ([`min_idle`](super::KeyedPoolBuilder::min_idle)); `recycle` runs on the caller's path
+/// with [`RecycleMode::OnAcquire`](super::RecycleMode::OnAcquire) and in a background task
+/// with [`RecycleMode::Background`](super::RecycleMode::Background); `check` runs in the
+/// pool's background reaper; `teardown` always runs in a task of its own, never on a
+/// caller's path.
 ///
 /// # The teardown contract
 /// The pool never drops a resource it holds; every resource it gives up goes through
@@ -37,9 +41,9 @@ pub trait Manager: Send + Sync + 'static {
         key: &Self::Key,
     ) -> impl Future<Output = Result<Self::Resource, Self::Error>> + Send;
 
-    /// Resets an idle resource before it is handed out again. An error discards the resource
-    /// (it is torn down) and the pool tries another one or creates one. The default does
-    /// nothing.
+    /// Resets a used resource before it is handed out again (never a fresh one). An error
+    /// discards the resource (it is torn down); on the caller's path the pool then tries
+    /// another one or creates one. The default does nothing.
     fn recycle(
         &self,
         key: &Self::Key,
@@ -82,9 +86,13 @@ pub trait Manager: Send + Sync + 'static {
 pub enum TeardownReason {
     /// Its holder marked it broken or discarded it.
     Broken,
+    /// Its holder retired it ([`PooledResource::retire`](super::PooledResource::retire)):
+    /// replaced rather than reset.
+    Retired,
     /// [`Manager::recycle`] failed.
     RecycleFailed,
-    /// The `get` that was recycling it was cancelled mid-recycle.
+    /// The `get` that was recycling it was cancelled mid-recycle, or the pool was closed
+    /// during a background recycle.
     RecycleCancelled,
     /// [`Manager::check`] failed, or the check was cancelled.
     HealthCheckFailed,

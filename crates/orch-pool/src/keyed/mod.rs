@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 pub use error::{BuildError, PoolError};
 pub use manager::{Manager, Metrics, TeardownReason};
-use state::{Acquire, Inner, Lease, Stats};
+use state::{Acquire, Inner, Lease, LeaseKind, Stats};
 
 /// Which idle resource of a key is reused first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,6 +25,34 @@ pub enum ReuseOrder {
     Lifo,
     /// The least recently returned (spreads use evenly).
     Fifo,
+}
+
+/// When a used resource is reset with [`Manager::recycle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecycleMode {
+    /// Just before it is handed out again, on the path of the caller of
+    /// [`get`](KeyedPool::get). The default.
+    #[default]
+    OnAcquire,
+    /// As soon as it is returned, in a task of its own: it becomes idle (and can be handed
+    /// out) once the recycle succeeds, and is torn down if the recycle fails or the pool is
+    /// closed meanwhile. `get` never waits for a recycle.
+    Background,
+}
+
+/// When a warm key (see [`KeyedPoolConfig::min_idle`]) is topped up after a hand-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replenish {
+    /// Right after every hand-out: the key is back to its target as soon as the creates
+    /// finish. The default.
+    #[default]
+    Eager,
+    /// When a resource comes back (returned, retired or torn down), and after a hand-out only
+    /// if the key has nothing ready left. The background create then does not run while the
+    /// caller starts using what it just got: for resources that share a server with their
+    /// use (an OpenCode session's `POST /session` and its first prompt), that keeps the
+    /// create off the caller's critical path too.
+    OnReturn,
 }
 
 /// Settings of a [`KeyedPool`]; the defaults are the seeds' session-pool values.
@@ -49,6 +77,14 @@ pub struct KeyedPoolConfig {
     pub create_timeout: Option<Duration>,
     /// Reuse order of idle resources (default LIFO).
     pub reuse_order: ReuseOrder,
+    /// When used resources are recycled (default on acquire).
+    pub recycle_mode: RecycleMode,
+    /// Idle resources kept ready for every key the pool has seen (default 0): after a
+    /// hand-out the pool creates replacements in the background, within the limits. A key can
+    /// be given its own number with [`KeyedPool::prewarm`].
+    pub min_idle: usize,
+    /// When warm keys are topped up after a hand-out (default eager).
+    pub replenish: Replenish,
 }
 
 impl Default for KeyedPoolConfig {
@@ -62,6 +98,9 @@ impl Default for KeyedPoolConfig {
             wait_timeout: Some(Duration::from_secs(60)),
             create_timeout: None,
             reuse_order: ReuseOrder::Lifo,
+            recycle_mode: RecycleMode::OnAcquire,
+            min_idle: 0,
+            replenish: Replenish::Eager,
         }
     }
 }
@@ -131,6 +170,24 @@ impl<M: Manager> KeyedPoolBuilder<M> {
         self
     }
 
+    /// When used resources are recycled (default [`RecycleMode::OnAcquire`]).
+    pub fn recycle_mode(mut self, mode: RecycleMode) -> Self {
+        self.config.recycle_mode = mode;
+        self
+    }
+
+    /// Idle resources kept ready per key seen (default 0); see [`KeyedPoolConfig::min_idle`].
+    pub fn min_idle(mut self, n: usize) -> Self {
+        self.config.min_idle = n;
+        self
+    }
+
+    /// When warm keys are topped up after a hand-out (default [`Replenish::Eager`]).
+    pub fn replenish(mut self, when: Replenish) -> Self {
+        self.config.replenish = when;
+        self
+    }
+
     /// All settings at once.
     pub fn config(mut self, config: KeyedPoolConfig) -> Self {
         self.config = config;
@@ -173,8 +230,17 @@ impl<M: Manager> KeyedPoolBuilder<M> {
 /// [`get(key)`](Self::get) hands out an idle resource of that key (after
 /// [`Manager::recycle`] resets it), creates one if the limits allow, or waits in a FIFO queue.
 /// The returned [`PooledResource`] guard gives the resource back on drop; a resource marked
-/// broken, over its reuse limit, or returned after [`close`](Self::close) is instead handed
-/// to [`Manager::teardown`] in a task of its own, so dropping a guard never blocks.
+/// broken, [retired](PooledResource::retire), over its reuse limit, or returned after
+/// [`close`](Self::close) is instead handed to [`Manager::teardown`] in a task of its own, so
+/// dropping a guard never blocks.
+///
+/// Keeping `get` off the slow paths: with [`RecycleMode::Background`] a returned resource is
+/// recycled in a task of its own and `get` only ever takes resources that are already clean;
+/// with [`min_idle`](KeyedPoolBuilder::min_idle) (or [`prewarm`](Self::prewarm) per key) the
+/// pool keeps that many idle resources ready and replaces the ones it hands out in the
+/// background, so `get` does not pay for a create either. Background creates never take a
+/// slot a waiting caller could use, never evict, and pause (100 ms, doubling up to 30 s)
+/// after a failure.
 ///
 /// Improvements over deadpool for keyed use: one pool serves every key under a shared total
 /// limit (a waiter for key B evicts an idle resource of key A instead of waiting forever);
@@ -199,8 +265,9 @@ impl<M: Manager> Clone for KeyedPool<M> {
 
 /// Counters and gauges of a [`KeyedPool`].
 ///
-/// Counters only grow. At any quiet moment
-/// `created == live + discarded + detached` and `recycled == reused + recycle_failed`.
+/// Counters only grow. At any quiet moment `created == live + discarded + detached`,
+/// `created == misses + prewarmed`, and `hits + misses` is the number of resources handed
+/// out; with [`RecycleMode::OnAcquire`], `recycled == reused + recycle_failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct KeyedPoolStats {
@@ -212,8 +279,15 @@ pub struct KeyedPoolStats {
     pub recycled: u64,
     /// `recycle` calls that failed.
     pub recycle_failed: u64,
-    /// Idle resources handed out again.
+    /// Idle resources handed out again after an earlier use.
     pub reused: u64,
+    /// `get` calls served by an idle resource (a used one or a prewarmed one): no create on
+    /// the caller's path.
+    pub hits: u64,
+    /// `get` calls that created their resource on the caller's path.
+    pub misses: u64,
+    /// Resources created in the background to keep keys warm (part of `created`).
+    pub prewarmed: u64,
     /// Resources given to teardown (for any [`TeardownReason`]).
     pub discarded: u64,
     /// Teardowns finished.
@@ -240,6 +314,10 @@ pub struct KeyedPoolStats {
     pub waiting: usize,
     /// Teardowns in progress now.
     pub tearing_down: usize,
+    /// Background recycles in progress now (part of `live`).
+    pub recycling: usize,
+    /// Background creates in progress now (part of `live`).
+    pub creating: usize,
     /// Keys with at least one resource or slot now.
     pub keys: usize,
 }
@@ -311,60 +389,44 @@ impl<M: Manager> KeyedPool<M> {
                     }
                 }
             };
-            match lease.entry.as_mut() {
-                Some(entry) => {
-                    Stats::bump(&inner.stats.recycled);
-                    // Cancelled mid-recycle: the resource's state is unknown, tear it down.
-                    lease.discard = Some(TeardownReason::RecycleCancelled);
-                    let recycled = inner
-                        .manager
-                        .recycle(&key, &mut entry.res, &entry.metrics)
-                        .await;
-                    match recycled {
-                        Ok(()) => {
-                            lease.discard = None;
-                            entry.metrics.uses += 1;
-                            Stats::bump(&inner.stats.reused);
-                            return Ok(PooledResource { lease });
-                        }
-                        Err(_) => {
-                            Stats::bump(&inner.stats.recycle_failed);
-                            lease.discard = Some(TeardownReason::RecycleFailed);
-                            drop(lease);
-                        }
-                    }
+            let Some(entry) = lease.entry.as_mut() else {
+                // A free slot: create on the caller's path. Failure or cancellation drops
+                // the lease, which frees the slot.
+                let res = inner.create(&key).await?;
+                Stats::bump(&inner.stats.created);
+                Stats::bump(&inner.stats.misses);
+                let mut metrics = Metrics::new(Instant::now());
+                metrics.uses = 1;
+                lease.entry = Some(state::Entry { res, metrics });
+                lease.kind = LeaseKind::InUse;
+                return Ok(PooledResource { lease });
+            };
+            // A used resource is reset now unless the pool recycles in the background (then
+            // it was reset when returned); a prewarmed one has never been used.
+            let used = entry.metrics.uses > 0;
+            if used && inner.config.recycle_mode == RecycleMode::OnAcquire {
+                Stats::bump(&inner.stats.recycled);
+                // Cancelled mid-recycle: the resource's state is unknown, tear it down.
+                lease.discard = Some(TeardownReason::RecycleCancelled);
+                let recycled = inner
+                    .manager
+                    .recycle(&key, &mut entry.res, &entry.metrics)
+                    .await;
+                if recycled.is_err() {
+                    Stats::bump(&inner.stats.recycle_failed);
+                    lease.discard = Some(TeardownReason::RecycleFailed);
+                    drop(lease);
+                    continue;
                 }
-                None => {
-                    let created = match inner.config.create_timeout {
-                        Some(t) => tokio::time::timeout(t, inner.manager.create(&key))
-                            .await
-                            .map_err(|_| PoolError::CreateTimeout {
-                                key: format!("{key:?}"),
-                                timeout: t,
-                            }),
-                        None => Ok(inner.manager.create(&key).await),
-                    };
-                    let res = match created {
-                        Ok(Ok(res)) => res,
-                        Ok(Err(source)) => {
-                            Stats::bump(&inner.stats.create_failed);
-                            return Err(PoolError::Create {
-                                key: format!("{key:?}"),
-                                source,
-                            });
-                        }
-                        Err(e) => {
-                            Stats::bump(&inner.stats.create_failed);
-                            return Err(e);
-                        }
-                    };
-                    Stats::bump(&inner.stats.created);
-                    let mut metrics = Metrics::new(Instant::now());
-                    metrics.uses = 1;
-                    lease.entry = Some(state::Entry { res, metrics });
-                    return Ok(PooledResource { lease });
-                }
+                lease.discard = None;
             }
+            entry.metrics.uses += 1;
+            Stats::bump(&inner.stats.hits);
+            if used {
+                Stats::bump(&inner.stats.reused);
+            }
+            lease.kind = LeaseKind::InUse;
+            return Ok(PooledResource { lease });
         }
     }
 
@@ -430,6 +492,15 @@ impl<M: Manager> KeyedPool<M> {
         }
     }
 
+    /// Keeps `n` idle resources of `key` ready (creating them now, in the background, and
+    /// replacing those handed out), overriding [`min_idle`](KeyedPoolBuilder::min_idle) for
+    /// this key; `n = 0` stops keeping it warm. Creates stay within `max_per_key` and
+    /// `max_total`; the newest `n` idle resources of the key are exempt from the idle
+    /// timeout. Does nothing after [`close`](Self::close).
+    pub fn prewarm(&self, key: M::Key, n: usize) {
+        self.inner.set_target(key, n);
+    }
+
     /// Whether [`close`](Self::close) was called.
     #[must_use]
     pub fn is_closed(&self) -> bool {
@@ -467,6 +538,9 @@ impl<M: Manager> KeyedPool<M> {
             recycled: get(&s.recycled),
             recycle_failed: get(&s.recycle_failed),
             reused: get(&s.reused),
+            hits: get(&s.hits),
+            misses: get(&s.misses),
+            prewarmed: get(&s.prewarmed),
             discarded: get(&s.discarded),
             torn_down: get(&s.torn_down),
             detached: get(&s.detached),
@@ -480,6 +554,8 @@ impl<M: Manager> KeyedPool<M> {
             idle: g.idle,
             waiting: g.waiting,
             tearing_down: g.tearing_down,
+            recycling: g.recycling,
+            creating: g.creating,
             keys: g.keys,
         }
     }
@@ -516,6 +592,13 @@ impl<M: Manager> PooledResource<M> {
     /// Marks it broken: on drop it is torn down instead of returned.
     pub fn mark_broken(&mut self) {
         self.lease.discard = Some(TeardownReason::Broken);
+    }
+
+    /// Gives it up for good: torn down (with [`TeardownReason::Retired`]) instead of
+    /// returned, and, when its key is kept warm, replaced by a fresh resource in the
+    /// background. For resources that are cheaper to replace than to reset.
+    pub fn retire(mut self) {
+        self.lease.discard = Some(TeardownReason::Retired);
     }
 
     /// Whether it is marked broken.
