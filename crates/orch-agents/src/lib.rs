@@ -66,7 +66,9 @@ pub use agents::{
     AGENTS_FILE, Action, AgentDef, AgentOverride, AgentSet, AgentsFile, ConfigError, Permission,
     builtin, edit_allowed, edit_patterns, role_marker, worker_session_rules,
 };
-pub use backend::opencode::{OpencodeBackend, OpencodeBackendConfig, SessionManager};
+pub use backend::opencode::{
+    OpencodeBackend, OpencodeBackendConfig, SessionManager, SessionPoolStats, SessionReset,
+};
 pub use backend::simulated::{Latency, SimulatedBackend, SimulatedBackendBuilder};
 pub use backend::{
     AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,

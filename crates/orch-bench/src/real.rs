@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use orch_agents::{
     AgentBackend, AgentRole, AgentSet, Mission, MissionConfig, MissionEvent, MissionStatus,
-    ModelRef, OpencodeBackend, OpencodeBackendConfig, SessionSpec, TurnRequest,
+    ModelRef, OpencodeBackend, OpencodeBackendConfig, SessionPoolStats, SessionReset, SessionSpec,
+    TurnRequest,
 };
 use orch_opencode::{ConfigInstaller, CreateSession, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
@@ -262,6 +263,63 @@ fn median(mut v: Vec<Duration>) -> Duration {
     crate::plans::quantile(&mut v, 0.5)
 }
 
+/// Ping turns per variant in the per-turn rows of benchmark 4.
+pub const BENCH4_TURNS: u64 = 40;
+
+/// Waits (at most 10 s) until `backend` keeps `n` idle sessions.
+async fn warmed(backend: &OpencodeBackend, n: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend.pool_stats().idle < n {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the pool did not pre-warm {n} sessions: {:?}",
+                backend.pool_stats()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Like [`one_turn`], also timing the `open` alone: `(open, whole turn)`.
+async fn timed_turn(backend: &OpencodeBackend, n: u64) -> Result<(Duration, Duration), String> {
+    let stop = CancellationToken::new();
+    let t = Instant::now();
+    let session = backend
+        .open(spec(AgentRole::Commander))
+        .await
+        .map_err(|e| e.to_string())?;
+    let open = t.elapsed();
+    let result = backend
+        .run_turn(
+            &session,
+            ping(n),
+            Instant::now() + Duration::from_secs(30),
+            &stop,
+        )
+        .await;
+    backend
+        .close(session, result.is_err())
+        .await
+        .map_err(|e| e.to_string())?;
+    result.map_err(|e| e.to_string())?;
+    Ok((open, t.elapsed()))
+}
+
+/// Medians of `(open, whole turn)`.
+fn medians(turns: Vec<(Duration, Duration)>) -> (Duration, Duration) {
+    let (open, total) = turns.into_iter().unzip();
+    (median(open), median(total))
+}
+
+fn saving(fresh: Duration, ours: Duration) -> String {
+    if fresh >= ours {
+        fmt_duration(fresh - ours)
+    } else {
+        format!("−{}", fmt_duration(ours - fresh))
+    }
+}
+
 /// Benchmark 4: session pool acquire vs creating a real session, and the per-turn saving.
 pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     let project = env.project(false)?;
@@ -301,19 +359,49 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     }
     let (c, a) = (median(create), median(acquire));
     let ratio = c.as_secs_f64() / a.as_secs_f64().max(1e-9);
-    // Per turn: a fresh session for each turn (max_reuse 0) vs the pool (reused, reset by
-    // compaction before reuse).
-    let fresh = connect(&env.server, project.path(), backend_config(8, 0)).await?;
-    let mut fresh_t = Vec::new();
-    let mut pooled_t = Vec::new();
-    for n in 0..15 {
-        fresh_t.push(one_turn(&fresh, n).await?);
-        pooled_t.push(one_turn(&pooled, 100 + n).await?);
+    // Per turn (open + one ping turn + close), three backends taking turns so they see the
+    // same server load: a session created for each turn (nothing warm, never reused); the
+    // default pool (Replace: a used session is closed in the background and a pre-created
+    // clean one takes its place, so `open` is a hit); and Compact (reset by compaction in the
+    // background after the turn). Two passes: turns 250 ms apart (the background work of a
+    // turn, a safe close and a create or a compaction, is done before the next turn, as
+    // between the seconds-long turns of a mission), and back to back (it overlaps the next
+    // turns, whichever variant's).
+    let fresh = connect(
+        &env.server,
+        project.path(),
+        OpencodeBackendConfig {
+            warm_sessions: 0,
+            ..backend_config(8, 0)
+        },
+    )
+    .await?;
+    let replace = connect(
+        &env.server,
+        project.path(),
+        OpencodeBackendConfig {
+            reset: SessionReset::Replace,
+            warm_sessions: 2,
+            ..backend_config(8, 1_000)
+        },
+    )
+    .await?;
+    let compact = connect(
+        &env.server,
+        project.path(),
+        OpencodeBackendConfig {
+            reset: SessionReset::Compact,
+            warm_sessions: 2,
+            ..backend_config(8, 1_000)
+        },
+    )
+    .await?;
+    for backend in [&replace, &compact] {
+        backend.prewarm(AgentRole::Commander, 2);
+        warmed(backend, 2).await?;
     }
-    let (f, p) = (median(fresh_t), median(pooled_t));
-    pooled.shutdown().await;
-    fresh.shutdown().await;
-    Ok(vec![
+    let backends = [&fresh, &replace, &compact];
+    let mut rows = vec![
         Row::info(
             4,
             "session acquire: pool hit vs POST /session (median)",
@@ -321,24 +409,68 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
         )
         .baseline(format!("create {}", fmt_duration(c)), ratio)
         .target("≥ 100 ×", ratio >= 100.0),
-        Row::info(
-            4,
-            "one real turn incl. session: pooled (compaction reset) vs fresh session (median)",
-            fmt_duration(p),
-        )
-        .baseline(
-            format!(
-                "fresh {} (saving {} per turn)",
-                fmt_duration(f),
-                if f >= p {
-                    fmt_duration(f - p)
-                } else {
-                    format!("−{}", fmt_duration(p - f))
-                }
+    ];
+    for (pass, gap) in [
+        ("turns 250 ms apart", Duration::from_millis(250)),
+        ("back to back", Duration::ZERO),
+    ] {
+        let (before_r, before_c) = (replace.pool_stats(), compact.pool_stats());
+        // The order rotates every round, so each variant follows each other one equally often.
+        let mut times: [Vec<(Duration, Duration)>; 3] = Default::default();
+        for n in 0..BENCH4_TURNS {
+            for i in 0..3 {
+                let v = (i + n as usize) % 3;
+                times[v].push(timed_turn(backends[v], v as u64 * 1_000 + n).await?);
+                tokio::time::sleep(gap).await;
+            }
+        }
+        let (after_r, after_c) = (replace.pool_stats(), compact.pool_stats());
+        let [fresh_t, replace_t, compact_t] = times;
+        let ((fo, f), (ro, r), (ko, k)) =
+            (medians(fresh_t), medians(replace_t), medians(compact_t));
+        let hits = |after: SessionPoolStats, before: SessionPoolStats| {
+            format!("{}/{BENCH4_TURNS} opens hits", after.hits - before.hits)
+        };
+        rows.push(
+            Row::info(
+                4,
+                format!(
+                    "one real turn incl. open/close, {pass}: pooled (Replace, 2 warm; {}, {} replaced; open {}) vs creating the session first (open {}); medians of {BENCH4_TURNS} each",
+                    hits(after_r, before_r),
+                    after_r.replaced - before_r.replaced,
+                    fmt_duration(ro),
+                    fmt_duration(fo),
+                ),
+                fmt_duration(r),
+            )
+            .baseline(
+                format!("fresh {} (saving {} per turn)", fmt_duration(f), saving(f, r)),
+                f.as_secs_f64() / r.as_secs_f64().max(1e-9),
+            )
+            .target("saving > 0", r < f),
+        );
+        rows.push(
+            Row::info(
+                4,
+                format!(
+                    "same, {pass}, pooled with Compact in the background ({}, {} compactions off the open path; open {})",
+                    hits(after_c, before_c),
+                    after_c.resets - before_c.resets,
+                    fmt_duration(ko),
+                ),
+                fmt_duration(k),
+            )
+            .baseline(
+                format!("fresh {} (saving {} per turn)", fmt_duration(f), saving(f, k)),
+                f.as_secs_f64() / k.as_secs_f64().max(1e-9),
             ),
-            f.as_secs_f64() / p.as_secs_f64().max(1e-9),
-        ),
-    ])
+        );
+    }
+    pooled.shutdown().await;
+    fresh.shutdown().await;
+    replace.shutdown().await;
+    compact.shutdown().await;
+    Ok(rows)
 }
 
 /// What one speed-up mission measured.

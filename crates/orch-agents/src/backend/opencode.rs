@@ -1,10 +1,17 @@
 //! The real backend: sessions on an OpenCode server, pooled per role.
 //!
 //! - Sessions come from an [`orch_pool::KeyedPool`] keyed by role. The [`SessionManager`]
-//!   creates them (titled, so OpenCode makes no title call), resets a used one by compaction
-//!   before it is handed out again, health-checks idle ones, and deletes a session only through
-//!   [`Client::close_session`]: abort, reject its pending permissions, wait until OpenCode
-//!   reports it idle, settle, delete. A session is never deleted while it is still written to.
+//!   creates them (titled, so OpenCode makes no title call), health-checks idle ones, and
+//!   deletes a session only through [`Client::close_session`]: abort, reject its pending
+//!   permissions, wait until OpenCode reports it idle, settle, delete. A session is never
+//!   deleted while it is still written to.
+//! - What happens to a used session is the [`SessionReset`] policy. The default,
+//!   [`SessionReset::Replace`], never pays a model call to reset one: a session that ran a turn
+//!   is closed safely in the background and a clean one, created ahead of time (the pool keeps
+//!   [`OpencodeBackendConfig::warm_sessions`] idle sessions per role it has seen), takes its
+//!   place, so `open` is a pool hit on a clean session. [`SessionReset::Compact`] resets by
+//!   compaction in the background once the session is returned; [`SessionReset::Keep`] reuses
+//!   it with its history.
 //! - Worker permissions are enforced by OpenCode itself: per-session rules ask for every edit
 //!   and allow the item's files ([`crate::worker_session_rules`]); the edit requests that
 //!   still reach us are answered by policy while the turn runs (allowed inside the item's
@@ -23,7 +30,9 @@ use orch_opencode::{
     PermissionRequest, PermissionRule, Prompt, RouterConfig, SessionId, Toast, TurnError,
     TurnOutput, UpdateSession,
 };
-use orch_pool::{KeyedPool, Manager, Metrics, PooledResource, TeardownReason};
+use orch_pool::{
+    KeyedPool, Manager, Metrics, PooledResource, RecycleMode, Replenish, TeardownReason,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -32,6 +41,22 @@ use super::{
     AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,
     TurnReport, TurnRequest,
 };
+
+/// What the pool does with a session that ran turns before it is handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SessionReset {
+    /// No model call: the used session is closed safely in the background (abort, wait until
+    /// idle, delete) and a clean, pre-created one takes its place. The default.
+    #[default]
+    Replace,
+    /// Compaction (`POST /session/{id}/summarize`, a model call), run in the background once
+    /// the session is returned; the session is handed out again only after it. Needs a
+    /// default model (without one, used sessions are kept as they are).
+    Compact,
+    /// Reused with its whole history (no reset at all).
+    Keep,
+}
 
 /// A pooled OpenCode session.
 #[derive(Debug)]
@@ -54,6 +79,9 @@ pub struct SessionManager {
     client: Client,
     compaction_model: Option<ModelRef>,
     settle: Duration,
+    reset: SessionReset,
+    /// Sessions reset by compaction.
+    compactions: Arc<AtomicU64>,
 }
 
 impl Manager for SessionManager {
@@ -78,13 +106,16 @@ impl Manager for SessionManager {
         session: &mut PooledSession,
         _metrics: &Metrics,
     ) -> Result<(), orch_opencode::Error> {
-        // Reset by compaction: the next turn starts from a summary, not the whole history
-        // (every turn carries the mission context and its item again).
-        if session.dirty.load(Ordering::Acquire)
+        // Compact: the next turn starts from a summary, not the whole history (every turn
+        // carries the mission context and its item again). Replace never gets here with a
+        // used session (it is retired on return); Keep keeps the history.
+        if self.reset == SessionReset::Compact
+            && session.dirty.load(Ordering::Acquire)
             && let Some(model) = &self.compaction_model
         {
             self.client.summarize(&session.id, model).await?;
             session.dirty.store(false, Ordering::Release);
+            self.compactions.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -136,6 +167,13 @@ pub struct OpencodeBackendConfig {
     pub default_model: Option<ModelRef>,
     /// Show OpenCode toasts on item start, finish and mission end (best effort).
     pub toasts: bool,
+    /// What happens to a session that ran turns (default [`SessionReset::Replace`]).
+    pub reset: SessionReset,
+    /// Idle, clean sessions kept ready per role once the role has been seen (default 2;
+    /// [`OpencodeBackend::prewarm`] sets it for a role ahead of its first use). They are
+    /// created in the background, within `max_per_role`, when sessions come back (or at once
+    /// when a role has none ready left); 0 turns pre-warming off.
+    pub warm_sessions: usize,
     /// A turn whose session shows no event for this long is probed over HTTP (a missed end
     /// is caught, a vanished session reported).
     pub silence_probe: Duration,
@@ -151,6 +189,8 @@ impl Default for OpencodeBackendConfig {
             settle: Duration::from_secs(5),
             default_model: None,
             toasts: true,
+            reset: SessionReset::Replace,
+            warm_sessions: 2,
             silence_probe: orch_opencode::DEFAULT_SILENCE_PROBE,
         }
     }
@@ -165,8 +205,35 @@ pub struct OpencodeBackend {
     default_model: Option<ModelRef>,
     toasts: bool,
     silence_probe: Duration,
+    reset: SessionReset,
     allowed: AtomicU64,
     rejected: AtomicU64,
+    /// Used sessions closed and replaced by clean ones ([`SessionReset::Replace`]).
+    replaced: AtomicU64,
+}
+
+/// Counters of an [`OpencodeBackend`]'s session pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SessionPoolStats {
+    /// `open` calls served by an idle session (no `POST /session` on the way).
+    pub hits: u64,
+    /// `open` calls that created their session on the way.
+    pub misses: u64,
+    /// Sessions created (on the way or ahead of time).
+    pub created: u64,
+    /// Sessions created ahead of time, in the background.
+    pub prewarmed: u64,
+    /// Sessions reset by compaction ([`SessionReset::Compact`], and [`AgentBackend::reset`]).
+    pub resets: u64,
+    /// Used sessions closed and replaced by clean ones ([`SessionReset::Replace`]).
+    pub replaced: u64,
+    /// Sessions handed to the safe close (replaced, broken, idle too long, at shutdown).
+    pub closed: u64,
+    /// Idle sessions now.
+    pub idle: usize,
+    /// Sessions now: idle, in use, being created or reset.
+    pub live: usize,
 }
 
 impl OpencodeBackend {
@@ -187,13 +254,21 @@ impl OpencodeBackend {
             client: client.clone(),
             compaction_model: config.default_model.clone(),
             settle: config.settle,
+            reset: config.reset,
+            compactions: Arc::default(),
         };
+        let recycle = recycle_mode(&config);
         let pool = KeyedPool::builder(manager)
             .max_per_key(config.max_per_role)
             .max_total(config.max_per_role * AgentRole::ALL.len() * 4)
             .max_reuse(Some(config.max_reuse))
             .idle_timeout(Some(config.idle_timeout))
             .health_check_interval(Some(config.health_check))
+            .recycle_mode(recycle)
+            .min_idle(config.warm_sessions)
+            // The replacement's `POST /session` would compete with the turn just starting
+            // on the hit session (measured in benchmark 4): top up when sessions come back.
+            .replenish(Replenish::OnReturn)
             .build()
             .map_err(|e| BackendError::Session {
                 message: format!("session pool: {e}"),
@@ -205,9 +280,34 @@ impl OpencodeBackend {
             default_model: config.default_model,
             toasts: config.toasts,
             silence_probe: config.silence_probe,
+            reset: config.reset,
             allowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps `n` clean idle sessions of `role` ready from now on (created in the background),
+    /// so even the role's first `open` is a pool hit. Overrides
+    /// [`OpencodeBackendConfig::warm_sessions`] for the role; 0 stops pre-warming it.
+    pub fn prewarm(&self, role: AgentRole, n: usize) {
+        self.pool.prewarm(role, n);
+    }
+
+    /// The session pool's counters.
+    pub fn pool_stats(&self) -> SessionPoolStats {
+        let pool = self.pool.stats();
+        SessionPoolStats {
+            hits: pool.hits,
+            misses: pool.misses,
+            created: pool.created,
+            prewarmed: pool.prewarmed,
+            resets: self.pool.manager().compactions.load(Ordering::Relaxed),
+            replaced: self.replaced.load(Ordering::Relaxed),
+            closed: pool.discarded,
+            idle: pool.idle,
+            live: pool.live,
+        }
     }
 
     /// The client (scoped to the project directory).
@@ -310,6 +410,16 @@ impl OpencodeBackend {
             model,
             elapsed: started.elapsed(),
         }
+    }
+}
+
+/// When the pool recycles: compaction is a model call, so off the `open` path. Replace and
+/// Keep recycle nothing (nor does Compact without a model), so a returned session is idle at
+/// once.
+fn recycle_mode(config: &OpencodeBackendConfig) -> RecycleMode {
+    match config.reset {
+        SessionReset::Compact if config.default_model.is_some() => RecycleMode::Background,
+        _ => RecycleMode::OnAcquire,
     }
 }
 
@@ -499,12 +609,22 @@ impl AgentBackend for OpencodeBackend {
             .map(|_| ())
             .map_err(client_error)?;
         session.guard.dirty.store(false, Ordering::Release);
+        self.pool
+            .manager()
+            .compactions
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn close(&self, mut session: OpencodeSession, broken: bool) -> Result<(), BackendError> {
         if broken {
             session.guard.mark_broken();
+        } else if self.reset == SessionReset::Replace && session.guard.dirty.load(Ordering::Acquire)
+        {
+            // Closed safely in the background; a pre-created clean session takes its place.
+            self.replaced.fetch_add(1, Ordering::Relaxed);
+            session.guard.retire();
+            return Ok(());
         }
         drop(session);
         Ok(())
@@ -529,10 +649,16 @@ impl AgentBackend for OpencodeBackend {
 
     fn stats(&self) -> Vec<(String, f64)> {
         let pool = self.pool.stats();
+        let sessions = self.pool_stats();
         let router = self.router.stats();
         vec![
             ("pool.created".into(), pool.created as f64),
+            ("pool.hits".into(), pool.hits as f64),
+            ("pool.misses".into(), pool.misses as f64),
+            ("pool.prewarmed".into(), pool.prewarmed as f64),
             ("pool.reused".into(), pool.reused as f64),
+            ("pool.resets".into(), sessions.resets as f64),
+            ("pool.replaced".into(), sessions.replaced as f64),
             ("pool.recycled".into(), pool.recycled as f64),
             ("pool.discarded".into(), pool.discarded as f64),
             ("pool.waits".into(), pool.waits as f64),
@@ -552,3 +678,40 @@ impl AgentBackend for OpencodeBackend {
 
 /// Shared handle, so a CLI can keep the backend after the mission took its `Arc`.
 pub type SharedOpencodeBackend = Arc<OpencodeBackend>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_replaces_used_sessions_with_two_warm_ones() {
+        let config = OpencodeBackendConfig::default();
+        assert_eq!(
+            (config.reset, config.warm_sessions),
+            (SessionReset::Replace, 2)
+        );
+        assert_eq!(recycle_mode(&config), RecycleMode::OnAcquire);
+    }
+
+    #[test]
+    fn only_compaction_with_a_model_recycles_in_the_background() {
+        let model = Some(ModelRef::new("fake", "fake-model"));
+        for (reset, default_model, mode) in [
+            (
+                SessionReset::Compact,
+                model.clone(),
+                RecycleMode::Background,
+            ),
+            (SessionReset::Compact, None, RecycleMode::OnAcquire),
+            (SessionReset::Keep, model.clone(), RecycleMode::OnAcquire),
+            (SessionReset::Replace, model, RecycleMode::OnAcquire),
+        ] {
+            let config = OpencodeBackendConfig {
+                reset,
+                default_model,
+                ..OpencodeBackendConfig::default()
+            };
+            assert_eq!(recycle_mode(&config), mode, "{reset:?}");
+        }
+    }
+}
