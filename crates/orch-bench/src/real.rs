@@ -480,6 +480,8 @@ pub struct SpeedupRun {
     pub total: Duration,
     /// Plan committed → finished.
     pub items: Duration,
+    /// First item started → last Worker turn finished: the Workers' part.
+    pub workers: Duration,
     /// Mean wall time of a Worker turn as the mission saw it.
     pub worker_turn: Duration,
     /// Mean wall time of a Reviewer turn.
@@ -515,11 +517,21 @@ pub async fn speedup_run(
         });
     let mut rx = mission.subscribe();
     let watcher = tokio::spawn(async move {
-        let mut committed = None;
+        let (mut committed, mut first, mut last) = (None, None, None);
         while let Ok(e) = rx.recv().await {
             match e {
                 MissionEvent::PlanCommitted { .. } => committed = Some(Instant::now()),
-                MissionEvent::Finished { .. } => return committed.map(|c| c.elapsed()),
+                MissionEvent::ItemStarted { .. } => {
+                    first.get_or_insert_with(Instant::now);
+                }
+                MissionEvent::TurnFinished {
+                    role: AgentRole::Worker,
+                    ..
+                } => last = Some(Instant::now()),
+                MissionEvent::Finished { .. } => {
+                    let workers = first.zip(last).map(|(f, l)| l.saturating_duration_since(f));
+                    return committed.map(|c| c.elapsed()).zip(workers);
+                }
                 _ => {}
             }
         }
@@ -528,7 +540,11 @@ pub async fn speedup_run(
     let t = Instant::now();
     let report = mission.run().await.map_err(|e| e.to_string())?;
     let total = t.elapsed();
-    let items = watcher.await.ok().flatten().unwrap_or(total);
+    let (items, workers_phase) = watcher
+        .await
+        .ok()
+        .flatten()
+        .ok_or("the mission's events did not show the items phase")?;
     backend.shutdown().await;
     if report.status != MissionStatus::Completed {
         return Err(format!("mission ended {:?}", report.status));
@@ -541,6 +557,7 @@ pub async fn speedup_run(
     Ok(SpeedupRun {
         total,
         items,
+        workers: workers_phase,
         worker_turn: mean(AgentRole::Worker),
         reviewer_turn: mean(AgentRole::Reviewer),
         compactions: compactions(&env.model) - compactions0,
@@ -573,6 +590,21 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
         .target(
             format!("≥ 6 × (ideal here {ideal:.2} ×)"),
             ratio_items >= 6.0,
+        ),
+        Row::info(
+            5,
+            format!(
+                "{n} items: Worker part (first item started → last Worker turn), 8 Workers vs 1"
+            ),
+            fmt_duration(r8.workers),
+        )
+        .baseline(
+            format!("1 Worker {}", fmt_duration(r1.workers)),
+            r1.workers.as_secs_f64() / r8.workers.as_secs_f64(),
+        )
+        .target(
+            format!("≥ 6 × (ideal {:.2} ×)", (n as f64) / ((n / 8) as f64)),
+            r1.workers.as_secs_f64() / r8.workers.as_secs_f64() >= 6.0,
         ),
         Row::info(
             5,
