@@ -58,8 +58,8 @@ mod journal;
 mod mission;
 mod plan_writer;
 mod policy;
-mod ready;
 pub mod protocol;
+mod ready;
 mod supervisor;
 
 pub use agents::{
