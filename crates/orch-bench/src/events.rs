@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use orch_opencode::{Client, Delivery, EventRouter, KindSet, RawEvent, RouterConfig};
+use orch_opencode::{Client, Delivery, EventKind, EventRouter, KindSet, RawEvent, RouterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -24,6 +24,32 @@ pub struct Recorded {
     pub events: usize,
     /// Events that name a session (what a router delivers).
     pub routable: usize,
+    /// Events without a session (heartbeats, bootstrap noise, files, toasts): no session
+    /// subscriber gets them; the "every event typed" run decodes them through one catch-all
+    /// subscriber filtered by [`sessionless_kinds`].
+    pub sessionless: usize,
+}
+
+/// The kinds that never carry a session (OpenCode's catalogue), unknown kinds included.
+pub fn sessionless_kinds() -> KindSet {
+    KindSet::of(&[
+        EventKind::ServerConnected,
+        EventKind::ServerHeartbeat,
+        EventKind::FileEdited,
+        EventKind::FileWatcherUpdated,
+        EventKind::TuiToastShow,
+        EventKind::Other,
+    ])
+}
+
+/// The `event` of a sample line, byte for byte as OpenCode sent it (key order included;
+/// re-serialising through `serde_json::Value` would sort the keys, which OpenCode never does).
+fn event_text(line: &str) -> Result<&str, String> {
+    const KEY: &str = ",\"event\":";
+    let at = line.find(KEY).ok_or("sample line without an event")?;
+    line[at + KEY.len()..]
+        .strip_suffix('}')
+        .ok_or_else(|| "sample line does not end with the event".to_owned())
 }
 
 /// The captured events of OpenCode 1.18.33 (`orch-opencode`'s test data).
@@ -41,7 +67,12 @@ pub fn recorded(samples: &str, copies: usize) -> Result<Recorded, String> {
         if event.get("type").and_then(|t| t.as_str()) == Some("server.connected") {
             continue;
         }
-        events.push(event.to_string());
+        let text = event_text(line)?;
+        let same: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if &same != event {
+            return Err(format!("cannot cut the event out of {line}"));
+        }
+        events.push(text.to_owned());
     }
     let mut originals: Vec<String> = Vec::new();
     for e in &events {
@@ -72,19 +103,24 @@ pub fn recorded(samples: &str, copies: usize) -> Result<Recorded, String> {
     }
     let mut body = Vec::new();
     body.extend_from_slice(b"data: {\"type\":\"server.connected\",\"properties\":{}}\n\n");
-    let (mut n, mut routable) = (0, 0);
+    let (mut n, mut routable, mut sessionless) = (0, 0, 0);
     for e in &events {
         for copy in 0..copies {
             let mut text = e.clone();
             for (i, orig) in originals.iter().enumerate() {
                 text = text.replace(orig.as_str(), &rename(copy, i, orig));
             }
-            if RawEvent::parse(text.clone())
-                .map_err(|e| e.to_string())?
-                .session_id()
-                .is_some()
-            {
-                routable += 1;
+            let raw = RawEvent::parse(text.clone()).map_err(|e| e.to_string())?;
+            let in_sessionless = sessionless_kinds().contains(raw.kind());
+            match raw.session_id() {
+                Some(_) if !in_sessionless => routable += 1,
+                None if in_sessionless => sessionless += 1,
+                _ => {
+                    return Err(format!(
+                        "{}: session and kind filter disagree",
+                        raw.kind_str()
+                    ));
+                }
             }
             body.extend_from_slice(b"data: ");
             body.extend_from_slice(text.as_bytes());
@@ -98,6 +134,7 @@ pub fn recorded(samples: &str, copies: usize) -> Result<Recorded, String> {
         sessions,
         events: n,
         routable,
+        sessionless,
     })
 }
 
@@ -145,16 +182,21 @@ pub async fn serve(body: Arc<Vec<u8>>) -> Result<String, String> {
 }
 
 /// Ours: one `EventRouter` on the stream, one subscription per session, each consumer
-/// decoding every event it gets into the typed `Event`. Returns the time until every routable
+/// decoding the events it gets into the typed `Event`. Returns the time until every expected
 /// event was decoded by its consumer.
 ///
-/// `all`: every event decoded into the typed `Event` (what the SDK's `JSON.parse` gives);
-/// otherwise only the kinds a turn waiter uses (`KindSet::turn()`), the rest routed as
-/// envelopes (what `OpencodeBackend` does).
+/// `all`: every event of the stream is JSON-decoded, like the SDK's `JSON.parse`: the
+/// session subscribers decode each of their events into the typed `Event`, and one catch-all
+/// subscriber filtered by [`sessionless_kinds`] decodes the events without a session (into
+/// `Event`, or `serde_json::Value` properties for unknown kinds). Otherwise (what
+/// `OpencodeBackend` does) only the kinds a turn waiter uses (`KindSet::turn()`) are decoded;
+/// the other events are routed on their envelope alone (`type` and `properties.sessionID`
+/// read by position, the properties not parsed), and events without a session are not
+/// looked at beyond that envelope.
 pub async fn ours(url: &str, rec: &Recorded, all: bool) -> Result<Duration, String> {
     let delivered = Arc::new(AtomicU64::new(0));
     let all_done = Arc::new(tokio::sync::Notify::new());
-    let target = rec.routable as u64;
+    let target = (rec.routable + if all { rec.sessionless } else { 0 }) as u64;
     let mut config = RouterConfig::default();
     config.buffer = 1 << 16;
     let t = Instant::now();
@@ -163,6 +205,22 @@ pub async fn ours(url: &str, rec: &Recorded, all: bool) -> Result<Duration, Stri
         config,
     );
     let mut consumers = tokio::task::JoinSet::new();
+    if all {
+        let mut sub = router.subscribe_all_filtered(sessionless_kinds());
+        let delivered = Arc::clone(&delivered);
+        let all_done = Arc::clone(&all_done);
+        consumers.spawn(async move {
+            while let Some(d) = sub.recv().await {
+                if let Delivery::Event(raw) = d
+                    && raw.decode().is_ok()
+                    && !matches!(raw.kind_str(), "server.connected" | "bench.end")
+                    && delivered.fetch_add(1, Ordering::Relaxed) + 1 == target
+                {
+                    all_done.notify_one();
+                }
+            }
+        });
+    }
     for s in &rec.sessions {
         let mut sub = router.subscribe_session(s);
         let delivered = Arc::clone(&delivered);
@@ -268,8 +326,14 @@ pub async fn bench3(copies: usize) -> Result<Vec<Row>, String> {
     let node_rate = best_node.map(|s| rec.events as f64 / s);
     let mut rows = Vec::new();
     for (label, best) in [
-        ("every event typed", best_all),
-        ("typed turn kinds only (as the backend)", best_turn),
+        (
+            "every event JSON-decoded (typed `Event`; unknown kinds to `Value`)",
+            best_all,
+        ),
+        (
+            "typed turn kinds only (as the backend; others routed on `type`/`sessionID`, properties not parsed)",
+            best_turn,
+        ),
     ] {
         let rate = rec.events as f64 / best;
         rows.push(
@@ -318,9 +382,18 @@ mod tests {
         let three = recorded(&samples, 3).expect("builds");
         assert_eq!(three.events, one.events * 3);
         assert_eq!(three.routable, one.routable * 3);
+        assert_eq!(one.routable + one.sessionless, one.events);
         assert_eq!(three.sessions.len(), one.sessions.len() * 3);
         assert!(one.routable > one.events / 2);
         let text = String::from_utf8(three.body).expect("utf-8");
         assert!(text.ends_with("data: {\"type\":\"bench.end\",\"properties\":{}}\n\n"));
+        // The events keep OpenCode's own key order (`id`, `type`, `properties`).
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), three.events + 2);
+        for line in &lines[1..lines.len() - 1] {
+            let json = line.strip_prefix("data: {\"id\":\"evt_").expect(line);
+            let ty = json.find("\",\"type\":\"").expect(line);
+            assert!(json.find("\",\"properties\":{").expect(line) > ty, "{line}");
+        }
     }
 }

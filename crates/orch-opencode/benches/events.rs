@@ -1,14 +1,21 @@
-//! Decode + route throughput on a recorded event stream, against a `serde_json::Value`
-//! baseline; and session creation against a real server.
+//! SSE framing, and decode + route throughput on a recorded event stream, each against a
+//! baseline in the same group.
 //!
 //! The stream is built from the 383 captured events: 50 copies with their session ids
-//! rewritten (600 distinct sessions), interleaved event by event, framed as OpenCode frames
-//! them (`data: <json>\n\n`, one chunk per event). Every variant runs the same SSE decoder
-//! (`eventsource-stream`) on one thread.
+//! rewritten (550 distinct sessions), interleaved event by event, framed as OpenCode frames
+//! them (`data: <json>\n\n`), either one chunk per event or 64 KiB chunks cut anywhere (what a
+//! socket read returns). Everything runs on one thread.
+//!
+//! * `sse_framing`: our `SseDecoder` against `eventsource-stream` 0.2.3 (what the router
+//!   used before), both handing over every event's data as checked UTF-8 text.
+//! * `decode_and_route`: SSE framing + envelope + routing to one subscriber per session,
+//!   with either decoder, and a `serde_json::Value`-per-event baseline.
+//! * `route_without_sse_framing`, `envelope_only`: the same without the framing.
 
 use std::hint::black_box;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use futures::StreamExt;
 use orch_opencode::{EventKind, RawEvent};
@@ -17,28 +24,63 @@ use orch_opencode::{EventKind, RawEvent};
 mod pipelines;
 
 use pipelines::*;
+
+fn bench_framing(c: &mut Criterion) {
+    let rec = recorded();
+    let n = rec.chunks.len();
+    let mut g = c.benchmark_group("sse_framing");
+    g.throughput(Throughput::Elements(n as u64));
+    for (input, chunks) in [
+        ("chunk_per_event", &rec.chunks),
+        ("64KiB_chunks", &rec.big_chunks),
+    ] {
+        let chunks: &[Bytes] = chunks;
+        assert_eq!(for_each_payload(chunks, Framing::Ours, |_| {}), n);
+        assert_eq!(
+            for_each_payload(chunks, Framing::EventsourceStream, |_| {}),
+            n
+        );
+        g.bench_function(BenchmarkId::new("eventsource_stream", input), |b| {
+            b.iter(|| for_each_payload(chunks, Framing::EventsourceStream, |d| _ = black_box(d)))
+        });
+        g.bench_function(BenchmarkId::new("orch_sse_decoder", input), |b| {
+            b.iter(|| for_each_payload(chunks, Framing::Ours, |d| _ = black_box(d)))
+        });
+    }
+    g.finish();
+}
+
 fn bench_events(c: &mut Criterion) {
     let rec = recorded();
     let n = rec.chunks.len();
     // Events without a session (heartbeats, bootstrap noise) have no subscriber here.
-    let expected = routed(&rec, Decode::None);
+    let expected = routed(&rec, Decode::None, Framing::Ours);
     assert!(expected > n * 8 / 10, "{expected} of {n} delivered");
-    assert_eq!(baseline(&rec), n);
+    assert_eq!(
+        routed(&rec, Decode::None, Framing::EventsourceStream),
+        expected
+    );
+    assert_eq!(baseline(&rec, Framing::EventsourceStream), n);
 
     let mut g = c.benchmark_group("decode_and_route");
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function(BenchmarkId::new("serde_json_value_baseline", n), |b| {
-        b.iter(|| baseline(&rec))
-    });
+    g.bench_function(
+        BenchmarkId::new("eventsource_stream_serde_json_value_baseline", n),
+        |b| b.iter(|| baseline(&rec, Framing::EventsourceStream)),
+    );
+    g.bench_function(
+        BenchmarkId::new("eventsource_stream_envelope_route", n),
+        |b| b.iter(|| routed(&rec, Decode::None, Framing::EventsourceStream)),
+    );
     g.bench_function(BenchmarkId::new("envelope_route", n), |b| {
-        b.iter(|| routed(&rec, Decode::None))
+        b.iter(|| routed(&rec, Decode::None, Framing::Ours))
     });
     g.bench_function(
         BenchmarkId::new("envelope_route_typed_turn_kinds", n),
-        |b| b.iter(|| routed(&rec, Decode::Turn)),
+        |b| b.iter(|| routed(&rec, Decode::Turn, Framing::Ours)),
     );
     g.bench_function(BenchmarkId::new("envelope_route_typed_all", n), |b| {
-        b.iter(|| routed(&rec, Decode::All))
+        b.iter(|| routed(&rec, Decode::All, Framing::Ours))
     });
     g.finish();
 
@@ -69,7 +111,7 @@ fn bench_events(c: &mut Criterion) {
     g.bench_function("raw_event_envelope", |b| {
         b.iter(|| {
             for p in &payloads {
-                let raw = RawEvent::parse(p.clone()).expect("envelope");
+                let raw = RawEvent::parse_str(p).expect("envelope");
                 black_box(raw.kind() == EventKind::SessionIdle);
             }
         })
@@ -80,7 +122,7 @@ fn bench_events(c: &mut Criterion) {
 criterion_group! {
     name = events;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_events
+    targets = bench_framing, bench_events
 }
 
 fn main() {

@@ -1,7 +1,8 @@
 //! Event decode + route throughput measured in **CPU time** of the measuring thread (from
 //! `/proc/thread-self/schedstat`), so that a machine busy with other work does not distort
 //! the per-core figure the way wall-clock benchmarks are distorted. Same pipelines as
-//! `benches/events.rs`.
+//! `benches/events.rs`: SSE framing alone (`eventsource-stream` against our `SseDecoder`),
+//! then framing + envelope + routing with either decoder, then without framing.
 //!
 //! `cargo run --release -p orch-opencode --example event_throughput`
 
@@ -21,20 +22,27 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Best of `rounds` rounds; each round repeats `f` for at least 100 ms, since the CPU clock
+/// of `schedstat` only advances at scheduler ticks.
 fn measure(name: &str, n: usize, rounds: usize, mut f: impl FnMut() -> usize) {
+    let w0 = Instant::now();
     black_box(f());
+    let once = w0.elapsed().as_secs_f64().max(1e-6);
+    let reps = (0.1 / once).ceil().max(1.0) as usize;
     let mut best_cpu = f64::MAX;
     let mut best_wall = f64::MAX;
     for _ in 0..rounds {
         let (c0, w0) = (thread_cpu_ns(), Instant::now());
-        black_box(f());
-        let cpu = (thread_cpu_ns() - c0) as f64 / 1e9;
-        let wall = w0.elapsed().as_secs_f64();
+        for _ in 0..reps {
+            black_box(f());
+        }
+        let cpu = (thread_cpu_ns() - c0) as f64 / 1e9 / reps as f64;
+        let wall = w0.elapsed().as_secs_f64() / reps as f64;
         best_cpu = best_cpu.min(cpu);
         best_wall = best_wall.min(wall);
     }
     println!(
-        "{name:<48} {:>10.0} events/CPU-s {:>10.0} events/wall-s",
+        "{name:<56} {:>10.0} events/CPU-s {:>10.0} events/wall-s",
         n as f64 / best_cpu,
         n as f64 / best_wall
     );
@@ -45,28 +53,53 @@ fn main() {
     let n = rec.chunks.len();
     let payloads: Vec<String> = futures::executor::block_on(sse(&rec.chunks).collect());
     println!(
-        "{n} events, {} sessions (best of 15 rounds)",
+        "{n} events, {} sessions (best of 7 rounds of ≥ 100 ms)",
         rec.sessions.len()
     );
-    measure("sse + serde_json::Value (baseline)", n, 15, || {
-        baseline(&rec)
-    });
-    measure("sse + envelope + route", n, 15, || {
-        routed(&rec, Decode::None)
-    });
-    measure("sse + envelope + route + typed turn kinds", n, 15, || {
-        routed(&rec, Decode::Turn)
-    });
-    measure("sse + envelope + route + typed all", n, 15, || {
-        routed(&rec, Decode::All)
-    });
-    measure("serde_json::Value (baseline, no sse)", n, 15, || {
+    for (name, chunks) in [
+        ("one chunk per event", &rec.chunks),
+        ("64 KiB chunks", &rec.big_chunks),
+    ] {
+        measure(&format!("eventsource-stream framing, {name}"), n, 7, || {
+            for_each_payload(chunks, Framing::EventsourceStream, |d| _ = black_box(d))
+        });
+        measure(&format!("SseDecoder framing, {name}"), n, 7, || {
+            for_each_payload(chunks, Framing::Ours, |d| _ = black_box(d))
+        });
+    }
+    for (name, framing) in [
+        ("eventsource-stream", Framing::EventsourceStream),
+        ("SseDecoder", Framing::Ours),
+    ] {
+        measure(
+            &format!("{name} + serde_json::Value (baseline)"),
+            n,
+            7,
+            || baseline(&rec, framing),
+        );
+        measure(&format!("{name} + envelope + route"), n, 7, || {
+            routed(&rec, Decode::None, framing)
+        });
+        measure(
+            &format!("{name} + envelope + route + typed turn kinds"),
+            n,
+            7,
+            || routed(&rec, Decode::Turn, framing),
+        );
+        measure(
+            &format!("{name} + envelope + route + typed all"),
+            n,
+            7,
+            || routed(&rec, Decode::All, framing),
+        );
+    }
+    measure("serde_json::Value (baseline, no sse)", n, 7, || {
         for p in &payloads {
             black_box(serde_json::from_str::<serde_json::Value>(p).expect("json"));
         }
         n
     });
-    measure("envelope + route (no sse)", n, 15, || {
+    measure("envelope + route (no sse)", n, 7, || {
         routed_payloads(&rec, &payloads, Decode::None)
     });
     measure(
@@ -75,7 +108,7 @@ fn main() {
         15,
         || routed_payloads(&rec, &payloads, Decode::Turn),
     );
-    measure("envelope + route + typed all (no sse)", n, 15, || {
+    measure("envelope + route + typed all (no sse)", n, 7, || {
         routed_payloads(&rec, &payloads, Decode::All)
     });
 }

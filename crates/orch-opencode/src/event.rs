@@ -163,16 +163,16 @@ pub enum EventParseError {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Slice {
     None,
     Range(u32, u32),
-    Owned(Box<str>),
+    Owned(Arc<str>),
 }
 
-#[derive(Debug)]
-struct RawInner {
-    text: String,
+/// Where the envelope's parts are in the text.
+#[derive(Clone, Debug)]
+struct Layout {
     kind: EventKind,
     kind_range: (u32, u32),
     id: (u32, u32),
@@ -181,17 +181,20 @@ struct RawInner {
 }
 
 /// One event as it came off the stream: the JSON text plus its pre-decoded envelope.
-/// Cloning is a reference-count increment, so the router hands the same event to any number
-/// of subscribers.
+/// Cloning is a reference-count increment (the text is shared, one allocation per event), so
+/// the router hands the same event to any number of subscribers.
 #[derive(Clone)]
-pub struct RawEvent(Arc<RawInner>);
+pub struct RawEvent {
+    text: Arc<str>,
+    env: Layout,
+}
 
 impl fmt::Debug for RawEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RawEvent")
             .field("kind", &self.kind_str())
             .field("session", &self.session_id())
-            .field("len", &self.0.text.len())
+            .field("len", &self.text.len())
             .finish()
     }
 }
@@ -258,71 +261,81 @@ impl RawEvent {
     /// # Errors
     /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
     pub fn parse(text: String) -> Result<Self, EventParseError> {
+        Self::parse_str(&text)
+    }
+
+    /// [`RawEvent::parse`] on borrowed text (copied once into the event's shared buffer).
+    ///
+    /// # Errors
+    /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
+    pub fn parse_str(text: &str) -> Result<Self, EventParseError> {
         if text.len() > u32::MAX as usize {
             return Err(EventParseError::Envelope {
                 message: "event larger than 4 GiB".into(),
                 excerpt: String::new(),
             });
         }
-        let (kind, kind_range, id, props, session) = match fast_envelope(&text) {
+        let (kind, kind_range, id, props, session) = match fast_envelope(text) {
             Some((kind_range, id, props)) => {
                 let kind =
                     EventKind::from_type(&text[kind_range.0 as usize..kind_range.1 as usize]);
                 let p = &text[props.0 as usize..props.1 as usize];
-                (kind, kind_range, id, props, session_slice(&text, p))
+                (kind, kind_range, id, props, session_slice(text, p))
             }
-            None => slow_envelope(&text)?,
+            None => slow_envelope(text)?,
         };
-        Ok(RawEvent(Arc::new(RawInner {
-            text,
-            kind,
-            kind_range,
-            id,
-            props,
-            session,
-        })))
+        Ok(RawEvent {
+            text: Arc::from(text),
+            env: Layout {
+                kind,
+                kind_range,
+                id,
+                props,
+                session,
+            },
+        })
     }
 
     /// The event kind.
     pub fn kind(&self) -> EventKind {
-        self.0.kind
+        self.env.kind
     }
 
     /// The `type` string as sent (also for unknown kinds).
     pub fn kind_str(&self) -> &str {
-        let (a, b) = self.0.kind_range;
+        let (a, b) = self.env.kind_range;
         if b > a {
-            &self.0.text[a as usize..b as usize]
+            &self.text[a as usize..b as usize]
         } else {
-            self.0.kind.as_str()
+            self.env.kind.as_str()
         }
     }
 
     /// The event id (`evt_…`), if any.
     pub fn id(&self) -> Option<&str> {
-        let (a, b) = self.0.id;
-        (b > a).then(|| &self.0.text[a as usize..b as usize])
+        let (a, b) = self.env.id;
+        (b > a).then(|| &self.text[a as usize..b as usize])
     }
 
     /// `properties.sessionID`, if the event has one.
     pub fn session_id(&self) -> Option<&str> {
-        match &self.0.session {
+        match &self.env.session {
             Slice::None => None,
-            Slice::Range(a, b) => Some(&self.0.text[*a as usize..*b as usize]),
+            Slice::Range(a, b) => Some(&self.text[*a as usize..*b as usize]),
             Slice::Owned(s) => Some(s),
         }
     }
 
     /// The whole event JSON.
     pub fn json(&self) -> &str {
-        &self.0.text
+        &self.text
     }
 
     /// The `properties` JSON (`{}` when absent).
     pub fn properties_json(&self) -> &str {
-        let (a, b) = self.0.props;
+        let (a, b) = self.env.props;
         if b > a {
-            &self.0.text[a as usize..b as usize]
+            &self.text[a as usize..b as usize]
         } else {
             "{}"
         }
@@ -486,6 +499,13 @@ impl RawEvent {
 
 type Ranges = ((u32, u32), (u32, u32), (u32, u32));
 
+/// Length of the JSON string body at the start of `s` (up to its closing quote), when it has
+/// no escape.
+fn plain_string_len(s: &str) -> Option<usize> {
+    let at = memchr::memchr2(b'"', b'\\', s.as_bytes())?;
+    (s.as_bytes()[at] == b'"').then_some(at)
+}
+
 /// The layout OpenCode always writes (`JSON.stringify` of `{id, type, properties}`), read
 /// without a JSON parser: ids and types never contain escapes. The properties are only
 /// delimited here; they are validated when a subscriber decodes them.
@@ -494,10 +514,11 @@ fn fast_envelope(text: &str) -> Option<Ranges> {
     const TYPE: &str = "\",\"type\":\"";
     const PROPS: &str = "\",\"properties\":{";
     let rest = text.strip_prefix(ID)?;
-    let id_len = rest.find('"')?;
+    // Ids and types with escapes take the parser's path.
+    let id_len = plain_string_len(rest)?;
     let rest = &rest[id_len..];
     let rest = rest.strip_prefix(TYPE)?;
-    let kind_len = rest.find('"')?;
+    let kind_len = plain_string_len(rest)?;
     let kind_start = text.len() - rest.len();
     let rest = &rest[kind_len..];
     let props_body = rest.strip_prefix(PROPS)?;
@@ -508,11 +529,6 @@ fn fast_envelope(text: &str) -> Option<Ranges> {
         return None;
     }
     let id_start = ID.len();
-    let id = &text[id_start..id_start + id_len];
-    let kind = &text[kind_start..kind_start + kind_len];
-    if id.contains('\\') || kind.contains('\\') {
-        return None;
-    }
     Some((
         (kind_start as u32, (kind_start + kind_len) as u32),
         (id_start as u32, (id_start + id_len) as u32),
@@ -553,14 +569,10 @@ fn slow_envelope(text: &str) -> Result<SlowParts, EventParseError> {
 /// (`{"sessionID":"ses_…",…}`), a serde fallback for any other.
 fn session_slice(text: &str, props: &str) -> Slice {
     if let Some(rest) = props.strip_prefix(FAST_PREFIX)
-        && let Some(end) = rest.find('"')
+        && let Some(end) = plain_string_len(rest)
+        && let Some((a, b)) = range_of(text, &rest[..end])
     {
-        let value = &rest[..end];
-        if !value.contains('\\')
-            && let Some((a, b)) = range_of(text, value)
-        {
-            return Slice::Range(a, b);
-        }
+        return Slice::Range(a, b);
     }
     match serde_json::from_str::<SessionField<'_>>(props) {
         Ok(SessionField {
@@ -568,7 +580,7 @@ fn session_slice(text: &str, props: &str) -> Slice {
         }) => range_of(text, s).map_or(Slice::None, |(a, b)| Slice::Range(a, b)),
         Ok(SessionField {
             session_id: Some(Text(Cow::Owned(s))),
-        }) => Slice::Owned(s.into_boxed_str()),
+        }) => Slice::Owned(Arc::from(s)),
         _ => Slice::None,
     }
 }

@@ -16,7 +16,12 @@
 //!   ([`RawEvent`]); typed payloads ([`Event`]) only when a subscriber asks. Buffers are
 //!   bounded: a subscriber that falls behind loses events and is told so
 //!   ([`Missed::Lagged`]); stream drops are reconnected with backoff and signalled
-//!   ([`Missed::Disconnected`], [`Missed::Reconnected`]).
+//!   ([`Missed::Disconnected`], [`Missed::Reconnected`]). The events of one network chunk
+//!   are routed under one lock and wake each waiting subscriber once.
+//! * [`SseDecoder`]: the router's incremental, byte-level `text/event-stream` decoder (every
+//!   line ending, multi-line data, `event`/`id`/`retry`, comments, BOM, events split at any
+//!   byte), zero-copy for events inside one chunk and bounded by a maximum event size
+//!   ([`SseError::EventTooLarge`]).
 //! * [`TurnWaiter`] / [`EventRouter::run_turn`] / [`EventRouter::wait_idle`]: the completion
 //!   recipe of OpenCode's API (subscribe first, our own message id, filter by session, errors
 //!   arrive before the message is finalised, a lone `session.error` means no idle will come),
@@ -90,6 +95,7 @@ mod ids;
 mod install;
 mod router;
 mod server;
+mod sse;
 mod types;
 mod wait;
 
@@ -104,6 +110,7 @@ pub use router::{
     Delivery, EventRouter, Missed, RouterConfig, RouterStats, StreamState, Subscription,
 };
 pub use server::{OpencodeServer, ServerBuilder, ServerError, find_opencode};
+pub use sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError, SseEvent};
 pub use types::{
     Agent, ArchiveTime, CacheTokens, CreateSession, ErrorData, ErrorName, Finish, Health,
     ListSessions, MessageError, MessageInfo, MessageTime, MessageWithParts, ModelRef, Part,

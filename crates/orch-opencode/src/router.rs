@@ -10,28 +10,39 @@
 //! [`Missed::Lagged`] with the number of events lost, in stream order (the notice takes no
 //! buffer space). Memory stays bounded whatever a subscriber does.
 //!
+//! **Batches.** The events of one network chunk are decoded first, then routed under one
+//! lock; a subscriber waiting on an empty buffer is woken once per chunk, after routing, not
+//! once per event.
+//!
 //! **Reconnects.** When the stream ends, errors or stays silent for longer than
 //! `RouterConfig::silence` (OpenCode sends a heartbeat every 10 s), subscribers receive
 //! [`Missed::Disconnected`]; the router reconnects with exponential backoff (100 ms … 5 s,
 //! jittered) and sends [`Missed::Reconnected`]. OpenCode has no replay, so either signal
 //! means "re-read the state you care about" ([`crate::TurnWaiter`] does so, and polls
 //! while the stream is down).
+//!
+//! **Decoding.** The body is framed by [`SseDecoder`] (zero-copy for events inside one
+//! chunk). An event whose data is not UTF-8 or not an event envelope is counted in
+//! [`RouterStats::malformed`] and skipped; an event larger than `RouterConfig::max_event_size`
+//! drops the connection (subscribers are told, as for any disconnect).
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use hashbrown::HashMap;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
 use crate::error::Error;
 use crate::event::{EventKind, KindSet, RawEvent};
+use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
 
 /// Settings of an [`EventRouter`].
 #[derive(Clone, Debug)]
@@ -48,6 +59,10 @@ pub struct RouterConfig {
     pub reconnect_max: Duration,
     /// How long [`EventRouter::connect`] waits for the first `server.connected` (default 10 s).
     pub connect_timeout: Duration,
+    /// Largest SSE line or event data accepted, in bytes (default
+    /// [`DEFAULT_MAX_EVENT_SIZE`], 64 MiB). A larger event drops the connection, which is
+    /// then reopened.
+    pub max_event_size: usize,
 }
 
 impl Default for RouterConfig {
@@ -58,6 +73,7 @@ impl Default for RouterConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
+            max_event_size: DEFAULT_MAX_EVENT_SIZE,
         }
     }
 }
@@ -123,31 +139,66 @@ struct Item {
     delivery: Delivery,
 }
 
+/// A subscriber's buffer, shared by its [`Slot`] (router side) and its [`Subscription`].
+#[derive(Default)]
+struct Queue(Mutex<QueueState>);
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Item>,
+    /// The receiver, when it found the buffer empty.
+    waker: Option<Waker>,
+    /// The slot is gone (router shut down): the receiver ends once the buffer is drained.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Plain data; a panic elsewhere cannot leave it inconsistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 struct Slot {
     id: u64,
-    tx: mpsc::Sender<Item>,
+    queue: Arc<Queue>,
+    capacity: usize,
     mask: u64,
     dropped: u64,
 }
 
 impl Slot {
-    /// Offers one delivery without ever blocking; returns whether it was dropped.
-    fn offer(&mut self, make: impl FnOnce() -> Delivery) -> bool {
-        let item = Item {
+    /// Offers one delivery without ever blocking; returns whether it was dropped. A receiver
+    /// waiting on the empty buffer is handed to `wake`.
+    fn offer(&mut self, make: impl FnOnce() -> Delivery, wake: &mut impl FnMut(Waker)) -> bool {
+        let mut q = self.queue.lock();
+        if q.items.len() >= self.capacity {
+            drop(q);
+            self.dropped += 1;
+            return true;
+        }
+        q.items.push_back(Item {
             lagged: self.dropped,
             delivery: make(),
-        };
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                self.dropped = 0;
-                false
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped += 1;
-                true
-            }
-            // The subscription is being dropped; it removes its slot itself.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        let waiting = q.waker.take();
+        drop(q);
+        self.dropped = 0;
+        if let Some(w) = waiting {
+            wake(w);
+        }
+        false
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        let waiting = q.waker.take();
+        drop(q);
+        if let Some(w) = waiting {
+            w.wake();
         }
     }
 }
@@ -178,22 +229,29 @@ impl Shared {
 
     fn publish(&self, event: RawEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
-        let bit = event.kind().bit();
+        let mut reg = self.lock();
+        let dropped = route(&mut reg, event, &mut Waker::wake);
+        drop(reg);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Routes `events` in order under one lock, then wakes each waiting receiver once.
+    fn publish_batch(&self, events: &mut Vec<RawEvent>, wakers: &mut Vec<Waker>) {
+        self.published
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
         let mut dropped = 0;
         let mut reg = self.lock();
-        if let Some(sid) = event.session_id()
-            && let Some(slots) = reg.by_session.get_mut(sid)
-        {
-            for slot in slots.iter_mut().filter(|s| s.mask & bit != 0) {
-                dropped += u64::from(slot.offer(|| Delivery::Event(event.clone())));
-            }
-        }
-        for slot in reg.all.iter_mut().filter(|s| s.mask & bit != 0) {
-            dropped += u64::from(slot.offer(|| Delivery::Event(event.clone())));
+        for event in events.drain(..) {
+            dropped += route(&mut reg, event, &mut |w| wakers.push(w));
         }
         drop(reg);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        for w in wakers.drain(..) {
+            w.wake();
         }
     }
 
@@ -201,7 +259,7 @@ impl Shared {
         let mut reg = self.lock();
         let Registry { by_session, all } = &mut *reg;
         for slot in by_session.values_mut().flatten().chain(all.iter_mut()) {
-            slot.offer(|| Delivery::Missed(missed));
+            slot.offer(|| Delivery::Missed(missed), &mut Waker::wake);
         }
     }
 
@@ -212,6 +270,24 @@ impl Shared {
         drop(reg);
         self.state.send_replace(StreamState::Closed);
     }
+}
+
+/// Offers `event` to its session's subscribers and to the catch-all ones; returns how many
+/// deliveries were dropped.
+fn route(reg: &mut Registry, event: RawEvent, wake: &mut impl FnMut(Waker)) -> u64 {
+    let bit = event.kind().bit();
+    let mut dropped = 0;
+    if let Some(sid) = event.session_id()
+        && let Some(slots) = reg.by_session.get_mut(sid)
+    {
+        for slot in slots.iter_mut().filter(|s| s.mask & bit != 0) {
+            dropped += u64::from(slot.offer(|| Delivery::Event(event.clone()), wake));
+        }
+    }
+    for slot in reg.all.iter_mut().filter(|s| s.mask & bit != 0) {
+        dropped += u64::from(slot.offer(|| Delivery::Event(event.clone()), wake));
+    }
+    dropped
 }
 
 /// Cancels the stream task when the last [`EventRouter`] handle goes away.
@@ -357,17 +433,18 @@ impl EventRouter {
 
     fn new_slot(&self, key: Option<Box<str>>, kinds: KindSet) -> (Slot, Subscription) {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.shared.config.buffer.max(1));
+        let queue = Arc::new(Queue::default());
         let slot = Slot {
             id,
-            tx,
+            queue: Arc::clone(&queue),
+            capacity: self.shared.config.buffer.max(1),
             mask: kinds.bits(),
             dropped: 0,
         };
         let sub = Subscription {
             id,
             key,
-            rx,
+            queue,
             stash: None,
             shared: Arc::clone(&self.shared),
         };
@@ -411,7 +488,7 @@ impl EventRouter {
 pub struct Subscription {
     id: u64,
     key: Option<Box<str>>,
-    rx: mpsc::Receiver<Item>,
+    queue: Arc<Queue>,
     stash: Option<Delivery>,
     shared: Arc<Shared>,
 }
@@ -421,7 +498,7 @@ impl fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("id", &self.id)
             .field("session", &self.key)
-            .field("queued", &self.rx.len())
+            .field("queued", &self.queue.lock().items.len())
             .finish()
     }
 }
@@ -432,8 +509,27 @@ impl Subscription {
         if let Some(d) = self.stash.take() {
             return Some(d);
         }
-        let item = self.rx.recv().await?;
+        let item = std::future::poll_fn(|cx| self.poll_item(cx)).await?;
         Some(self.unpack(item))
+    }
+
+    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        // Take part in Tokio's cooperative budget, as its channels do.
+        let coop = ready!(tokio::task::coop::poll_proceed(cx));
+        let mut q = self.queue.lock();
+        if let Some(item) = q.items.pop_front() {
+            coop.made_progress();
+            return Poll::Ready(Some(item));
+        }
+        if q.closed {
+            coop.made_progress();
+            return Poll::Ready(None);
+        }
+        match &mut q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            waiting => *waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The next delivery if one is queued; never waits.
@@ -441,7 +537,7 @@ impl Subscription {
         if let Some(d) = self.stash.take() {
             return Some(d);
         }
-        let item = self.rx.try_recv().ok()?;
+        let item = self.queue.lock().items.pop_front()?;
         Some(self.unpack(item))
     }
 
@@ -458,7 +554,7 @@ impl Subscription {
 
     /// Deliveries waiting in the buffer.
     pub fn len(&self) -> usize {
-        self.rx.len() + usize::from(self.stash.is_some())
+        self.queue.lock().items.len() + usize::from(self.stash.is_some())
     }
 
     /// Whether the buffer is empty.
@@ -485,6 +581,23 @@ impl Drop for Subscription {
 }
 
 const UNAUTHORIZED: &str = "unauthorized: ";
+
+/// Decodes the envelope of one SSE event; `None` (counted as malformed) when its data is not
+/// an event.
+fn parse_sse(shared: &Shared, event: &SseEvent) -> Option<RawEvent> {
+    let parsed = event
+        .data_str()
+        .map_err(|e| e.to_string())
+        .and_then(|text| RawEvent::parse_str(text).map_err(|e| e.to_string()));
+    match parsed {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            shared.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "skipping malformed event");
+            None
+        }
+    }
+}
 
 fn publish_data(shared: &Shared, data: String) -> Option<EventKind> {
     match RawEvent::parse(data) {
@@ -519,30 +632,63 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
             Err(Error::Unauthorized { url }) => format!("{UNAUTHORIZED}{url}"),
             Err(e) => e.to_string(),
             Ok(resp) => {
-                let mut events = resp.bytes_stream().eventsource();
+                let mut body = resp.bytes_stream();
+                let mut decoder = SseDecoder::with_max_event_size(config.max_event_size);
                 let mut confirmed = false;
+                let mut batch = Vec::new();
+                let mut wakers = Vec::new();
+                // Silence is measured from the last event (not the last byte).
+                let mut deadline = tokio::time::Instant::now() + config.silence;
                 let reason = loop {
                     let next = tokio::select! {
                         () = cancel.cancelled() => {
                             shared.close();
                             return;
                         }
-                        n = tokio::time::timeout(config.silence, events.next()) => n,
+                        n = tokio::time::timeout_at(deadline, body.next()) => n,
                     };
                     match next {
-                        Ok(Some(Ok(ev))) => {
-                            let kind = publish_data(&shared, ev.data);
-                            if !confirmed && kind.is_some() {
-                                // The first event (server.connected) proves the server-side
-                                // subscription exists.
-                                confirmed = true;
-                                shared.connections.fetch_add(1, Ordering::Relaxed);
-                                backoff = backoff_builder.build();
-                                if was_connected {
-                                    shared.broadcast(Missed::Reconnected);
+                        Ok(Some(Ok(chunk))) => {
+                            decoder.push(chunk);
+                            let mut events = 0usize;
+                            let mut failure = None;
+                            while let Some(next) = decoder.next_event() {
+                                let ev = match next {
+                                    Ok(ev) => ev,
+                                    Err(e) => {
+                                        failure = Some(e);
+                                        break;
+                                    }
+                                };
+                                events += 1;
+                                let Some(raw) = parse_sse(&shared, &ev) else {
+                                    continue;
+                                };
+                                if confirmed {
+                                    batch.push(raw);
+                                } else {
+                                    // The first event (server.connected) proves the
+                                    // server-side subscription exists; it is routed alone,
+                                    // and the reconnection announced before what follows.
+                                    shared.publish(raw);
+                                    confirmed = true;
+                                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                                    backoff = backoff_builder.build();
+                                    if was_connected {
+                                        shared.broadcast(Missed::Reconnected);
+                                    }
+                                    was_connected = true;
+                                    shared.state.send_replace(StreamState::Connected);
                                 }
-                                was_connected = true;
-                                shared.state.send_replace(StreamState::Connected);
+                            }
+                            if !batch.is_empty() {
+                                shared.publish_batch(&mut batch, &mut wakers);
+                            }
+                            if events > 0 {
+                                deadline = tokio::time::Instant::now() + config.silence;
+                            }
+                            if let Some(e) = failure {
+                                break format!("event stream error: {e}");
                             }
                         }
                         Ok(Some(Err(e))) => break format!("event stream error: {e}"),
@@ -649,6 +795,127 @@ mod tests {
         let all = router.subscribe_all();
         drop(all);
         assert!(router.shared.lock().all.is_empty());
+    }
+
+    /// A server whose `i`-th `/event` connection gets `bodies[i]` (the last one repeated), one
+    /// write per chunk, then stays open.
+    async fn serve(bodies: Vec<Vec<&'static [u8]>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let chunks = bodies[n.min(bodies.len() - 1)].clone();
+                n += 1;
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                    sock.write_all(head.as_bytes()).await.unwrap();
+                    for chunk in chunks {
+                        sock.write_all(chunk).await.unwrap();
+                        sock.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn next(sub: &mut Subscription) -> String {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("a delivery in time")
+            .expect("router alive");
+        match d {
+            Delivery::Event(e) => format!("{}:{}", e.session_id().unwrap_or("-"), e.kind_str()),
+            Delivery::Missed(m) => format!("{m:?}"),
+        }
+    }
+
+    const CONNECTED: &[u8] =
+        b"data: {\"id\":\"evt_0\",\"type\":\"server.connected\",\"properties\":{}}\n\n";
+
+    #[tokio::test]
+    async fn stream_edge_cases_reach_subscribers_and_bad_events_are_counted() {
+        let url = serve(vec![vec![
+            b"\xEF\xBB",
+            b"\xBF: hello\r\ndata: {\"id\":\"evt_0\",\"type\":\"server.connected\",\"properties\":{}}\r",
+            b"\n\r\n",
+            // Multi-line data, joined with `\n` (JSON whitespace): the parser's path.
+            b"data: {\"type\":\"session.status\",\ndata: \"properties\":{\"sessionID\":\"ses_a\",\"status\":{\"type\":\"busy\"}}}\n\n",
+            b"data: \xFF\xFE\n\n: heartbeat\n\ndata: not json\n\n",
+            b"event: x\rid: 3\rdata: {\"id\":\"evt_2\",\"type\":\"session.idle\",\"prop",
+            b"erties\":{\"sessionID\":\"ses_a\"}}\r\r",
+        ]])
+        .await;
+        let client = Client::builder(&url).build().unwrap();
+        let router = EventRouter::spawn(client, RouterConfig::default());
+        let mut a = router.subscribe_session("ses_a");
+        assert_eq!(next(&mut a).await, "ses_a:session.status");
+        assert_eq!(next(&mut a).await, "ses_a:session.idle");
+        let stats = router.stats();
+        assert_eq!(
+            (stats.published, stats.malformed, stats.connections),
+            (3, 2, 1)
+        );
+        assert_eq!(router.state(), StreamState::Connected);
+        // The last handle gone, the stream task stops and subscriptions end.
+        drop(router);
+        let end = tokio::time::timeout(Duration::from_secs(10), a.recv()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_event_drops_the_connection_and_subscribers_are_told() {
+        let big: &'static [u8] = Box::leak(
+            format!(
+                "data: {{\"type\":\"x\",\"properties\":{{\"pad\":\"{}\"}}}}\n\n",
+                "y".repeat(400)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let url = serve(vec![
+            vec![CONNECTED, b"data: {\"id\":\"evt_1\",\"type\":\"session.idle\",\"properties\":{\"sessionID\":\"ses_a\"}}\n\n", big],
+            vec![CONNECTED, b"data: {\"id\":\"evt_3\",\"type\":\"session.status\",\"properties\":{\"sessionID\":\"ses_a\",\"status\":{\"type\":\"idle\"}}}\n\n"],
+        ])
+        .await;
+        let config = RouterConfig {
+            max_event_size: 256,
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(20),
+            ..RouterConfig::default()
+        };
+        let client = Client::builder(&url).build().unwrap();
+        // Subscribed before the task first runs: nothing is missed.
+        let router = EventRouter::spawn(client, config);
+        let mut a = router.subscribe_session("ses_a");
+        let seen = [
+            next(&mut a).await,
+            next(&mut a).await,
+            next(&mut a).await,
+            next(&mut a).await,
+        ];
+        assert_eq!(
+            seen,
+            [
+                "ses_a:session.idle",
+                "Disconnected",
+                "Reconnected",
+                "ses_a:session.status"
+            ]
+        );
+        assert_eq!(router.stats().connections, 2);
     }
 
     proptest::proptest! {

@@ -9,13 +9,16 @@ use std::hint::black_box;
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use orch_opencode::{Delivery, EventRouter, KindSet, RawEvent, RouterConfig};
+use orch_opencode::{Delivery, EventRouter, KindSet, RawEvent, RouterConfig, SseDecoder};
 
 pub(crate) const SAMPLES: &str = include_str!("../../tests/data/events-sample.jsonl");
 pub(crate) const COPIES: usize = 50;
 
 pub(crate) struct Recorded {
+    /// One chunk per event.
     pub(crate) chunks: Vec<Bytes>,
+    /// The same body in 64 KiB chunks split anywhere (what a socket read returns).
+    pub(crate) big_chunks: Vec<Bytes>,
     pub(crate) sessions: Vec<String>,
 }
 
@@ -74,13 +77,59 @@ pub(crate) fn recorded() -> Recorded {
             chunks.push(Bytes::from(format!("data: {text}\n\n")));
         }
     }
-    Recorded { chunks, sessions }
+    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let big_chunks = body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    Recorded {
+        chunks,
+        big_chunks,
+        sessions,
+    }
 }
 
+/// The SSE decoder in front of the pipeline.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Framing {
+    /// `eventsource-stream` 0.2.3 (what the router used before).
+    EventsourceStream,
+    /// `orch_opencode::SseDecoder`.
+    Ours,
+}
+
+/// `eventsource-stream`'s events as a stream of data strings.
 pub(crate) fn sse(chunks: &[Bytes]) -> impl futures::Stream<Item = String> + '_ {
     futures::stream::iter(chunks.iter().cloned().map(Ok::<_, Infallible>))
         .eventsource()
         .map(|e| e.expect("valid sse").data)
+}
+
+/// Calls `f` with the data of every event of `chunks`, as `framing` decodes it (UTF-8
+/// checked either way); returns the number of events.
+pub(crate) fn for_each_payload(
+    chunks: &[Bytes],
+    framing: Framing,
+    mut f: impl FnMut(&str),
+) -> usize {
+    let mut n = 0;
+    match framing {
+        Framing::EventsourceStream => futures::executor::block_on(async {
+            let mut stream = std::pin::pin!(sse(chunks));
+            while let Some(data) = stream.next().await {
+                f(&data);
+                n += 1;
+            }
+        }),
+        Framing::Ours => {
+            let mut decoder = SseDecoder::new();
+            for chunk in chunks {
+                decoder.push(chunk.clone());
+                while let Some(event) = decoder.next_event() {
+                    f(event.expect("valid sse").data_str().expect("utf-8"));
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
 }
 
 #[derive(Clone, Copy)]
@@ -111,7 +160,7 @@ pub(crate) fn drain(subs: &mut [orch_opencode::Subscription], decode: Decode) ->
     n
 }
 
-pub(crate) fn routed(rec: &Recorded, decode: Decode) -> usize {
+pub(crate) fn routed(rec: &Recorded, decode: Decode, framing: Framing) -> usize {
     let router = EventRouter::detached(RouterConfig::default());
     let mut subs: Vec<_> = rec
         .sessions
@@ -119,18 +168,15 @@ pub(crate) fn routed(rec: &Recorded, decode: Decode) -> usize {
         .map(|s| router.subscribe_session(s))
         .collect();
     let mut delivered = 0;
-    futures::executor::block_on(async {
-        let mut stream = std::pin::pin!(sse(&rec.chunks));
-        let mut i = 0usize;
-        while let Some(data) = stream.next().await {
-            match RawEvent::parse(data) {
-                Ok(raw) => router.publish(raw),
-                Err(e) => panic!("{e}"),
-            }
-            i += 1;
-            if i.is_multiple_of(512) {
-                delivered += drain(&mut subs, decode);
-            }
+    let mut i = 0usize;
+    for_each_payload(&rec.chunks, framing, |data| {
+        match RawEvent::parse_str(data) {
+            Ok(raw) => router.publish(raw),
+            Err(e) => panic!("{e}"),
+        }
+        i += 1;
+        if i.is_multiple_of(512) {
+            delivered += drain(&mut subs, decode);
         }
     });
     delivered + drain(&mut subs, decode)
@@ -145,8 +191,7 @@ pub(crate) fn routed_payloads(rec: &Recorded, payloads: &[String], decode: Decod
         .collect();
     let mut delivered = 0;
     for (i, p) in payloads.iter().enumerate() {
-        // The clone stands for the String the SSE decoder would hand over.
-        router.publish(RawEvent::parse(p.clone()).expect("envelope"));
+        router.publish(RawEvent::parse_str(p).expect("envelope"));
         if i % 512 == 511 {
             delivered += drain(&mut subs, decode);
         }
@@ -154,15 +199,10 @@ pub(crate) fn routed_payloads(rec: &Recorded, payloads: &[String], decode: Decod
     delivered + drain(&mut subs, decode)
 }
 
-pub(crate) fn baseline(rec: &Recorded) -> usize {
-    futures::executor::block_on(async {
-        let mut stream = std::pin::pin!(sse(&rec.chunks));
-        let mut n = 0;
-        while let Some(data) = stream.next().await {
-            let v: serde_json::Value = serde_json::from_str(&data).expect("json");
-            black_box(&v);
-            n += 1;
-        }
-        n
+/// The naive consumer: every event into a `serde_json::Value`.
+pub(crate) fn baseline(rec: &Recorded, framing: Framing) -> usize {
+    for_each_payload(&rec.chunks, framing, |data| {
+        let v: serde_json::Value = serde_json::from_str(data).expect("json");
+        black_box(&v);
     })
 }
