@@ -464,6 +464,62 @@ async fn stop_ends_the_mission_quickly_and_resume_finishes_it() {
     );
 }
 
+/// A person adds an item to TODO.md while the mission runs: the Commander's next write
+/// merges it (it is not overwritten) and the new item is scheduled, worked and reviewed.
+#[tokio::test]
+async fn an_item_added_to_todo_md_mid_mission_is_merged_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::default();
+    let seen = log.clone();
+    let backend = SimulatedBackend::builder()
+        .latency(Latency::Fixed(Duration::from_millis(30)))
+        .plan(PLAN)
+        .responder(move |turn| {
+            seen.0.lock().push(turn.clone());
+            Ok(match turn.role {
+                AgentRole::Planner => PLAN.to_owned(),
+                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
+                _ => "done".to_owned(),
+            })
+        })
+        .build();
+    let mission = Mission::new(Arc::new(backend), "build a thing", dir.path()).config(config());
+    let mut events = mission.subscribe();
+    let state = dir.path().join(".orchestrator");
+    let editor = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if matches!(event, MissionEvent::ItemStarted { .. }) {
+                let store = TodoStore::open(&state).unwrap();
+                store
+                    .update("person", |p| {
+                        p.push(
+                            orch_mvcc::Item::new(orch_mvcc::ItemId::new("T9").unwrap(), "extra")
+                                .with_files(["extra.txt"]),
+                        );
+                    })
+                    .unwrap();
+                return;
+            }
+        }
+    });
+    let report = mission.run().await.unwrap();
+    editor.await.unwrap();
+    assert_eq!(report.status, MissionStatus::Completed, "{report:#?}");
+    let t9 = report.items.iter().find(|i| i.id == "T9");
+    assert!(t9.is_some_and(|i| i.state == "done"), "{:?}", report.items);
+    assert!(
+        log.prompts(AgentRole::Worker)
+            .iter()
+            .any(|p| p.contains("Your item: T9:"))
+    );
+    assert_eq!(states(dir.path()).len(), 4);
+    assert!(
+        states(dir.path())
+            .iter()
+            .all(|(_, s)| *s == ItemState::Done)
+    );
+}
+
 /// TODO.md is written behind the journal, so a crash can leave the store behind it: T1's
 /// review passed and T3's Worker turn finished per the journal, while the store still shows
 /// both pending. Resume trusts the journal: T1 is done without a turn, T3 goes straight to
