@@ -6,12 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Rules, ensure, mission_config, project, run, shared};
+use common::{Rules, connect, ensure, mission_config, project, run, shared};
 use libtest_mimic::{Failed, Trial};
 use orch_agents::backend::multi::MultiBackend;
-use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
 use orch_agents::{AgentSet, Mission};
-use orch_agents::{MissionEvent, MissionStatus, ModelRef};
+use orch_agents::{MissionEvent, MissionStatus};
 use orch_opencode::OpencodeServer;
 use orch_testkit::opencode::{IsolatedHome, require_binary};
 
@@ -38,22 +37,19 @@ fn extra_server() -> Result<Extra, String> {
     })
 }
 
-async fn backend(
-    server: &OpencodeServer,
+/// The shared server and `extra` behind one [`MultiBackend`], both serving `dir`.
+async fn two_servers(
+    shared: &common::Shared,
+    extra: &OpencodeServer,
     dir: &std::path::Path,
-) -> Result<OpencodeBackend, String> {
-    OpencodeBackend::connect(
-        server.client().with_directory(dir.to_string_lossy()),
-        OpencodeBackendConfig {
-            default_model: Some(ModelRef::new("fake", "fake-model")),
-            settle: Duration::from_secs(2),
-            toasts: false,
-            silence_probe: Duration::from_secs(2),
-            ..OpencodeBackendConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())
+) -> Result<Arc<MultiBackend>, String> {
+    let backends = vec![
+        connect(&shared.server, dir).await?,
+        connect(extra, dir).await?,
+    ];
+    Ok(Arc::new(
+        MultiBackend::new(backends).map_err(|e| e.to_string())?,
+    ))
 }
 
 /// `n` independent items, each writing `wN.txt` (after `delay`), each reviewed by a real
@@ -119,13 +115,7 @@ fn sessions_spread_over_two_servers() -> Result<(), Failed> {
             tag: "two servers [spread]".into(),
         };
         wide_mission(&rules, 4, Duration::from_millis(300))?;
-        let multi = Arc::new(
-            MultiBackend::new(vec![
-                backend(&shared.server, dir.path()).await?,
-                backend(&extra.server, dir.path()).await?,
-            ])
-            .map_err(|e| e.to_string())?,
-        );
+        let multi = two_servers(&shared, &extra.server, dir.path()).await?;
         let report = run_multi(Arc::clone(&multi), dir.path(), &rules.tag, |_| {}).await?;
         ensure(report.status == MissionStatus::Completed, || {
             format!("{report:#?}")
@@ -158,13 +148,7 @@ fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
         };
         // Worker turns take 1.5 s: both Workers are mid-turn when the server dies.
         wide_mission(&rules, 4, Duration::from_millis(1500))?;
-        let multi = Arc::new(
-            MultiBackend::new(vec![
-                backend(&shared.server, dir.path()).await?,
-                backend(&extra.server, dir.path()).await?,
-            ])
-            .map_err(|e| e.to_string())?,
-        );
+        let multi = two_servers(&shared, &extra.server, dir.path()).await?;
         // Kill the second server 500 ms after the second item started.
         let victim = Arc::new(parking_lot::Mutex::new(Some(extra)));
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));

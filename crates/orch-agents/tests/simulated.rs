@@ -51,6 +51,22 @@ fn fast() -> orch_agents::SimulatedBackendBuilder {
 struct Log(Arc<Mutex<Vec<TurnRequest>>>);
 
 impl Log {
+    /// `builder` recording every turn here and answering as a mission that passes: the
+    /// plan, `done`, `VERDICT: PASS`.
+    fn passing(&self, builder: orch_agents::SimulatedBackendBuilder) -> SimulatedBackend {
+        let seen = self.clone();
+        builder
+            .responder(move |turn| {
+                seen.0.lock().push(turn.clone());
+                Ok(match turn.role {
+                    AgentRole::Planner => PLAN.to_owned(),
+                    AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
+                    _ => "done".to_owned(),
+                })
+            })
+            .build()
+    }
+
     fn prompts(&self, role: AgentRole) -> Vec<String> {
         self.0
             .lock()
@@ -470,19 +486,11 @@ async fn stop_ends_the_mission_quickly_and_resume_finishes_it() {
 async fn an_item_added_to_todo_md_mid_mission_is_merged_and_run() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::default();
-    let seen = log.clone();
-    let backend = SimulatedBackend::builder()
-        .latency(Latency::Fixed(Duration::from_millis(30)))
-        .plan(PLAN)
-        .responder(move |turn| {
-            seen.0.lock().push(turn.clone());
-            Ok(match turn.role {
-                AgentRole::Planner => PLAN.to_owned(),
-                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
-                _ => "done".to_owned(),
-            })
-        })
-        .build();
+    let backend = log.passing(
+        SimulatedBackend::builder()
+            .latency(Latency::Fixed(Duration::from_millis(30)))
+            .plan(PLAN),
+    );
     let mission = Mission::new(Arc::new(backend), "build a thing", dir.path()).config(config());
     let mut events = mission.subscribe();
     let state = dir.path().join(".orchestrator");
@@ -571,16 +579,7 @@ async fn resume_rebuilds_from_the_journal_what_the_store_had_not_written() {
     }
     drop(journal);
     let log = Log::default();
-    let seen = log.clone();
-    let backend = fast()
-        .responder(move |turn| {
-            seen.0.lock().push(turn.clone());
-            Ok(match turn.role {
-                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
-                _ => "done".to_owned(),
-            })
-        })
-        .build();
+    let backend = log.passing(fast());
     let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
         .config(config())
         .run()
@@ -827,17 +826,7 @@ async fn hooks_modify_prompts_and_veto_verdicts() {
         .build()
         .unwrap();
     let log = Log::default();
-    let seen = log.clone();
-    let backend = fast()
-        .responder(move |turn| {
-            seen.0.lock().push(turn.clone());
-            Ok(match turn.role {
-                AgentRole::Planner => PLAN.to_owned(),
-                AgentRole::Reviewer => "VERDICT: PASS".to_owned(),
-                _ => "done".to_owned(),
-            })
-        })
-        .build();
+    let backend = log.passing(fast());
     let dir = tempfile::tempdir().unwrap();
     let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
         .config(config())

@@ -101,6 +101,23 @@ pub fn mission_config() -> MissionConfig {
     }
 }
 
+/// A backend on `server` for the project at `dir`, with the test settings (the scripted
+/// model, short settle and probe times, no toasts).
+pub async fn connect(server: &OpencodeServer, dir: &Path) -> Result<OpencodeBackend, String> {
+    OpencodeBackend::connect(
+        server.client().with_directory(dir.to_string_lossy()),
+        OpencodeBackendConfig {
+            default_model: Some(ModelRef::new("fake", "fake-model")),
+            settle: Duration::from_secs(2),
+            toasts: false,
+            silence_probe: Duration::from_secs(2),
+            ..OpencodeBackendConfig::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 pub async fn run_mission(
     shared: &Shared,
     dir: &Path,
@@ -118,20 +135,7 @@ pub async fn run_mission_with(
     config: MissionConfig,
     agents: AgentSet,
 ) -> Result<(MissionReport, Vec<MissionEvent>), String> {
-    let client = shared.server.client().with_directory(dir.to_string_lossy());
-    let backend = OpencodeBackend::connect(
-        client,
-        OpencodeBackendConfig {
-            default_model: Some(ModelRef::new("fake", "fake-model")),
-            settle: Duration::from_secs(2),
-            toasts: false,
-            silence_probe: Duration::from_secs(2),
-            ..OpencodeBackendConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let backend = Arc::new(backend);
+    let backend = Arc::new(connect(&shared.server, dir).await?);
     let mission = Mission::new(Arc::clone(&backend), request, dir)
         .config(config)
         .agents(agents);
