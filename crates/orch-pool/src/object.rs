@@ -1,12 +1,22 @@
 //! [`ObjectPool`]: a bounded, lock-free pool of reusable objects.
+//!
+//! Two levels: one slot per thread (an [`AtomicCell`] holding a boxed object), in front of a
+//! shared [`ArrayQueue`]. A thread that gets and returns objects in turn works on its own slot
+//! and touches no shared cache line; the shared list serves the other patterns (objects
+//! handed between threads, several held at once), and other threads take from a slot when
+//! the shared list is empty. Objects are boxed so that a slot is one machine word and a
+//! return moves a pointer, not the object.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
+use crossbeam_utils::atomic::AtomicCell;
 
-use crate::stats::Counters;
+use crate::stats::{self, Counters, STRIPES};
 
 /// Seed default: objects kept in the pool.
 pub const DEFAULT_MAX_SIZE: usize = 200;
@@ -23,44 +33,102 @@ type Factory<T> = Box<dyn Fn() -> T + Send + Sync>;
 type Reset<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 type Validate<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
 
+/// Per-thread slots for a pool of `max_size` objects: up to one per stats stripe, and at most
+/// half the pool, so the shared list keeps at least half (and at least one object).
+fn slot_count(max_size: usize) -> usize {
+    (max_size / 2).min(STRIPES)
+}
+
+const _: () = assert!(STRIPES < u64::BITS as usize, "one `parked` bit per slot");
+
+/// The object cached for one thread (the owner of the stats stripe with the same index).
+struct Slot<T> {
+    obj: AtomicCell<Option<Box<T>>>,
+    /// Whether the owner believes `obj` full. Read and written by the owner alone, so it
+    /// stays in the owner's cache. A thread holding several objects skips its slot with it:
+    /// further gets go straight to the shared list while the slot is empty, further returns
+    /// while it is full. It is wrong only after another thread took from or put into the
+    /// slot, and then costs one wasted swap or leaves the object for another thread to take.
+    owner_full: AtomicBool,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self {
+            obj: AtomicCell::new(None),
+            owner_full: AtomicBool::new(false),
+        }
+    }
+}
+
 /// A bounded pool of reusable `T` on a lock-free free list.
 ///
-/// [`get`](Self::get) pops a free object or creates one with the factory; the returned
+/// [`get`](Self::get) takes a free object or creates one with the factory; the returned
 /// [`Pooled`] guard puts it back on drop. On the way back the validity check runs first (an
-/// invalid object is dropped), then the reset hook, then the object is pushed if the free list
-/// has room (otherwise dropped). So every object a caller receives has been reset, and at most
+/// invalid object is dropped), then the reset hook, then the object is kept if the pool has
+/// room (otherwise dropped). So every object a caller receives has been reset, and at most
 /// `max_size` objects are ever kept.
+///
+/// The free list has two levels. A thread owns a slot for one object (threads get slots in
+/// the order they first use one of this crate's pools, up to 32 running at once and up to
+/// `max_size / 2` slots per pool); the rest of `max_size` is a shared lock-free queue. A
+/// returning object goes to the thread's slot if it is empty, else to the queue; `get` tries
+/// the thread's slot, then the queue, then every slot that holds an object, and only then
+/// creates. So a thread that gets and returns one object at a time reuses the same object
+/// without touching state shared with other threads, and no object is out of reach while
+/// the pool has any: when the queue is full a returning object may take another thread's
+/// empty slot, and a `get` that finds the queue empty takes from other threads' slots.
+/// Objects are stored boxed: one extra allocation per object created, and a return moves a
+/// pointer whatever the size of `T`.
 ///
 /// Share it by reference (`&ObjectPool`, [`Pooled`]) or through an `Arc`
 /// ([`get_owned`](Self::get_owned), [`PooledOwned`]).
 pub struct ObjectPool<T> {
-    free: ArrayQueue<T>,
+    /// The first level, indexed by the calling thread's stats stripe.
+    slots: Box<[CachePadded<Slot<T>>]>,
+    /// Bit `i`: slot `i` may hold an object. A hint for the cold paths (a `get` that finds
+    /// the shared list empty, a return that finds it full), so that they swap only slots worth
+    /// swapping. Set, if not already, after a put fills a slot; cleared by `steal` just before
+    /// it takes from the slot; not written when a thread takes from its own slot, so a thread
+    /// alternating get and return only reads it. Once threads are quiet, every slot holding
+    /// an object has its bit set (a put that races a `steal` re-reads the bit after the
+    /// `steal`'s take); a bit may be set for an empty slot (a wasted swap). The `AtomicCell`s
+    /// alone decide who gets which object, and the counts never depend on this word.
+    parked: CachePadded<AtomicU64>,
+    /// The second level: `max_size - slots.len()` objects.
+    free: ArrayQueue<Box<T>>,
     factory: Factory<T>,
     reset: Option<Reset<T>>,
     validate: Option<Validate<T>>,
     counters: Counters<5>,
+    /// Objects created by `build`: with the counters, gives [`available`](Self::available).
+    prewarmed: u64,
 }
 
 /// Counters of an [`ObjectPool`].
 ///
-/// Once every guard is dropped, `hits + misses == returns + discards + detached + attached`
-/// does not hold in general (objects can be [`attach`](ObjectPool::attach)ed from outside);
-/// what always holds is that each guard ends as exactly one return, discard or detach.
+/// Each guard ends as exactly one return, discard or detach, and so does each object
+/// [`attach`](ObjectPool::attach)ed from outside: once every guard is dropped,
+/// `returns + discards + detached` equals `hits + misses` plus the number of attaches.
+/// A return means the pool keeps one more object, so `prewarmed + returns - hits` is the
+/// number of objects kept (what [`available`](ObjectPool::available) reports). Counting is
+/// per thread (no shared cache line on the hot path) and summed when read: read while gets
+/// and returns run, the counters can be a few events apart from one another; they are exact
+/// once every thread is quiet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ObjectPoolStats {
-    /// Gets served from the free list.
+    /// Gets served by a kept object (from any slot or the shared list).
     pub hits: u64,
     /// Gets that had to create an object.
     pub misses: u64,
-    /// Objects put back on the free list.
+    /// Objects kept on the way back.
     pub returns: u64,
-    /// Objects dropped on the way back: invalid, or the free list was full.
+    /// Objects dropped on the way back: invalid, discarded by the holder, or the pool was full.
     pub discards: u64,
     /// Guards turned into plain objects with `detach`.
     pub detached: u64,
 }
-
 impl ObjectPoolStats {
     /// `hits / (hits + misses)`, or 0 before the first get.
     #[must_use]
@@ -96,7 +164,7 @@ impl<T> fmt::Debug for ObjectPoolBuilder<T> {
 }
 
 impl<T> ObjectPoolBuilder<T> {
-    /// Objects kept on the free list at most (default 200). Zero is raised to one.
+    /// Objects kept at most (default 200), slots included. Zero is raised to one.
     pub fn max_size(mut self, max_size: usize) -> Self {
         self.max_size = max_size.max(1);
         self
@@ -120,19 +188,32 @@ impl<T> ObjectPoolBuilder<T> {
         self
     }
 
-    /// Creates the pool and its prewarmed objects.
+    /// Creates the pool and its prewarmed objects (on the shared list first, then in slots).
     pub fn build(self) -> ObjectPool<T> {
-        let free = ArrayQueue::new(self.max_size);
-        for _ in 0..self.prewarm.min(self.max_size) {
-            // Cannot fail: fewer pushes than capacity.
-            let _ = free.push((self.factory)());
+        let slots: Box<[CachePadded<Slot<T>>]> = (0..slot_count(self.max_size))
+            .map(|_| CachePadded::default())
+            .collect();
+        let free = ArrayQueue::new(self.max_size - slots.len());
+        let prewarmed = self.prewarm.min(self.max_size);
+        let mut parked = 0;
+        for i in 0..prewarmed {
+            if let Err(obj) = free.push(Box::new((self.factory)())) {
+                // In range: `prewarmed <= max_size == free.capacity() + slots.len()`.
+                let k = i - free.capacity();
+                slots[k].obj.store(Some(obj));
+                slots[k].owner_full.store(true, Ordering::Relaxed);
+                parked |= 1 << k;
+            }
         }
         ObjectPool {
+            slots,
+            parked: CachePadded::new(AtomicU64::new(parked)),
             free,
             factory: self.factory,
             reset: self.reset,
             validate: self.validate,
             counters: Counters::new(),
+            prewarmed: prewarmed as u64,
         }
     }
 }
@@ -154,36 +235,77 @@ impl<T> ObjectPool<T> {
         Self::builder(factory).max_size(max_size).prewarm(0).build()
     }
 
+    /// A kept object for the thread of stripe `s`, counted as a hit; `None` when the pool
+    /// holds none.
     #[inline(always)]
-    fn take(&self) -> T {
-        match self.free.pop() {
-            Some(obj) => {
-                self.counters.bump(HITS);
-                obj
+    fn take(&self, s: usize) -> Option<Box<T>> {
+        let own = self.slots.get(s).and_then(|slot| {
+            if !slot.owner_full.load(Ordering::Relaxed) {
+                return None;
             }
-            None => {
-                self.counters.bump(MISSES);
-                (self.factory)()
+            slot.owner_full.store(false, Ordering::Relaxed);
+            slot.obj.take()
+        });
+        let obj = match own {
+            Some(obj) => obj,
+            None => self.free.pop().or_else(|| self.steal())?,
+        };
+        self.counters.bump_in(s, HITS);
+        Some(obj)
+    }
+
+    /// Takes an object from any slot marked in `parked`: the shared list was empty.
+    #[cold]
+    #[inline(never)]
+    fn steal(&self) -> Option<Box<T>> {
+        // The caller's own slot included: another thread may have filled it unbeknown to it.
+        let mut candidates = self.parked.load(Ordering::Relaxed);
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            let bit = 1 << i;
+            candidates &= !bit;
+            // Cleared before the take: an owner that refills the slot afterwards sees the bit
+            // clear and sets it again.
+            self.parked.fetch_and(!bit, Ordering::Relaxed);
+            if let Some(obj) = self.slots[i].obj.take() {
+                return Some(obj);
             }
+        }
+        None
+    }
+
+    /// Marks slot `i` as holding an object, writing the shared word only if needed.
+    #[inline(always)]
+    fn mark_parked(&self, i: usize) {
+        let bit = 1 << i;
+        if self.parked.load(Ordering::Relaxed) & bit == 0 {
+            self.parked.fetch_or(bit, Ordering::Relaxed);
         }
     }
 
-    /// A free object, or a new one from the factory when the free list is empty.
     #[inline(always)]
+    fn take_or_create(&self) -> Box<T> {
+        let s = stats::stripe();
+        self.take(s).unwrap_or_else(|| {
+            self.counters.bump_in(s, MISSES);
+            Box::new((self.factory)())
+        })
+    }
+
+    /// A kept object, or a new one from the factory when the pool holds none.
+    #[inline]
     pub fn get(&self) -> Pooled<'_, T> {
         Pooled {
-            obj: Some(self.take()),
+            obj: Some(self.take_or_create()),
             pool: self,
         }
     }
 
-    /// A free object, or `None` when the free list is empty (never creates).
+    /// A kept object, or `None` when the pool holds none (never creates).
     #[inline]
     pub fn try_get(&self) -> Option<Pooled<'_, T>> {
-        let obj = self.free.pop()?;
-        self.counters.bump(HITS);
         Some(Pooled {
-            obj: Some(obj),
+            obj: Some(self.take(stats::stripe())?),
             pool: self,
         })
     }
@@ -192,7 +314,7 @@ impl<T> ObjectPool<T> {
     #[inline]
     pub fn get_owned(self: &Arc<Self>) -> PooledOwned<T> {
         PooledOwned {
-            obj: Some(self.take()),
+            obj: Some(self.take_or_create()),
             pool: Arc::clone(self),
         }
     }
@@ -200,52 +322,81 @@ impl<T> ObjectPool<T> {
     /// Offers an object created elsewhere to the pool, through the same validity check and
     /// reset as a returning guard. Counted as a return or a discard.
     pub fn attach(&self, obj: T) {
-        self.put_back(obj);
+        self.put_back(Box::new(obj));
     }
 
-    /// Offers `obj` back: validity check, reset, push. Runs the hooks in place, so a guard's
-    /// object is moved only once, into the free list.
-    #[inline]
-    fn put_back(&self, mut obj: T) {
-        if self.prepare(&mut obj) {
-            self.push(obj);
-        }
-    }
-
-    /// Runs the validity check then the reset hook; `false` (counted as a discard) when the
-    /// object must be dropped.
+    /// Offers `obj` back: validity check, reset in place, then keep it if there is room.
     #[inline(always)]
-    fn prepare(&self, obj: &mut T) -> bool {
+    fn put_back(&self, mut obj: Box<T>) {
+        let s = stats::stripe();
         if let Some(validate) = &self.validate
-            && !validate(obj)
+            && !validate(&obj)
         {
-            self.counters.bump(DISCARDS);
-            return false;
+            self.counters.bump_in(s, DISCARDS);
+            return;
         }
         if let Some(reset) = &self.reset {
-            reset(obj);
+            reset(&mut obj);
         }
-        true
-    }
-
-    #[inline(always)]
-    fn push(&self, obj: T) {
+        // Into the thread's slot if it is empty, else onto the shared list.
+        let obj = match self.slots.get(s) {
+            Some(slot) if !slot.owner_full.load(Ordering::Relaxed) => {
+                slot.owner_full.store(true, Ordering::Relaxed);
+                match slot.obj.swap(Some(obj)) {
+                    None => {
+                        self.mark_parked(s);
+                        self.counters.bump_in(s, RETURNS);
+                        return;
+                    }
+                    // Another thread had put an object here: that one moves on.
+                    Some(other) => other,
+                }
+            }
+            _ => obj,
+        };
         match self.free.push(obj) {
-            Ok(()) => self.counters.bump(RETURNS),
-            Err(_full) => self.counters.bump(DISCARDS),
+            Ok(()) => self.counters.bump_in(s, RETURNS),
+            Err(obj) => self.overflow(s, obj),
         }
     }
 
-    /// Objects currently on the free list.
+    /// The shared list is full: keeps `obj` in an empty slot of another thread, or drops it.
+    #[cold]
+    #[inline(never)]
+    fn overflow(&self, s: usize, mut obj: Box<T>) {
+        // `slots.len() <= STRIPES < 64`.
+        let all = (1u64 << self.slots.len()) - 1;
+        let mut candidates = !self.parked.load(Ordering::Relaxed) & all;
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            candidates &= !(1 << i);
+            let full = self.slots[i].obj.swap(Some(obj));
+            self.mark_parked(i);
+            match full {
+                None => {
+                    self.counters.bump_in(s, RETURNS);
+                    return;
+                }
+                // The bit was stale: carry the slot's object on instead.
+                Some(other) => obj = other,
+            }
+        }
+        self.counters.bump_in(s, DISCARDS);
+    }
+
+    /// Objects the pool keeps now, ready for [`get`](Self::get): exact once every thread is
+    /// quiet (derived from the counters, as `prewarmed + returns - hits`).
     #[must_use]
     pub fn available(&self) -> usize {
-        self.free.len()
+        let [hits, _, returns, ..] = self.counters.snapshot();
+        let kept = (self.prewarmed + returns).saturating_sub(hits);
+        usize::try_from(kept).map_or(self.max_size(), |k| k.min(self.max_size()))
     }
 
-    /// Objects the free list can hold.
+    /// Objects the pool can keep: the shared list and the per-thread slots.
     #[must_use]
     pub fn max_size(&self) -> usize {
-        self.free.capacity()
+        self.free.capacity() + self.slots.len()
     }
 
     /// A snapshot of the counters (exact when no guard is being taken or dropped).
@@ -267,6 +418,7 @@ impl<T> fmt::Debug for ObjectPool<T> {
         f.debug_struct("ObjectPool")
             .field("available", &self.available())
             .field("max_size", &self.max_size())
+            .field("slots", &self.slots.len())
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -280,7 +432,7 @@ macro_rules! guard_impls {
             pub fn detach(mut self) -> T {
                 self.pool.counters.bump(DETACHED);
                 // Invariant: `obj` is `Some` until drop or detach.
-                self.obj.take().expect("pooled object present until drop")
+                *self.obj.take().expect("pooled object present until drop")
             }
 
             /// Drops the object instead of returning it (counted as a discard).
@@ -294,27 +446,22 @@ macro_rules! guard_impls {
             type Target = T;
             #[inline]
             fn deref(&self) -> &T {
-                self.obj.as_ref().expect("pooled object present until drop")
+                self.obj.as_deref().expect("pooled object present until drop")
             }
         }
 
         impl<$($lt,)? T> DerefMut for $guard<$($lt,)? T> {
             #[inline]
             fn deref_mut(&mut self) -> &mut T {
-                self.obj.as_mut().expect("pooled object present until drop")
+                self.obj.as_deref_mut().expect("pooled object present until drop")
             }
         }
 
         impl<$($lt,)? T> Drop for $guard<$($lt,)? T> {
-            #[inline(always)]
+            #[inline]
             fn drop(&mut self) {
-                let keep = match self.obj.as_mut() {
-                    Some(obj) => self.pool.prepare(obj),
-                    None => return,
-                };
-                match self.obj.take() {
-                    Some(obj) if keep => self.pool.push(obj),
-                    _ => {}
+                if let Some(obj) = self.obj.take() {
+                    self.pool.put_back(obj);
                 }
             }
         }
@@ -330,14 +477,14 @@ macro_rules! guard_impls {
 /// An object borrowed from an [`ObjectPool`]; returns it on drop.
 #[must_use = "dropping the guard returns the object at once"]
 pub struct Pooled<'a, T> {
-    obj: Option<T>,
+    obj: Option<Box<T>>,
     pool: &'a ObjectPool<T>,
 }
 
 /// An object borrowed from an `Arc<ObjectPool>`; returns it on drop.
 #[must_use = "dropping the guard returns the object at once"]
 pub struct PooledOwned<T> {
-    obj: Option<T>,
+    obj: Option<Box<T>>,
     pool: Arc<ObjectPool<T>>,
 }
 

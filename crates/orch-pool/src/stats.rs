@@ -47,8 +47,11 @@ thread_local! {
 }
 
 /// The calling thread's stripe, or `STRIPES` for the shared overflow stripe.
+///
+/// A value below `STRIPES` belongs to the calling thread alone for as long as it runs, so
+/// other per-thread state (the object pool's slots) can be indexed by it too.
 #[inline]
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     let cached = CACHED.with(Cell::get);
     if cached != usize::MAX {
         return cached;
@@ -77,8 +80,14 @@ impl<const N: usize> Counters<N> {
     /// Adds one to counter `which`.
     #[inline]
     pub(crate) fn bump(&self, which: usize) {
-        let s = stripe();
-        let cell = &self.stripes[s][which];
+        self.bump_in(stripe(), which);
+    }
+
+    /// Adds one to counter `which` of stripe `s`, which must come from [`stripe`] on the
+    /// calling thread (saves a second thread-local lookup when the caller has it already).
+    #[inline]
+    pub(crate) fn bump_in(&self, s: usize, which: usize) {
+        let cell = &self.stripes[s.min(STRIPES)][which];
         if s < STRIPES {
             // Sole writer of this stripe: a plain load and store suffices.
             cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
