@@ -1,11 +1,14 @@
-//! `POST /session` through the client against a real `opencode serve` (baseline for the
-//! session pool). Needs OpenCode (`scripts/install-opencode.sh`); fails without it.
+//! Requests against a real `opencode serve`: `POST /session` and `GET /session/{id}`
+//! (baseline for the session pool), and reading a turn's messages on a session with a
+//! history (40 stored messages): the whole history, which `TurnWaiter` read after every
+//! turn before, against the newest page, which it reads now. Needs OpenCode
+//! (`scripts/install-opencode.sh`); fails without it.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
-use orch_opencode::{Client, CreateSession, ServerBuilder};
+use orch_opencode::{Client, CreateSession, Prompt, ServerBuilder};
 use orch_testkit::opencode::{IsolatedHome, TestProject, require_binary};
 use orch_testkit::{Script, ScriptedModel};
 
@@ -51,6 +54,31 @@ fn main() {
             .block_on(client.create_session(&CreateSession::titled("get")))
             .expect("create");
         b.iter(|| black_box(rt.block_on(client.session(&s.id)).expect("get")))
+    });
+    g.finish();
+
+    let long = rt
+        .block_on(client.create_session(&CreateSession::titled("history")))
+        .expect("create");
+    for n in 0..40 {
+        let note = Prompt::text(format!("note {n}: {}", "context ".repeat(20))).no_reply();
+        rt.block_on(client.prompt(&long.id, &note)).expect("note");
+    }
+    let mut g = c.benchmark_group("turn_read_40_messages");
+    g.bench_function("status_and_whole_history_before", |b| {
+        b.iter(|| {
+            let status = rt.block_on(client.session_status()).expect("status");
+            let all = rt.block_on(client.messages(&long.id)).expect("messages");
+            black_box((status, all))
+        })
+    });
+    g.bench_function("newest_page_of_2_now", |b| {
+        b.iter(|| {
+            black_box(
+                rt.block_on(client.messages_page(&long.id, 2, None))
+                    .expect("page"),
+            )
+        })
     });
     g.finish();
     c.final_summary();

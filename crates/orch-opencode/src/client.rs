@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{self, HeaderValue};
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,9 +14,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, error_name, excerpt};
 use crate::ids::{MessageId, PermissionId, QuestionId, SessionId};
 use crate::types::{
-    Agent, CreateSession, Health, ListSessions, MessageWithParts, ModelRef, PermissionReply,
-    PermissionRequest, Prompt, Providers, QuestionRequest, Session, SessionStatus, Toast, Todo,
-    UpdateSession,
+    Agent, CreateSession, Health, ListSessions, MessageCursor, MessagePage, MessageWithParts,
+    ModelRef, PermissionReply, PermissionRequest, Prompt, Providers, QuestionRequest, Session,
+    SessionStatus, Toast, Todo, UpdateSession,
 };
 
 /// Default username of OpenCode's basic auth (`OPENCODE_SERVER_USERNAME`).
@@ -152,6 +153,8 @@ impl ClientBuilder {
                 auth,
                 timeout: self.timeout,
                 turn_timeout: self.turn_timeout,
+                requests: AtomicU64::new(0),
+                response_bytes: AtomicU64::new(0),
             }),
             directory: self.directory.map(Arc::from),
         })
@@ -164,6 +167,28 @@ struct Shared {
     auth: Option<HeaderValue>,
     timeout: Duration,
     turn_timeout: Duration,
+    requests: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+/// Request counters of a [`Client`] (shared by its clones), see [`Client::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Requests sent (event streams included, failed attempts included).
+    pub requests: u64,
+    /// Bytes of the response bodies read, after decompression (event streams excluded).
+    pub response_bytes: u64,
+}
+
+impl ClientStats {
+    /// The counts since `earlier` (another snapshot of the same client).
+    pub fn since(&self, earlier: &ClientStats) -> ClientStats {
+        ClientStats {
+            requests: self.requests.saturating_sub(earlier.requests),
+            response_bytes: self.response_bytes.saturating_sub(earlier.response_bytes),
+        }
+    }
 }
 
 /// A typed client for one OpenCode server, optionally scoped to one project directory.
@@ -214,6 +239,15 @@ impl Client {
         &self.inner.base
     }
 
+    /// Requests sent and response bytes read so far by this client and its clones (all
+    /// directories). Take two snapshots and [`ClientStats::since`] to count an operation.
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            requests: self.inner.requests.load(Ordering::Relaxed),
+            response_bytes: self.inner.response_bytes.load(Ordering::Relaxed),
+        }
+    }
+
     pub(crate) fn url(&self, segments: Segs<'_>) -> Url {
         let mut url = self.inner.base.clone();
         {
@@ -243,7 +277,7 @@ impl Client {
         url: Url,
         body: Option<&(dyn erased::Body + '_)>,
         timeout: Option<Duration>,
-    ) -> Result<(StatusCode, Option<String>, bytes::Bytes, String), Error> {
+    ) -> Result<Answer, Error> {
         let url_text = url.to_string();
         let timeout = timeout.unwrap_or(self.inner.timeout);
         let mut rb = self
@@ -260,20 +294,20 @@ impl Client {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(bytes);
         }
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let resp = rb
             .send()
             .await
             .map_err(|e| Error::from_reqwest(&url_text, timeout, e))?;
         let status = resp.status();
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let headers = resp.headers().clone();
         let body = resp
             .bytes()
             .await
             .map_err(|e| Error::from_reqwest(&url_text, timeout, e))?;
+        self.inner
+            .response_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         if status == StatusCode::UNAUTHORIZED {
             return Err(Error::Unauthorized { url: url_text });
         }
@@ -286,7 +320,11 @@ impl Client {
                 body: excerpt(&body, BODY_EXCERPT),
             });
         }
-        Ok((status, content_type, body, url_text))
+        Ok(Answer {
+            headers,
+            body,
+            url: url_text,
+        })
     }
 
     async fn call<T: DeserializeOwned>(
@@ -296,16 +334,7 @@ impl Client {
         body: Option<&(dyn erased::Body + '_)>,
         timeout: Option<Duration>,
     ) -> Result<T, Error> {
-        let (_, content_type, body, url) = self.send_raw(method, url, body, timeout).await?;
-        let ct = content_type.unwrap_or_default();
-        if !ct.starts_with("application/json") {
-            return Err(Error::NotJson {
-                url,
-                content_type: ct,
-                body: excerpt(&body, 120),
-            });
-        }
-        decode(&url, &body)
+        self.send_raw(method, url, body, timeout).await?.json()
     }
 
     /// `GET /global/health`.
@@ -455,6 +484,36 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `GET /session/{id}/message?limit=N[&before=cursor]`: the newest `limit` messages
+    /// (oldest first within the page), or the `limit` messages just older than `before` (the
+    /// cursor of the previous page). Much cheaper than [`Client::messages`] on a long
+    /// session: the server loads only this page. A `limit` of 0 is sent as 1 (OpenCode
+    /// answers `limit=0` with the whole history).
+    ///
+    /// # Errors
+    /// Transport, status and decode errors; 400 for a malformed cursor.
+    pub async fn messages_page(
+        &self,
+        session: &SessionId,
+        limit: u32,
+        before: Option<&MessageCursor>,
+    ) -> Result<MessagePage, Error> {
+        let mut url = self.url(&["session", session.as_str(), "message"]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("limit", &limit.max(1).to_string());
+            if let Some(cursor) = before {
+                q.append_pair("before", cursor.as_str());
+            }
+        }
+        let answer = self.send_raw(Method::GET, url, None, None).await?;
+        let before = next_cursor(&answer.headers).map(MessageCursor::new);
+        Ok(MessagePage {
+            messages: answer.json()?,
+            before,
+        })
     }
 
     /// `GET /session/{id}/message/{messageID}`.
@@ -725,6 +784,7 @@ impl Client {
         let timeout = self.inner.timeout;
         // No total timeout on the stream itself (it lives for hours); the connect timeout of
         // the pool applies, and the router watches for silence (heartbeats every 10 s).
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .request(Method::GET, url)
             .header(header::ACCEPT, "text/event-stream")
@@ -760,6 +820,53 @@ impl Client {
         }
         Ok(resp)
     }
+}
+
+/// A successful answer.
+struct Answer {
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    url: String,
+}
+
+impl Answer {
+    /// Decodes a JSON body (OpenCode answers unknown routes with `200 text/html`).
+    fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let ct = self
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !ct.starts_with("application/json") {
+            return Err(Error::NotJson {
+                url: self.url.clone(),
+                content_type: ct.to_owned(),
+                body: excerpt(&self.body, 120),
+            });
+        }
+        decode(&self.url, &self.body)
+    }
+}
+
+/// The cursor of the next (older) page: `X-Next-Cursor`, or the `before` parameter of the
+/// `Link: <…>; rel="next"` header.
+fn next_cursor(headers: &HeaderMap) -> Option<String> {
+    if let Some(c) = headers.get("x-next-cursor").and_then(|v| v.to_str().ok())
+        && !c.is_empty()
+    {
+        return Some(c.to_owned());
+    }
+    let link = headers.get(header::LINK)?.to_str().ok()?;
+    link.split(',')
+        .filter(|l| l.contains("rel=\"next\""))
+        .find_map(|l| {
+            let target = l.split_once('<')?.1.split_once('>')?.0;
+            let url = Url::parse(target).ok()?;
+            url.query_pairs()
+                .find(|(k, _)| k == "before")
+                .map(|(_, v)| v.into_owned())
+        })
+        .filter(|c| !c.is_empty())
 }
 
 /// OpenCode quirk: the agent is not sticky (omitted means `build`) and a model is (a bad one
@@ -870,6 +977,46 @@ mod tests {
             Error::Decode { path, .. } => assert_eq!(path, "[0].tokens.input"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn next_cursor_prefers_the_header_and_falls_back_to_the_link() {
+        let mut h = HeaderMap::new();
+        assert_eq!(next_cursor(&h), None);
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static(
+                "<http://127.0.0.1:4096/session/ses_1/message?limit=3&before=eyJpZCI6Im1zZ18xIn0%3D>; rel=\"next\"",
+            ),
+        );
+        assert_eq!(next_cursor(&h).as_deref(), Some("eyJpZCI6Im1zZ18xIn0="));
+        h.insert("x-next-cursor", HeaderValue::from_static("abc"));
+        assert_eq!(next_cursor(&h).as_deref(), Some("abc"));
+        let mut prev = HeaderMap::new();
+        prev.insert(
+            header::LINK,
+            HeaderValue::from_static("<http://h/x?before=zzz>; rel=\"prev\""),
+        );
+        assert_eq!(next_cursor(&prev), None);
+    }
+
+    #[test]
+    fn stats_count_requests_since_a_snapshot() {
+        let a = ClientStats {
+            requests: 5,
+            response_bytes: 100,
+        };
+        let b = ClientStats {
+            requests: 7,
+            response_bytes: 160,
+        };
+        assert_eq!(
+            b.since(&a),
+            ClientStats {
+                requests: 2,
+                response_bytes: 60
+            }
+        );
     }
 
     #[test]

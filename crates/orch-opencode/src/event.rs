@@ -586,6 +586,10 @@ fn session_slice(text: &str, props: &str) -> Slice {
 }
 
 /// A typed OpenCode event.
+///
+/// The large payloads (sessions, messages, parts, permission and question requests, errors)
+/// are boxed, so an `Event` stays small (120 bytes) however it is moved around; fields and
+/// methods are reached through the box as usual (`info.id`, `&*request`).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
@@ -596,17 +600,17 @@ pub enum Event {
     /// A session was created.
     SessionCreated {
         /// The session.
-        info: Session,
+        info: Box<Session>,
     },
     /// A session changed (title, tokens, …).
     SessionUpdated {
         /// The session.
-        info: Session,
+        info: Box<Session>,
     },
     /// A session was deleted.
     SessionDeleted {
         /// The session as it was.
-        info: Session,
+        info: Box<Session>,
     },
     /// Busy / idle / retry.
     SessionStatus {
@@ -625,7 +629,7 @@ pub enum Event {
         /// Session (absent for some global errors).
         session_id: Option<SessionId>,
         /// The error.
-        error: Option<MessageError>,
+        error: Option<Box<MessageError>>,
     },
     /// File diff of the session.
     SessionDiff {
@@ -642,7 +646,7 @@ pub enum Event {
     /// A message was created or changed (emitted several times per message).
     MessageUpdated {
         /// The message.
-        info: MessageInfo,
+        info: Box<MessageInfo>,
     },
     /// A message was removed.
     MessageRemoved {
@@ -654,7 +658,7 @@ pub enum Event {
     /// A part was created or changed (the whole part each time).
     MessagePartUpdated {
         /// The part.
-        part: Part,
+        part: Box<Part>,
     },
     /// A streaming chunk of a text or reasoning part.
     MessagePartDelta {
@@ -686,7 +690,7 @@ pub enum Event {
         todos: Vec<Todo>,
     },
     /// A tool call waits for a permission reply (the session stays busy until answered).
-    PermissionAsked(PermissionRequest),
+    PermissionAsked(Box<PermissionRequest>),
     /// A permission request was answered.
     PermissionReplied {
         /// Session.
@@ -697,7 +701,7 @@ pub enum Event {
         reply: PermissionReply,
     },
     /// The `question` tool waits for an answer.
-    QuestionAsked(QuestionRequest),
+    QuestionAsked(Box<QuestionRequest>),
     /// A question was answered.
     QuestionReplied {
         /// Session.
@@ -767,7 +771,7 @@ impl Event {
 
 #[derive(Deserialize)]
 struct SessionInfoProps {
-    info: Session,
+    info: Box<Session>,
 }
 
 #[derive(Deserialize)]
@@ -788,7 +792,7 @@ struct ErrorProps {
     #[serde(rename = "sessionID", default)]
     session_id: Option<SessionId>,
     #[serde(default)]
-    error: Option<MessageError>,
+    error: Option<Box<MessageError>>,
 }
 
 #[derive(Deserialize)]
@@ -801,7 +805,7 @@ struct DiffProps {
 
 #[derive(Deserialize)]
 struct MessageProps {
-    info: MessageInfo,
+    info: Box<MessageInfo>,
 }
 
 #[derive(Deserialize)]
@@ -814,7 +818,7 @@ struct MessageRemovedProps {
 
 #[derive(Deserialize)]
 struct PartProps {
-    part: Part,
+    part: Box<Part>,
 }
 
 #[derive(Deserialize)]
@@ -1019,6 +1023,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn large_payloads_are_boxed_so_events_stay_small() {
+        // Events are moved through decode, channels and matches; the big payloads
+        // (`Session`, `MessageInfo`, `Part`, requests) live behind a box.
+        assert!(
+            std::mem::size_of::<Event>() <= 128,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ mod sse;
 mod types;
 mod wait;
 
-pub use client::{Client, ClientBuilder, DEFAULT_USERNAME};
+pub use client::{Client, ClientBuilder, ClientStats, DEFAULT_USERNAME};
 pub use error::Error;
 pub use event::{Event, EventKind, EventParseError, KindSet, RawEvent};
 pub use ids::{EventId, MessageId, PartId, PermissionId, QuestionId, SessionId};
@@ -113,10 +113,10 @@ pub use server::{OpencodeServer, ServerBuilder, ServerError, find_opencode};
 pub use sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError, SseEvent};
 pub use types::{
     Agent, ArchiveTime, CacheTokens, CreateSession, ErrorData, ErrorName, Finish, Health,
-    ListSessions, MessageError, MessageInfo, MessageTime, MessageWithParts, ModelRef, Part,
-    PartKind, PartTime, PermissionAction, PermissionReply, PermissionRequest, PermissionRule,
-    Prompt, PromptPart, Provider, Providers, Question, QuestionOption, QuestionRequest, Role,
-    Session, SessionModel, SessionStatus, SessionTime, Toast, ToastVariant, Todo, Tokens, ToolRef,
-    ToolState, ToolStatus, UpdateSession,
+    ListSessions, MessageCursor, MessageError, MessageInfo, MessagePage, MessageTime,
+    MessageWithParts, ModelRef, Part, PartKind, PartTime, PermissionAction, PermissionReply,
+    PermissionRequest, PermissionRule, Prompt, PromptPart, Provider, Providers, Question,
+    QuestionOption, QuestionRequest, Role, Session, SessionModel, SessionStatus, SessionTime,
+    Toast, ToastVariant, Todo, Tokens, ToolRef, ToolState, ToolStatus, UpdateSession,
 };
 pub use wait::{DEFAULT_SILENCE_PROBE, TurnError, TurnOutput, TurnWaiter};

@@ -500,27 +500,28 @@ impl SessionStatus {
 
 impl<'de> Deserialize<'de> for SessionStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Borrowed strings: `busy` and `idle` (most statuses) cost no allocation.
         #[derive(Deserialize)]
-        struct Raw {
-            #[serde(rename = "type")]
-            kind: String,
+        struct Raw<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
             #[serde(default)]
             attempt: u32,
-            #[serde(default)]
-            message: String,
+            #[serde(default, borrow)]
+            message: std::borrow::Cow<'a, str>,
             #[serde(default)]
             next: u64,
         }
         let raw = Raw::deserialize(d)?;
-        Ok(match raw.kind.as_str() {
+        Ok(match &*raw.kind {
             "idle" => Self::Idle,
             "busy" => Self::Busy,
             "retry" => Self::Retry {
                 attempt: raw.attempt,
-                message: raw.message,
+                message: raw.message.into_owned(),
                 next: raw.next,
             },
-            _ => Self::Other(raw.kind),
+            _ => Self::Other(raw.kind.into_owned()),
         })
     }
 }
@@ -800,6 +801,39 @@ impl MessageWithParts {
     pub fn tool_parts(&self) -> impl Iterator<Item = &Part> {
         self.parts.iter().filter(|p| p.kind == PartKind::Tool)
     }
+}
+
+/// The opaque cursor of `GET /session/{id}/message` pagination (base64 of the oldest
+/// message of a page; not a message id).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageCursor(String);
+
+impl MessageCursor {
+    /// Wraps a cursor received from OpenCode (`X-Next-Cursor`).
+    pub fn new(cursor: impl Into<String>) -> Self {
+        Self(cursor.into())
+    }
+
+    /// The cursor as sent in `before=`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MessageCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageCursor({})", self.0)
+    }
+}
+
+/// One page of [`crate::Client::messages_page`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct MessagePage {
+    /// The messages of the page, oldest first.
+    pub messages: Vec<MessageWithParts>,
+    /// The cursor of the next older page; `None` on the oldest page.
+    pub before: Option<MessageCursor>,
 }
 
 /// A part of a prompt (what we send).

@@ -8,15 +8,27 @@
 //! * it is over at the next idle of that session; `session.error` seen on the way means it
 //!   failed, and an error before any sign of start (unknown agent) fails at once because no
 //!   idle will ever follow;
-//! * the assistant messages of the turn are then read over HTTP, waiting (briefly) for the
-//!   last one to be finalised, since in error and abort cases the first idle comes before
-//!   `time.completed` is set.
+//! * in error and abort cases the first idle comes before the last assistant message is
+//!   finalised (`time.completed`, `error`): the waiter then waits (at most 3 s) for the
+//!   `message.updated` that finalises it;
+//! * the turn's assistant messages are read with **one** `GET /session/{id}/message?limit=N`,
+//!   `N` being the number of messages the events showed since the prompt (usually the
+//!   turn's own steps). The session's history is never read, and no `GET /session/status` is
+//!   needed since the idle event said it. The page must hold every message the events named;
+//!   if it does not, the waiter falls back to the reads below.
 //!
-//! When the stream is down (or events were lost), the waiter falls back to polling
-//! `GET /session/status` and the messages: every 500 ms while the session is busy, backing
-//! off to 5 s while nothing moves, and it only trusts a "done" observation after 3 identical
-//! polls. Three consecutive failures to reach the server end the wait with
-//! [`TurnError::ServerLost`]. Every wait has a deadline.
+//! When the stream is down or events were lost (lag, reconnection, a late
+//! [`EventRouter::wait_idle`]), the waiter falls back to polling: `GET /session/status`, and
+//! only when the session is not running, the newest messages, paging back with the `before`
+//! cursor (pages doubling from 4) until our user message; a first page without it is
+//! followed by one `GET …/message/{id}` that tells whether it exists at all. It polls every
+//! 500 ms while the session is busy, backs off to 5 s while nothing moves, and only trusts a
+//! "done" observation after 3 identical polls. Three consecutive failures to reach the
+//! server end the wait with [`TurnError::ServerLost`]. Every wait has a deadline.
+//!
+//! Requests per turn on the normal path (stream up): `prompt_async` and one page of the
+//! turn's size, whatever the session's history (before: `GET /session/status` and the whole
+//! history, polled every 25 ms until an errored turn was finalised).
 
 // A turn error carries the turn's messages so the caller needs no second request; it is
 // returned once per turn, so its size does not matter.
@@ -186,6 +198,8 @@ pub struct TurnWaiter {
     sub: Subscription,
     state: watch::Receiver<StreamState>,
     late: bool,
+    /// Subscribed while the stream was up: no event of the turn can have been missed yet.
+    complete: bool,
     silence: Duration,
 }
 
@@ -215,13 +229,17 @@ impl EventRouter {
         session: &SessionId,
         message: &MessageId,
     ) -> TurnWaiter {
+        let sub = self.subscribe_session_filtered(session.as_str(), turn_kinds());
+        let state = self.watch_state();
+        let complete = matches!(*state.borrow(), StreamState::Connected);
         TurnWaiter {
             client: client.clone(),
             session: session.clone(),
             message: message.clone(),
-            sub: self.subscribe_session_filtered(session.as_str(), turn_kinds()),
-            state: self.watch_state(),
+            sub,
+            state,
             late: false,
+            complete,
             silence: DEFAULT_SILENCE_PROBE,
         }
     }
@@ -240,6 +258,7 @@ impl EventRouter {
     ) -> Result<TurnOutput, TurnError> {
         let mut waiter = self.turn(session, message);
         waiter.late = true;
+        waiter.complete = false;
         waiter.wait(deadline).await
     }
 
@@ -273,12 +292,7 @@ struct Probe {
 
 impl Probe {
     fn done(&self) -> bool {
-        !self.running
-            && self.user_exists
-            && self
-                .turn
-                .last()
-                .is_none_or(|m| m.info.is_completed() || m.info.error.is_some())
+        !self.running && self.user_exists && settled(&self.turn)
     }
 
     fn fingerprint(&self) -> (bool, bool, usize, Option<u64>) {
@@ -290,6 +304,76 @@ impl Probe {
         )
     }
 }
+
+/// Whether the last message of a turn is final (`time.completed` or an error). A turn with
+/// no assistant message is final once the session is idle: OpenCode creates the assistant
+/// message when a step starts, long before the idle.
+fn settled(turn: &[MessageWithParts]) -> bool {
+    turn.last().is_none_or(|m| is_final(&m.info))
+}
+
+fn is_final(info: &MessageInfo) -> bool {
+    info.is_completed() || info.error.is_some()
+}
+
+/// What the turn's `message.updated` events said. While `complete` holds (subscribed while
+/// connected, before the prompt; nothing lagged or dropped since) every message created
+/// since the prompt is known here, so the turn is read with one exact page and its
+/// finalisation is awaited on events instead of polled.
+#[derive(Debug, Default)]
+struct Seen {
+    complete: bool,
+    /// Our user message: `(created, id)`.
+    user: Option<(u64, MessageId)>,
+    /// The turn's assistant messages, latest state, in creation order.
+    turn: Vec<MessageInfo>,
+    /// Other messages of the session seen since subscribing: `(created, id)`.
+    others: Vec<(u64, MessageId)>,
+}
+
+impl Seen {
+    fn record(&mut self, info: MessageInfo, ours: &MessageId) {
+        if info.id == *ours {
+            self.user = Some((info.time.created, info.id));
+        } else if info.parent_id.as_ref() == Some(ours) && info.is_assistant() {
+            match self.turn.iter_mut().find(|m| m.id == info.id) {
+                Some(known) => *known = info,
+                None => {
+                    let at = self.turn.partition_point(|m| {
+                        (m.time.created, &m.id) <= (info.time.created, &info.id)
+                    });
+                    self.turn.insert(at, info);
+                }
+            }
+        } else if !self.others.iter().any(|(_, id)| *id == info.id) {
+            self.others.push((info.time.created, info.id));
+        }
+    }
+
+    /// Whether the events show the turn's last assistant message finalised.
+    fn settled(&self) -> bool {
+        self.turn.last().is_none_or(is_final)
+    }
+
+    /// How many of the session's newest messages are the turn's assistant messages and the
+    /// other messages created after our user message (all of them if it was not seen).
+    fn newest(&self) -> usize {
+        let newer = match &self.user {
+            Some((created, id)) => self
+                .others
+                .iter()
+                .filter(|(c, i)| (c, i) > (created, id))
+                .count(),
+            None => self.others.len(),
+        };
+        self.turn.len() + newer
+    }
+}
+
+/// First page size when reading back to our user message without event knowledge.
+const FIRST_PAGE: usize = 4;
+/// Largest page when paging back (pages double from the first one).
+const MAX_PAGE: usize = 1024;
 
 enum Step {
     Continue,
@@ -327,11 +411,15 @@ impl TurnWaiter {
         let mut error: Option<MessageError> = None;
         let mut last_status: Option<SessionStatus> = None;
         let mut pending: Option<PermissionRequest> = None;
+        let mut seen = Seen {
+            complete: self.complete,
+            ..Seen::default()
+        };
 
         if self.late {
-            let probe = self.probe().await?;
+            let probe = self.probe(&mut seen).await?;
             if probe.done() {
-                return self.finish(None, deadline).await;
+                return self.outcome(None, probe.turn);
             }
             started |= probe.user_exists || probe.running;
         }
@@ -339,15 +427,16 @@ impl TurnWaiter {
         loop {
             let connected = matches!(*self.state.borrow_and_update(), StreamState::Connected);
             if !connected {
+                seen.complete = false;
                 match self
-                    .poll_until(deadline, begin, &last_status, &pending)
+                    .poll_until(deadline, begin, &last_status, &pending, &mut seen)
                     .await?
                 {
-                    PollEnd::Done => return self.finish(error, deadline).await,
+                    PollEnd::Done(turn) => return self.outcome(error, turn),
                     PollEnd::Reconnected => {
-                        let probe = self.probe().await?;
+                        let probe = self.probe(&mut seen).await?;
                         if probe.done() {
-                            return self.finish(error, deadline).await;
+                            return self.outcome(error, probe.turn);
                         }
                         started |= probe.user_exists || probe.running;
                         continue;
@@ -362,9 +451,9 @@ impl TurnWaiter {
                 _ = self.state.changed() => continue,
                 () = tokio::time::sleep(self.silence) => {
                     // Silent while connected: check rather than wait on an end we missed.
-                    let probe = self.probe().await?;
+                    let probe = self.probe(&mut seen).await?;
                     if probe.done() && (started || probe.user_exists) {
-                        return self.finish(error, deadline).await;
+                        return self.outcome(error, probe.turn);
                     }
                     started |= probe.user_exists || probe.running;
                     continue;
@@ -373,16 +462,18 @@ impl TurnWaiter {
             match delivery {
                 None => {
                     // Router shut down: fall back to polling on the next iteration.
+                    seen.complete = false;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(Delivery::Missed(Missed::Lagged { .. } | Missed::Reconnected)) => {
-                    let probe = self.probe().await?;
+                    seen.complete = false;
+                    let probe = self.probe(&mut seen).await?;
                     if probe.done() && (started || probe.user_exists) {
-                        return self.finish(error, deadline).await;
+                        return self.outcome(error, probe.turn);
                     }
                     started |= probe.user_exists || probe.running;
                 }
-                Some(Delivery::Missed(_)) => {}
+                Some(Delivery::Missed(_)) => seen.complete = false,
                 Some(Delivery::Event(raw)) => {
                     match self.on_event(
                         &raw,
@@ -390,9 +481,12 @@ impl TurnWaiter {
                         &mut error,
                         &mut last_status,
                         &mut pending,
+                        &mut seen,
                     )? {
                         Step::Continue => {}
-                        Step::Finished => return self.finish(error, deadline).await,
+                        Step::Finished => {
+                            return self.finish(error, deadline, seen).await;
+                        }
                         Step::Failed(e) => {
                             return Err(TurnError::Failed {
                                 session_id: self.session.clone(),
@@ -414,6 +508,7 @@ impl TurnWaiter {
         error: &mut Option<MessageError>,
         last_status: &mut Option<SessionStatus>,
         pending: &mut Option<PermissionRequest>,
+        seen: &mut Seen,
     ) -> Result<Step, TurnError> {
         let event = match raw.decode() {
             Ok(e) => e,
@@ -424,7 +519,12 @@ impl TurnWaiter {
         };
         use crate::event::Event as E;
         match event {
-            E::MessageUpdated { info } if self.belongs(&info) => *started = true,
+            E::MessageUpdated { info } => {
+                if self.belongs(&info) {
+                    *started = true;
+                }
+                seen.record(*info, &self.message);
+            }
             E::SessionStatus { status, .. } => {
                 let idle = status == SessionStatus::Idle;
                 if status.is_running() {
@@ -442,10 +542,13 @@ impl TurnWaiter {
                 }
             }
             E::SessionError { error: e, .. } => {
-                let e = e.unwrap_or_else(|| MessageError {
-                    name: ErrorName::Unknown,
-                    data: ErrorData::default(),
-                });
+                let e = e.map_or_else(
+                    || MessageError {
+                        name: ErrorName::Unknown,
+                        data: ErrorData::default(),
+                    },
+                    |e| *e,
+                );
                 if !*started {
                     // No busy and no message: OpenCode will never send idle (unknown agent).
                     return Ok(Step::Failed(e));
@@ -459,7 +562,7 @@ impl TurnWaiter {
                     message_id: self.message.clone(),
                 });
             }
-            E::PermissionAsked(req) => *pending = Some(req),
+            E::PermissionAsked(req) => *pending = Some(*req),
             E::PermissionReplied { request_id, .. }
                 if pending.as_ref().is_some_and(|p| p.id == request_id) =>
             {
@@ -472,6 +575,10 @@ impl TurnWaiter {
 
     fn belongs(&self, info: &MessageInfo) -> bool {
         info.id == self.message || info.parent_id.as_ref() == Some(&self.message)
+    }
+
+    fn is_turn_message(&self, m: &MessageWithParts) -> bool {
+        m.info.is_assistant() && m.info.parent_id.as_ref() == Some(&self.message)
     }
 
     fn deadline_error(
@@ -497,19 +604,23 @@ impl TurnWaiter {
         }
     }
 
-    async fn probe(&self) -> Result<Probe, Error> {
+    /// The session's status, then (only when it is not running) the turn's messages.
+    async fn probe(&self, seen: &mut Seen) -> Result<Probe, Error> {
         let running = self
             .client
             .session_status()
             .await?
             .get(&self.session)
             .is_some_and(SessionStatus::is_running);
-        let messages = self.client.messages(&self.session).await?;
-        let user_exists = messages.iter().any(|m| m.info.id == self.message);
-        let turn = messages
-            .into_iter()
-            .filter(|m| m.info.is_assistant() && m.info.parent_id.as_ref() == Some(&self.message))
-            .collect();
+        if running {
+            // Not done whatever the messages say; they are read once it is idle.
+            return Ok(Probe {
+                running,
+                user_exists: seen.user.is_some(),
+                turn: Vec::new(),
+            });
+        }
+        let (user_exists, turn) = self.read_turn(seen).await?;
         Ok(Probe {
             running,
             user_exists,
@@ -517,14 +628,64 @@ impl TurnWaiter {
         })
     }
 
-    /// Polls while the stream is down. Returns when the turn is done (3 stable polls) or the
-    /// stream is back.
+    /// Reads the session's newest messages, paging back (with doubling pages) until our user
+    /// message; returns whether it exists and the turn's assistant messages. When a first
+    /// page does not reach it and it was never seen, one `GET …/message/{id}` tells whether
+    /// it exists at all before older pages are read.
+    async fn read_turn(&self, seen: &mut Seen) -> Result<(bool, Vec<MessageWithParts>), Error> {
+        let mut limit = (seen.newest() + 1).max(FIRST_PAGE);
+        let mut before = None;
+        let mut turn: Vec<MessageWithParts> = Vec::new();
+        let mut checked = seen.user.is_some();
+        loop {
+            let page = self
+                .client
+                .messages_page(&self.session, limit as u32, before.as_ref())
+                .await?;
+            let mut found = false;
+            let mut older: Vec<MessageWithParts> = Vec::new();
+            for m in page.messages {
+                if m.info.id == self.message {
+                    found = true;
+                    if seen.user.is_none() {
+                        seen.user = Some((m.info.time.created, m.info.id.clone()));
+                    }
+                } else if self.is_turn_message(&m) {
+                    older.push(m);
+                }
+            }
+            older.append(&mut turn);
+            turn = older;
+            if found {
+                return Ok((true, turn));
+            }
+            let Some(cursor) = page.before else {
+                return Ok((false, turn));
+            };
+            if !checked {
+                checked = true;
+                match self.client.message(&self.session, &self.message).await {
+                    Ok(user) => {
+                        seen.user = Some((user.info.time.created, user.info.id));
+                    }
+                    Err(e) if e.is_not_found() => return Ok((false, turn)),
+                    Err(e) => return Err(e),
+                }
+            }
+            before = Some(cursor);
+            limit = (limit * 2).min(MAX_PAGE);
+        }
+    }
+
+    /// Polls while the stream is down. Returns when the turn is done (3 stable polls, with
+    /// the turn's messages) or the stream is back.
     async fn poll_until(
         &mut self,
         deadline: Instant,
         begin: Instant,
         last_status: &Option<SessionStatus>,
         pending: &Option<PermissionRequest>,
+        seen: &mut Seen,
     ) -> Result<PollEnd, TurnError> {
         let mut interval = POLL_MIN;
         let mut stable = 0;
@@ -534,14 +695,14 @@ impl TurnWaiter {
             if matches!(*self.state.borrow_and_update(), StreamState::Connected) {
                 return Ok(PollEnd::Reconnected);
             }
-            match self.probe().await {
+            match self.probe(seen).await {
                 Ok(probe) => {
                     failures = 0;
                     let fp = probe.fingerprint();
                     if probe.done() {
                         stable = if last_fp == Some(fp) { stable + 1 } else { 1 };
                         if stable >= STABLE_POLLS {
-                            return Ok(PollEnd::Done);
+                            return Ok(PollEnd::Done(probe.turn));
                         }
                         interval = POLL_MIN;
                     } else if probe.running {
@@ -573,25 +734,56 @@ impl TurnWaiter {
         }
     }
 
-    /// Reads the turn's messages (waiting briefly for the last one to be finalised) and
-    /// classifies the outcome.
+    /// After the turn's idle: waits (briefly) for the last assistant message to be
+    /// finalised, reads the turn's messages and classifies the outcome.
+    ///
+    /// With complete event knowledge the finalisation is awaited on `message.updated` and
+    /// the turn is read with one page of exactly its size; otherwise (or when that page does
+    /// not hold every message the events named) the messages are polled every 25 ms.
     async fn finish(
-        &self,
-        error: Option<MessageError>,
+        &mut self,
+        mut error: Option<MessageError>,
         deadline: Instant,
+        mut seen: Seen,
     ) -> Result<TurnOutput, TurnError> {
         let until = (Instant::now() + FINALISE_GRACE).min(deadline);
+        if seen.complete {
+            self.await_final(&mut error, until, &mut seen).await?;
+        }
+        if seen.complete {
+            if seen.turn.is_empty() {
+                return self.outcome(error, Vec::new());
+            }
+            let page = self
+                .client
+                .messages_page(&self.session, seen.newest() as u32, None)
+                .await;
+            match page {
+                Ok(page) => {
+                    let turn: Vec<MessageWithParts> = page
+                        .messages
+                        .into_iter()
+                        .filter(|m| self.is_turn_message(m))
+                        .collect();
+                    let whole = seen
+                        .turn
+                        .iter()
+                        .all(|k| turn.iter().any(|m| m.info.id == k.id));
+                    if whole && (settled(&turn) || Instant::now() >= until) {
+                        return self.outcome(error, turn);
+                    }
+                }
+                Err(e) if e.is_unreachable() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut failures = 0;
         let turn = loop {
-            match self.probe().await {
-                Ok(probe) => {
+            match self.read_turn(&mut seen).await {
+                Ok((_, turn)) => {
                     failures = 0;
-                    let settled = probe
-                        .turn
-                        .last()
-                        .is_some_and(|m| m.info.is_completed() || m.info.error.is_some());
-                    if settled || Instant::now() >= until {
-                        break probe.turn;
+                    if settled(&turn) || Instant::now() >= until {
+                        break turn;
                     }
                 }
                 Err(e) if e.is_unreachable() => {
@@ -604,6 +796,45 @@ impl TurnWaiter {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         };
+        self.outcome(error, turn)
+    }
+
+    /// Follows the session's events until they show the turn's last message finalised, at
+    /// most until `until`. Any sign of lost events clears `seen.complete`.
+    async fn await_final(
+        &mut self,
+        error: &mut Option<MessageError>,
+        until: Instant,
+        seen: &mut Seen,
+    ) -> Result<(), TurnError> {
+        let (mut started, mut status, mut pending) = (true, None, None);
+        while !seen.settled() && seen.complete {
+            if !matches!(*self.state.borrow_and_update(), StreamState::Connected) {
+                seen.complete = false;
+                break;
+            }
+            let delivery = tokio::select! {
+                () = tokio::time::sleep_until(until) => break,
+                d = self.sub.recv() => d,
+                _ = self.state.changed() => continue,
+            };
+            match delivery {
+                Some(Delivery::Event(raw)) => {
+                    // A second idle or error is expected here; deletion ends the wait.
+                    self.on_event(&raw, &mut started, error, &mut status, &mut pending, seen)?;
+                }
+                Some(Delivery::Missed(_)) | None => seen.complete = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Classifies a finished turn.
+    fn outcome(
+        &self,
+        error: Option<MessageError>,
+        turn: Vec<MessageWithParts>,
+    ) -> Result<TurnOutput, TurnError> {
         let stored_error = turn.last().and_then(|m| m.info.error.clone());
         let error = error.or(stored_error);
         let session_id = self.session.clone();
@@ -639,7 +870,7 @@ impl TurnWaiter {
 }
 
 enum PollEnd {
-    Done,
+    Done(Vec<MessageWithParts>),
     Reconnected,
 }
 
@@ -668,6 +899,67 @@ mod tests {
         assert!(!p(true, true, vec![done.clone()]).done());
         assert!(!p(false, false, vec![]).done());
         assert!(!p(false, true, vec![open]).done());
+    }
+
+    fn info(
+        id: &str,
+        role: &str,
+        parent: Option<&str>,
+        created: u64,
+        completed: bool,
+    ) -> MessageInfo {
+        let mut v = serde_json::json!({
+            "id": id, "sessionID": "ses_1", "role": role,
+            "time": {"created": created}
+        });
+        if let Some(p) = parent {
+            v["parentID"] = p.into();
+        }
+        if completed {
+            v["time"]["completed"] = (created + 1).into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn seen_counts_the_turn_and_newer_messages_only() {
+        let ours = MessageId::new("msg_5");
+        let mut seen = Seen::default();
+        // The previous turn's user message, updated late (older than ours).
+        seen.record(info("msg_1", "user", None, 10, false), &ours);
+        seen.record(info("msg_5", "user", None, 50, false), &ours);
+        seen.record(info("msg_6", "assistant", Some("msg_5"), 60, false), &ours);
+        assert!(!seen.settled());
+        seen.record(info("msg_6", "assistant", Some("msg_5"), 60, true), &ours);
+        assert!(seen.settled());
+        // A compaction pair inside the turn, then the next step.
+        seen.record(info("msg_7", "user", None, 70, false), &ours);
+        seen.record(info("msg_8", "assistant", Some("msg_7"), 80, true), &ours);
+        seen.record(info("msg_9", "assistant", Some("msg_5"), 90, false), &ours);
+        assert_eq!(seen.turn.len(), 2);
+        assert!(!seen.settled(), "the last step is still open");
+        assert_eq!(seen.newest(), 4, "two steps and the compaction pair");
+        // Updates of a known message do not add to the count.
+        seen.record(info("msg_7", "user", None, 70, false), &ours);
+        assert_eq!(seen.newest(), 4);
+        // Without our user message every other message counts.
+        let mut blind = Seen::default();
+        blind.record(info("msg_1", "user", None, 10, false), &ours);
+        blind.record(info("msg_6", "assistant", Some("msg_5"), 60, true), &ours);
+        assert_eq!(blind.newest(), 2);
+    }
+
+    #[test]
+    fn an_empty_turn_is_settled_and_an_open_last_step_is_not() {
+        let done = msg(
+            r#"{"info":{"id":"msg_2","sessionID":"ses_1","role":"assistant","parentID":"msg_1","time":{"created":1},"error":{"name":"MessageAbortedError"}},"parts":[]}"#,
+        );
+        let open = msg(
+            r#"{"info":{"id":"msg_3","sessionID":"ses_1","role":"assistant","parentID":"msg_1","time":{"created":2}},"parts":[]}"#,
+        );
+        assert!(settled(&[]));
+        assert!(settled(std::slice::from_ref(&done)));
+        assert!(!settled(&[done, open]));
     }
 
     #[test]

@@ -169,6 +169,14 @@ fn main() {
             "a_silent_connected_stream_is_probed_after_the_silence_interval",
             silence_probe,
         ),
+        (
+            "a_turn_on_a_long_session_reads_one_page_of_its_own_size",
+            long_history_turns,
+        ),
+        (
+            "polling_on_a_long_session_reads_pages_not_the_history",
+            long_history_polling,
+        ),
     ];
     let trials = tests
         .iter()
@@ -1080,5 +1088,221 @@ fn silence_probe(env: &Env) -> Result<(), Failed> {
             Err(TurnError::Deadline { .. }) => Ok(()),
             other => Err(format!("expected a deadline without probing, got {other:?}").into()),
         }
+    })
+}
+
+/// A session with 30 stored `noReply` messages and two earlier tool turns (5 messages each
+/// way), so that a read of the whole history is easy to tell from a read of one turn.
+async fn long_session(env: &Env, client: &Client, title: &str) -> Result<SessionId, Failed> {
+    let s = client.create_session(&CreateSession::titled(title)).await?;
+    env.rule(
+        Rule::new(format!("{title}-write"))
+            .session(s.id.as_str())
+            .tool_result(false)
+            .reply(
+                Reply::tool_call(
+                    "write",
+                    json!({"filePath": format!("{title}.txt"), "content": "x\n"}),
+                )
+                .usage(5, 1),
+            ),
+    );
+    env.rule(
+        Rule::new(format!("{title}-after"))
+            .session(s.id.as_str())
+            .tool_result(true)
+            .reply(Reply::text("wrote it").usage(7, 2)),
+    );
+    for i in 0..2 {
+        client
+            .prompt(&s.id, &prompt(&format!("earlier turn {i}")))
+            .await?;
+    }
+    for i in 0..30 {
+        let note = Prompt::text(format!("note {i}: {}", "context ".repeat(20))).no_reply();
+        client.prompt(&s.id, &note).await?;
+    }
+    Ok(s.id)
+}
+
+fn long_history_turns(env: &Env) -> Result<(), Failed> {
+    let project = env.project();
+    let client = env.client(project.path());
+    rt().block_on(async {
+        let router = router_for(&client).await?;
+        let id = long_session(env, &client, "long").await?;
+        let history = client.stats();
+        let all = client.messages(&id).await?;
+        let history_bytes = client.stats().since(&history).response_bytes;
+        ensure!(all.len() == 2 * 3 + 30, "{} messages stored", all.len());
+
+        // A separate client for the waiter, so its requests are counted alone.
+        let counted = env.client(project.path());
+        // A multi-step turn (tool call, then text): both assistant messages, one page.
+        let p = prompt("one more tool turn");
+        let waiter = router.turn_with_client(&counted, &id, &p.message_id);
+        client.prompt_async(&id, &p).await?;
+        let out = waiter.wait(deadline(60)).await?;
+        let used = counted.stats();
+        ensure!(out.messages.len() == 2, "{} messages", out.messages.len());
+        ensure!(
+            out.messages[0].info.finish == Some(Finish::ToolCalls)
+                && out.messages[0].tool_parts().count() == 1,
+            "first step {:?}",
+            out.messages[0]
+        );
+        ensure!(out.text() == "wrote it", "text {:?}", out.text());
+        ensure!(
+            out.tokens.input == 12 && out.tokens.output == 3,
+            "tokens summed over steps: {:?}",
+            out.tokens
+        );
+        ensure!(
+            out.messages
+                .iter()
+                .all(|m| m.info.parent_id.as_ref() == Some(&p.message_id)),
+            "parents"
+        );
+        ensure!(
+            used.requests == 1,
+            "{} requests for the turn",
+            used.requests
+        );
+        ensure!(
+            used.response_bytes * 4 < history_bytes,
+            "read {} bytes, the history is {history_bytes}",
+            used.response_bytes
+        );
+        // The turn as read equals the turn as stored.
+        let stored: Vec<_> = client
+            .messages(&id)
+            .await?
+            .into_iter()
+            .filter(|m| m.info.parent_id.as_ref() == Some(&p.message_id))
+            .collect();
+        ensure!(
+            stored == out.messages,
+            "read {:?}, stored {stored:?}",
+            out.messages
+        );
+
+        // A failing turn (HTTP 400, no retry): its error is finalised after the first idle.
+        let failing = client
+            .create_session(&CreateSession::titled("long-400"))
+            .await?;
+        env.rule(
+            Rule::new("long-400")
+                .session(failing.id.as_str())
+                .reply(Reply::error(400, "scripted bad request")),
+        );
+        let before = counted.stats();
+        let p = prompt("fail please");
+        let waiter = router.turn_with_client(&counted, &failing.id, &p.message_id);
+        client.prompt_async(&failing.id, &p).await?;
+        match waiter.wait(deadline(60)).await {
+            Err(TurnError::Failed {
+                error, messages, ..
+            }) => {
+                ensure!(error.name == ErrorName::Api, "error {error:?}");
+                let last = messages.last().ok_or("no message in the failed turn")?;
+                ensure!(
+                    last.info.error.is_some() && last.info.is_completed(),
+                    "the stored message was not finalised: {:?}",
+                    last.info
+                );
+            }
+            other => return Err(format!("expected a failure, got {other:?}").into()),
+        }
+        let used = counted.stats().since(&before);
+        ensure!(
+            used.requests == 1,
+            "{} requests for the failed turn",
+            used.requests
+        );
+
+        // wait_idle after the end (no event knowledge): status, then one small page.
+        let p = prompt("late one");
+        let late_router = router_for(&counted).await?;
+        let out = router.run_turn(&id, &p, deadline(60)).await?;
+        let before = counted.stats();
+        let again = late_router
+            .wait_idle(&id, &p.message_id, deadline(30))
+            .await?;
+        let used = counted.stats().since(&before);
+        ensure!(again.messages == out.messages, "late read differs");
+        ensure!(
+            used.requests == 2,
+            "{} requests for a late wait",
+            used.requests
+        );
+        ensure!(
+            used.response_bytes * 4 < history_bytes,
+            "late wait read {} bytes, the history is {history_bytes}",
+            used.response_bytes
+        );
+        Ok(())
+    })
+}
+
+fn long_history_polling(env: &Env) -> Result<(), Failed> {
+    let project = env.project();
+    let client = env.client(project.path());
+    rt().block_on(async {
+        let id = long_session(env, &client, "longpoll").await?;
+        let history = client.stats();
+        client.messages(&id).await?;
+        let history_bytes = client.stats().since(&history).response_bytes;
+        // No stream at all: the waiter can only poll.
+        let router = EventRouter::detached(RouterConfig::default());
+        let counted = env.client(project.path());
+        let p = prompt("a tool turn, polled");
+        let waiter = router.turn_with_client(&counted, &id, &p.message_id);
+        client.prompt_async(&id, &p).await?;
+        let out = waiter.wait(deadline(60)).await?;
+        ensure!(out.messages.len() == 2, "{} messages", out.messages.len());
+        ensure!(out.text() == "wrote it", "text {:?}", out.text());
+        let used = counted.stats();
+        // Every poll reads a status and at most a few messages, never the history.
+        ensure!(
+            used.response_bytes < used.requests * history_bytes / 4,
+            "{} bytes in {} requests, the history is {history_bytes}",
+            used.response_bytes,
+            used.requests
+        );
+
+        // Events lost (a one-event buffer overflows while nobody waits): the waiter is told,
+        // probes, and reads the turn back to its user message.
+        let mut config = RouterConfig::default();
+        config.buffer = 1;
+        let tiny = EventRouter::connect(client.clone(), config).await?;
+        let p = prompt("a tool turn, events lost");
+        let waiter = tiny.turn_with_client(&counted, &id, &p.message_id);
+        let before = counted.stats();
+        client.prompt_async(&id, &p).await?;
+        // Wait (with the uncounted client) until the turn is over and stored.
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ended = client.messages(&id).await?.iter().any(|m| {
+                m.info.parent_id.as_ref() == Some(&p.message_id)
+                    && m.info.finish == Some(Finish::Stop)
+                    && m.info.is_completed()
+            });
+            if ended && !client.session_status().await?.contains_key(&id) {
+                break;
+            }
+            ensure!(tokio::time::Instant::now() < until, "the turn did not end");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let out = waiter.wait(deadline(60)).await?;
+        ensure!(out.messages.len() == 2, "{} messages", out.messages.len());
+        ensure!(out.text() == "wrote it", "text {:?}", out.text());
+        let used = counted.stats().since(&before);
+        ensure!(
+            used.requests == 2,
+            "{} requests: status, one page",
+            used.requests
+        );
+        ensure!(tiny.stats().dropped > 0, "nothing was dropped");
+        Ok(())
     })
 }
