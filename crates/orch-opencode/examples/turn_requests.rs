@@ -20,7 +20,7 @@ use orch_opencode::{
     ServerBuilder, SessionId, SessionStatus,
 };
 use orch_testkit::opencode::{
-    IsolatedHome, TestProject, fake_provider_config, merge_json, require_binary,
+    IsolatedHome, TestProject, fake_provider_config, merge_json, process_tree_cpu, require_binary,
 };
 use orch_testkit::{Reply, Rule, Script, ScriptedModel};
 use serde_json::json;
@@ -34,8 +34,8 @@ enum Mode {
 #[derive(Default)]
 struct Totals {
     turns: u64,
-    /// CPU time of the server process (all its threads), in clock ticks.
-    server_ticks: u64,
+    /// CPU time of the server process and its children.
+    server_cpu: Duration,
     requests: u64,
     bytes: u64,
     latency: Duration,
@@ -86,7 +86,7 @@ fn main() -> Result<(), BoxError> {
                     t.requests as f64 / t.turns as f64,
                     t.bytes as f64 / t.turns as f64,
                     t.latency.as_secs_f64() * 1e3 / t.turns as f64,
-                    ticks_ms(t.server_ticks) / t.turns as f64,
+                    t.server_cpu.as_secs_f64() * 1e3 / t.turns as f64,
                     t.wall.as_secs_f64()
                 );
                 let a = &mut all[mode as usize];
@@ -95,7 +95,7 @@ fn main() -> Result<(), BoxError> {
                 a.bytes += t.bytes;
                 a.latency += t.latency;
                 a.wall += t.wall;
-                a.server_ticks += t.server_ticks;
+                a.server_cpu += t.server_cpu;
             }
         }
         for (mode, a) in [Mode::Legacy, Mode::Waiter].iter().zip(&all) {
@@ -104,7 +104,7 @@ fn main() -> Result<(), BoxError> {
                 a.requests as f64 / a.turns as f64,
                 a.bytes as f64 / a.turns as f64,
                 a.latency.as_secs_f64() * 1e3 / a.turns as f64,
-                ticks_ms(a.server_ticks) / a.turns as f64,
+                a.server_cpu.as_secs_f64() * 1e3 / a.turns as f64,
                 a.wall.as_secs_f64()
             );
         }
@@ -112,48 +112,6 @@ fn main() -> Result<(), BoxError> {
     })?;
     drop(server);
     Ok(())
-}
-
-/// utime + stime of a process and its descendants (OpenCode's launcher starts the server as
-/// a child), in clock ticks, from `/proc/PID/stat` (ppid, utime and stime fields).
-fn cpu_ticks(root: u32) -> u64 {
-    let mut procs = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        // The command name (field 2) may hold spaces; count fields after its parenthesis.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        if f.len() > 12 {
-            procs.push((pid, f[1] as u32, f[11] + f[12]));
-        }
-    }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
-        i += 1;
-    }
-    procs
-        .iter()
-        .filter(|p| tree.contains(&p.0))
-        .map(|p| p.2)
-        .sum()
-}
-
-/// Clock ticks to milliseconds (`CLK_TCK` is 100 on Linux).
-fn ticks_ms(ticks: u64) -> f64 {
-    ticks as f64 * 10.0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,7 +152,7 @@ async fn run(
         sessions.push(s.id);
     }
     let before = counted.stats();
-    let ticks = cpu_ticks(server_pid);
+    let cpu = server_cpu(server_pid);
     let wall = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for id in sessions {
@@ -218,7 +176,7 @@ async fn run(
         t.turns += turns as u64;
     }
     t.wall = wall.elapsed();
-    t.server_ticks = cpu_ticks(server_pid).saturating_sub(ticks);
+    t.server_cpu = server_cpu(server_pid).saturating_sub(cpu);
     let used = counted.stats().since(&before);
     t.requests = used.requests;
     t.bytes = used.response_bytes;
@@ -279,4 +237,9 @@ async fn turn(
                 .count())
         }
     }
+}
+
+/// CPU time of the server (OpenCode's launcher runs it as a child process).
+fn server_cpu(pid: u32) -> Duration {
+    process_tree_cpu(pid).unwrap_or_default()
 }

@@ -5,6 +5,8 @@
 //! - [`TestProject`]: a temporary project directory with that config.
 //! - [`IsolatedHome`]: a temporary `HOME` and XDG directories, so a test server shares no state
 //!   with the user's OpenCode.
+//! - [`process_tree_cpu`]: CPU time of a server process and its children, to tell where a
+//!   benchmark's time goes.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -231,6 +233,52 @@ impl IsolatedHome {
     }
 }
 
+/// User + system CPU time used so far by process `root` and all its descendants (OpenCode's
+/// launcher runs the server as a child process), from `/proc/PID/stat`. Linux only: `None`
+/// elsewhere or when `root` is gone. Take two readings around an operation and subtract.
+/// Clock ticks are assumed to be 10 ms (`CLK_TCK` 100, the Linux default).
+pub fn process_tree_cpu(root: u32) -> Option<std::time::Duration> {
+    // (pid, parent, utime + stime) of every process.
+    let mut procs = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name (field 2) may hold spaces: count the fields after its `)`.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+        if let (Some(parent), Some(user), Some(system)) = (num(1), num(11), num(12)) {
+            procs.push((pid, parent as u32, user + system));
+        }
+    }
+    if !procs.iter().any(|p| p.0 == root) {
+        return None;
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let ticks: u64 = procs
+        .iter()
+        .filter(|p| tree.contains(&p.0))
+        .map(|p| p.2)
+        .sum();
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +328,23 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains(INSTALL_COMMAND), "{text}");
         assert!(text.contains("/x/.tools"), "{text}");
+    }
+
+    #[test]
+    fn process_tree_cpu_counts_a_busy_child_and_nothing_for_a_missing_process() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh");
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let busy = process_tree_cpu(child.id());
+        let ours = process_tree_cpu(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let busy = busy.expect("the child is running");
+        assert!(busy >= std::time::Duration::from_millis(100), "{busy:?}");
+        // Our tree includes the child.
+        assert!(ours.expect("this process") >= busy);
+        assert_eq!(process_tree_cpu(u32::MAX), None);
     }
 }
