@@ -323,6 +323,7 @@ mod tests {
             start: Duration::from_millis(s),
             end: Duration::from_millis(e),
             ok: true,
+            session: String::new(),
         };
         let turns = vec![
             rec(AgentRole::Worker, "T1", 0, 10),

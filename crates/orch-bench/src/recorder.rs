@@ -24,6 +24,8 @@ pub struct TurnRecord {
     pub end: Duration,
     /// Whether it succeeded.
     pub ok: bool,
+    /// The backend's id of the session it ran in.
+    pub session: String,
 }
 
 /// Wraps a backend and records every turn and the peak concurrency.
@@ -31,6 +33,8 @@ pub struct TurnRecord {
 pub struct Recorder<B> {
     inner: B,
     t0: Instant,
+    /// `t0` as milliseconds since the Unix epoch (to line turns up with other logs).
+    t0_unix_ms: u64,
     log: Mutex<Vec<TurnRecord>>,
     in_flight: AtomicU64,
     peak_in_flight: AtomicU64,
@@ -61,6 +65,9 @@ impl<B> Recorder<B> {
         Recorder {
             inner,
             t0: Instant::now(),
+            t0_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             log: Mutex::new(Vec::new()),
             in_flight: AtomicU64::new(0),
             peak_in_flight: AtomicU64::new(0),
@@ -72,6 +79,12 @@ impl<B> Recorder<B> {
     /// Time since the recorder was built (the clock of [`TurnRecord`]).
     pub fn clock(&self) -> Duration {
         self.t0.elapsed()
+    }
+
+    /// The recorder's clock at a time given in milliseconds since the Unix epoch (as the
+    /// scripted model's [`RecordedRequest::at_ms`](orch_testkit::RecordedRequest)), saturating at 0.
+    pub fn clock_at_unix_ms(&self, unix_ms: u64) -> Duration {
+        Duration::from_millis(unix_ms.saturating_sub(self.t0_unix_ms))
     }
 
     /// The wrapped backend.
@@ -132,6 +145,7 @@ impl<B: AgentBackend> AgentBackend for Recorder<B> {
     ) -> Result<TurnReport, BackendError> {
         let role = turn.role;
         let item = item_of(&turn.prompt);
+        let id = self.inner.session_id(session);
         bump_peak(&self.in_flight, &self.peak_in_flight);
         let start = self.t0.elapsed();
         let result = self.inner.run_turn(session, turn, deadline, stop).await;
@@ -143,6 +157,7 @@ impl<B: AgentBackend> AgentBackend for Recorder<B> {
             start,
             end,
             ok: result.is_ok(),
+            session: id,
         });
         result
     }
