@@ -491,7 +491,7 @@ pub struct SpeedupRun {
     pub reviewer_turn: Duration,
     /// Compaction requests the model received (session resets).
     pub compactions: usize,
-    /// CPU time the OpenCode servers used during the items phase (all their threads).
+    /// CPU time the OpenCode server used during the items phase (all its threads).
     pub server_cpu: Duration,
     /// CPU time this process (orchestrator, scripted model, recorder) used in the items phase.
     pub own_cpu: Duration,
@@ -501,9 +501,9 @@ pub struct SpeedupRun {
     pub setup: Duration,
     /// Mean time from the model's answer (request + delay) to the turn's return.
     pub after: Duration,
-    /// HTTP requests the backend sent to OpenCode during the whole mission (one server
-    /// only), event stream included.
-    pub requests: Option<u64>,
+    /// HTTP requests the backend sent to OpenCode during the whole mission, event stream
+    /// included.
+    pub requests: u64,
 }
 
 /// CPU time used so far by `server` (its process tree); zero where `/proc` is missing.
@@ -519,36 +519,18 @@ fn compactions(model: &ScriptedModel) -> usize {
         .count()
 }
 
-/// Runs one mission of independent items on `workers` Workers and Reviewers, on `servers`
-/// (one [`OpencodeBackend`] each, behind a [`MultiBackend`] when there are several). `delay`
-/// is how long the scripted model waits before it answers a Worker or Reviewer.
+/// Runs one mission of independent items on `workers` Workers and Reviewers on `server`.
+/// `delay` is how long the scripted model waits before it answers a Worker or Reviewer.
 pub async fn speedup_run(
     model: &ScriptedModel,
-    servers: &[&OpencodeServer],
+    server: &OpencodeServer,
     project: &Path,
     workers: usize,
     delay: Duration,
 ) -> Result<SpeedupRun, String> {
-    let config = || backend_config(workers.max(2) * 2, 10);
-    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
-    if let [server] = servers {
-        let backend = Arc::new(Recorder::new(connect(server, project, config()).await?));
-        let before = backend.inner().client().stats();
-        let run = speedup_mission(&backend, model, pids, project, workers, delay).await;
-        let used = backend.inner().client().stats().since(&before);
-        backend.inner().shutdown().await;
-        return run.map(|r| SpeedupRun {
-            requests: Some(used.requests),
-            ..r
-        });
-    }
-    let mut backends = Vec::new();
-    for server in servers {
-        backends.push(connect(server, project, config()).await?);
-    }
-    let multi = MultiBackend::new(backends).map_err(|e| e.to_string())?;
-    let backend = Arc::new(Recorder::new(multi));
-    let run = speedup_mission(&backend, model, pids, project, workers, delay).await;
+    let config = backend_config(workers.max(2) * 2, 10);
+    let backend = Arc::new(Recorder::new(connect(server, project, config).await?));
+    let run = speedup_mission(&backend, model, server.pid(), project, workers, delay).await;
     backend.inner().shutdown().await;
     run
 }
@@ -580,11 +562,6 @@ pub async fn warm_up(
         }
     }
     Ok((server_cpu(server).saturating_sub(cpu0), t0.elapsed()))
-}
-
-/// CPU time used so far by the processes `pids` and their children.
-fn cpu_of(pids: &[u32]) -> Duration {
-    pids.iter().filter_map(|&pid| process_tree_cpu(pid)).sum()
 }
 
 /// Where the time of the items phase's turns went, from the turns as the mission ran them
@@ -622,15 +599,16 @@ fn turn_split<B>(
     (setup / n.max(1), after / n.max(1))
 }
 
-async fn speedup_mission<B: AgentBackend + 'static>(
-    backend: &Arc<Recorder<B>>,
+async fn speedup_mission(
+    backend: &Arc<Recorder<OpencodeBackend>>,
     model: &ScriptedModel,
-    pids: Vec<u32>,
+    server_pid: u32,
     project: &Path,
     workers: usize,
     delay: Duration,
 ) -> Result<SpeedupRun, String> {
     let compactions0 = compactions(model);
+    let requests0 = backend.inner().client().stats();
     let mission =
         Mission::new(Arc::clone(backend), "speed-up benchmark", project).config(MissionConfig {
             workers,
@@ -640,7 +618,12 @@ async fn speedup_mission<B: AgentBackend + 'static>(
             ..MissionConfig::default()
         });
     let mut rx = mission.subscribe();
-    let cpu = move || (cpu_of(&pids), crate::cpu_time().unwrap_or_default());
+    let cpu = move || {
+        (
+            process_tree_cpu(server_pid).unwrap_or_default(),
+            crate::cpu_time().unwrap_or_default(),
+        )
+    };
     let watcher = tokio::spawn(async move {
         let (mut committed, mut first, mut last) = (None, None, None);
         let mut cpu_at_commit = (Duration::ZERO, Duration::ZERO);
@@ -705,7 +688,7 @@ async fn speedup_mission<B: AgentBackend + 'static>(
             .sum(),
         setup,
         after,
-        requests: None,
+        requests: backend.inner().client().stats().since(&requests0).requests,
     })
 }
 
@@ -721,8 +704,7 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
     for _ in 0..2 {
         for (workers, best) in [(1, &mut r1), (8, &mut r8)] {
             let project = env.project(false)?;
-            let run =
-                speedup_run(&env.model, &[&env.server], project.path(), workers, delay).await?;
+            let run = speedup_run(&env.model, &env.server, project.path(), workers, delay).await?;
             if best.is_none_or(|b| run.items < b.items) {
                 *best = Some(run);
             }
@@ -788,19 +770,18 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
                 fmt_duration(r.own_cpu),
             ),
         ));
-        if let Some(requests) = r.requests {
-            rows.push(Row::info(
-                5,
-                format!(
-                    "{label}: HTTP requests to OpenCode for the whole mission ({} turns)",
-                    r.item_turns + 1
-                ),
-                format!(
-                    "{requests} ({:.1} per turn)",
-                    requests as f64 / (r.item_turns + 1) as f64
-                ),
-            ));
-        }
+        rows.push(Row::info(
+            5,
+            format!(
+                "{label}: HTTP requests to OpenCode for the whole mission ({} turns)",
+                r.item_turns + 1
+            ),
+            format!(
+                "{} ({:.1} per turn)",
+                r.requests,
+                r.requests as f64 / (r.item_turns + 1) as f64
+            ),
+        ));
         rows.push(Row::info(
             5,
             format!(

@@ -42,6 +42,30 @@ struct Totals {
     wall: Duration,
 }
 
+impl Totals {
+    fn add(&mut self, t: &Totals) {
+        self.turns += t.turns;
+        self.server_cpu += t.server_cpu;
+        self.requests += t.requests;
+        self.bytes += t.bytes;
+        self.latency += t.latency;
+        self.wall += t.wall;
+    }
+
+    /// The per-turn figures.
+    fn per_turn(&self) -> String {
+        let turns = self.turns.max(1) as f64;
+        format!(
+            "completion reads {:.2} requests/turn, {:.0} B/turn; mean turn {:.0} ms; server CPU {:.1} ms/turn; wall {:.2} s",
+            self.requests as f64 / turns,
+            self.bytes as f64 / turns,
+            self.latency.as_secs_f64() * 1e3 / turns,
+            self.server_cpu.as_secs_f64() * 1e3 / turns,
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
@@ -76,36 +100,39 @@ fn main() -> Result<(), BoxError> {
             .build()?;
         let router = EventRouter::connect(client.clone(), RouterConfig::default()).await?;
         // Warm the directory's instance.
-        run(&model, &client, &counted, &router, Mode::Waiter, 1, 1, server.pid()).await?;
+        run(
+            &model,
+            &client,
+            &counted,
+            &router,
+            Mode::Waiter,
+            1,
+            1,
+            server.pid(),
+        )
+        .await?;
         let mut all = [Totals::default(), Totals::default()];
         for round in 0..rounds {
             for mode in [Mode::Legacy, Mode::Waiter] {
-                let t = run(&model, &client, &counted, &router, mode, parallel, turns, server.pid()).await?;
-                println!(
-                    "round {round} {mode:?}: {:.2} requests/turn, {:.0} B/turn, mean turn {:.0} ms, server CPU {:.1} ms/turn, wall {:.2} s",
-                    t.requests as f64 / t.turns as f64,
-                    t.bytes as f64 / t.turns as f64,
-                    t.latency.as_secs_f64() * 1e3 / t.turns as f64,
-                    t.server_cpu.as_secs_f64() * 1e3 / t.turns as f64,
-                    t.wall.as_secs_f64()
-                );
-                let a = &mut all[mode as usize];
-                a.turns += t.turns;
-                a.requests += t.requests;
-                a.bytes += t.bytes;
-                a.latency += t.latency;
-                a.wall += t.wall;
-                a.server_cpu += t.server_cpu;
+                let t = run(
+                    &model,
+                    &client,
+                    &counted,
+                    &router,
+                    mode,
+                    parallel,
+                    turns,
+                    server.pid(),
+                )
+                .await?;
+                println!("round {round} {mode:?}: {}", t.per_turn());
+                all[mode as usize].add(&t);
             }
         }
         for (mode, a) in [Mode::Legacy, Mode::Waiter].iter().zip(&all) {
             println!(
-                "{mode:?} ({parallel} sessions x {turns} turns x {rounds} rounds): completion reads {:.2} requests/turn, {:.0} B/turn; mean turn {:.0} ms; server CPU {:.1} ms/turn; wall {:.2} s",
-                a.requests as f64 / a.turns as f64,
-                a.bytes as f64 / a.turns as f64,
-                a.latency.as_secs_f64() * 1e3 / a.turns as f64,
-                a.server_cpu.as_secs_f64() * 1e3 / a.turns as f64,
-                a.wall.as_secs_f64()
+                "{mode:?} ({parallel} sessions x {turns} turns x {rounds} rounds): {}",
+                a.per_turn()
             );
         }
         Ok::<(), BoxError>(())
