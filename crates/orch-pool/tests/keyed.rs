@@ -86,6 +86,45 @@ async fn per_key_limit_times_out_waiters() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_key_sized_to_its_holders_serves_them_all_and_a_raise_serves_waiters() {
+    let m = Shared(TestManager::shared());
+    let p = pool(&m).max_per_key(2).build().expect("builds");
+    p.set_max_for_key(k("worker"), 8);
+    // Eight long-lived holders of one key (eight Worker lanes), past the pool's default.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            p.get(k("worker"))
+                .await
+                .expect("within the key's own limit"),
+        );
+    }
+    assert_eq!(p.key_status(&k("worker")), (8, 0));
+    // The ninth waits; raising the limit serves it without any resource coming back.
+    let waiter = tokio::spawn({
+        let p = p.clone();
+        async move { p.get(k("worker")).await.map(|r| r.id) }
+    });
+    settle().await;
+    assert_eq!(p.stats().waiting, 1);
+    p.set_max_for_key(k("worker"), 9);
+    let got = tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("served at once")
+        .expect("task")
+        .expect("a resource");
+    assert!(held.iter().all(|r| r.id != got));
+    // Other keys keep the pool-wide limit.
+    let _a = p.get(k("reviewer")).await.expect("first");
+    let _b = p.get(k("reviewer")).await.expect("second");
+    assert!(
+        p.get_timeout(k("reviewer"), Duration::from_millis(10))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn waiters_are_served_in_arrival_order() {
     let m = Shared(TestManager::shared());
     let p = pool(&m).max_per_key(1).build().expect("builds");

@@ -501,6 +501,16 @@ impl<M: Manager> KeyedPool<M> {
         self.inner.set_target(key, n);
     }
 
+    /// Lets `key` have up to `n` resources (idle or in use; at least 1), overriding
+    /// [`max_per_key`](KeyedPoolBuilder::max_per_key) for this key. A caller that holds
+    /// resources for long (one per worker lane, say) sizes its key to what it holds, so no
+    /// `get` waits for a resource that is never returned. Raising it serves waiting callers
+    /// at once; resources above a lowered limit stay until they come back. `max_total`
+    /// still applies. Does nothing after [`close`](Self::close).
+    pub fn set_max_for_key(&self, key: M::Key, n: usize) {
+        self.inner.set_limit(key, n);
+    }
+
     /// Whether [`close`](Self::close) was called.
     #[must_use]
     pub fn is_closed(&self) -> bool {

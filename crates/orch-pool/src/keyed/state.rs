@@ -106,6 +106,15 @@ pub(crate) struct State<M: Manager> {
     creating: usize,
     /// Keys kept warm: `min_idle` for every key seen, or what `prewarm` set.
     targets: HashMap<Key<M>, Target>,
+    /// Per-key limits set with `set_max_for_key`, overriding `max_per_key`.
+    limits: HashMap<Key<M>, usize>,
+}
+
+impl<M: Manager> State<M> {
+    /// The most resources `key` may have: its own limit, else the pool's `max_per_key`.
+    fn max_for(&self, config: &KeyedPoolConfig, key: &Key<M>) -> usize {
+        self.limits.get(key).copied().unwrap_or(config.max_per_key)
+    }
 }
 
 pub(crate) enum Action<M: Manager> {
@@ -268,6 +277,7 @@ impl<M: Manager> Inner<M> {
                 recycling: 0,
                 creating: 0,
                 targets: HashMap::new(),
+                limits: HashMap::new(),
             }),
             stats: Stats::default(),
             handle,
@@ -327,9 +337,9 @@ impl<M: Manager> Inner<M> {
             if st.closed {
                 return None;
             }
-            let max_per_key = self.config.max_per_key;
             let max_total = self.config.max_total;
             let st = &mut *st;
+            let max_per_key = st.max_for(&self.config, key);
             if self.config.min_idle > 0 && !st.targets.contains_key(key) {
                 st.targets
                     .insert(key.clone(), Target::new(self.config.min_idle));
@@ -386,11 +396,12 @@ impl<M: Manager> Inner<M> {
         let mut i = 0;
         while i < st.waiters.len() {
             let key = st.waiters[i].key.clone();
+            let max_per_key = st.max_for(&self.config, &key);
             let ks = st.keys.entry(key.clone()).or_default();
             let grant = if let Some(entry) = self.pop_idle(ks) {
                 st.idle_total -= 1;
                 Some(Some(entry))
-            } else if ks.live >= self.config.max_per_key || total_blocked {
+            } else if ks.live >= max_per_key || total_blocked {
                 None
             } else if st.total < self.config.max_total || Self::evict_other_idle(st, &key, actions)
             {
@@ -433,9 +444,11 @@ impl<M: Manager> Inner<M> {
             targets,
             total,
             creating,
+            limits,
             ..
         } = st;
         for (key, target) in targets.iter() {
+            let max_per_key = limits.get(key).copied().unwrap_or(self.config.max_per_key);
             if target.backing_off {
                 continue;
             }
@@ -445,8 +458,7 @@ impl<M: Manager> Inner<M> {
                 continue;
             }
             let ks = keys.entry(key.clone()).or_default();
-            while missing > 0 && ks.live < self.config.max_per_key && *total < self.config.max_total
-            {
+            while missing > 0 && ks.live < max_per_key && *total < self.config.max_total {
                 ks.live += 1;
                 ks.creating += 1;
                 *total += 1;
@@ -717,6 +729,22 @@ impl<M: Manager> Inner<M> {
     }
 
     /// Sets how many idle resources `key` keeps ready, and starts creating them.
+    /// Sets the most resources `key` may have (`n >= 1`), serving waiters a higher limit
+    /// lets in. Resources above a lowered limit stay until they are returned.
+    pub(crate) fn set_limit(self: &Arc<Self>, key: Key<M>, n: usize) {
+        let mut actions = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.closed {
+                return;
+            }
+            st.limits.insert(key, n.max(1));
+            self.dispatch(&mut st, &mut actions);
+            self.fill(&mut st, &mut actions);
+        }
+        self.run(actions);
+    }
+
     pub(crate) fn set_target(self: &Arc<Self>, key: Key<M>, n: usize) {
         let mut actions = Vec::new();
         {
