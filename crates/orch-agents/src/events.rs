@@ -21,6 +21,10 @@ pub enum MissionEvent {
         mission: String,
         /// Whether an earlier plan was found and continued.
         resumed: bool,
+        /// 0 when a command started this run; `n` when it follows the `n`-th replacement of
+        /// a lost server (see [`crate::Supervisor`]).
+        #[serde(default)]
+        restart: u32,
     },
     /// A plan (or a change to it) was committed.
     PlanCommitted {
@@ -59,8 +63,14 @@ pub enum MissionEvent {
         elapsed_ms: u64,
         /// Tool calls made.
         tool_calls: usize,
+        /// Cost in the provider's currency unit.
+        #[serde(default)]
+        cost: f64,
+        /// The model that answered, when the backend says.
+        #[serde(default)]
+        model: Option<String>,
     },
-    /// A turn failed (after retries).
+    /// A turn failed (after retries), or was given up on by a stop (`abandoned`).
     TurnFailed {
         /// Whose turn.
         role: AgentRole,
@@ -68,6 +78,9 @@ pub enum MissionEvent {
         item: Option<String>,
         /// Why.
         error: String,
+        /// The stop signal ended it: not a failure of the agent or the model.
+        #[serde(default)]
+        abandoned: bool,
     },
     /// A transient error is being retried.
     Retrying {
@@ -153,10 +166,13 @@ pub enum MissionEvent {
         /// Why.
         reason: String,
     },
-    /// The mission ended.
+    /// The run ended (a mission whose server was replaced has one per run).
     Finished {
         /// How.
         status: MissionStatus,
+        /// Commander rounds of this run.
+        #[serde(default)]
+        rounds: u32,
     },
 }
 
@@ -191,6 +207,21 @@ impl MissionStatus {
     pub fn is_success(&self) -> bool {
         matches!(self, MissionStatus::Completed)
     }
+
+    /// A few words for people: `completed`, `failed: <reason>`, `stopped by the user`, …
+    pub fn describe(&self) -> String {
+        match self {
+            MissionStatus::Completed => "completed".into(),
+            MissionStatus::Failed { reason } => format!("failed: {reason}"),
+            MissionStatus::Stopped => "stopped by the user".into(),
+            MissionStatus::BudgetExceeded { budget } => {
+                format!("stopped: the {budget} budget was exceeded")
+            }
+            MissionStatus::ServerLost { reason } => {
+                format!("interrupted: the OpenCode server went away ({reason})")
+            }
+        }
+    }
 }
 
 /// Per-item figures in the report.
@@ -217,6 +248,9 @@ pub struct RoleUsage {
     pub turns: u64,
     /// Turns failed.
     pub failed_turns: u64,
+    /// Turns given up on by a stop (Ctrl-C): neither finished nor failed.
+    #[serde(default)]
+    pub abandoned_turns: u64,
     /// Tokens.
     pub tokens: TokenUsage,
     /// Cost.
@@ -226,6 +260,10 @@ pub struct RoleUsage {
 }
 
 /// The final report of a mission (also written to `.orchestrator/report.json`).
+///
+/// The figures are the whole mission's: usage, models, permissions, retries, rounds and
+/// elapsed time are summed over every run in the journal (a resume, a server replacement),
+/// with one entry per run in `runs`. `engine` is the last run's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MissionReport {
     /// The request.
@@ -234,22 +272,25 @@ pub struct MissionReport {
     pub status: MissionStatus,
     /// Every item.
     pub items: Vec<ItemReport>,
-    /// Figures by role.
+    /// Figures by role, over every run.
     pub usage: BTreeMap<AgentRole, RoleUsage>,
-    /// Which model answered how many turns.
+    /// Which model answered how many turns, over every run.
     pub models: BTreeMap<String, u64>,
-    /// Permission requests answered.
+    /// Permission requests answered, over every run.
     pub permissions: Vec<PermissionDecision>,
     /// The TODO.md version at the end.
     pub plan_version: u64,
-    /// Commander rounds.
+    /// Commander rounds, over every run that recorded its end.
     pub rounds: u32,
-    /// Retries of transient errors.
+    /// Retries of transient errors, over every run.
     pub retries: u64,
-    /// Engine figures: scheduling, pools, breakers (`name → value`).
+    /// Engine figures of the last run: scheduling, pools, breakers (`name → value`).
     pub engine: BTreeMap<String, f64>,
-    /// Wall time.
+    /// Wall time, over every run (not the time between runs).
     pub elapsed: Duration,
+    /// Every run, in order, the last one being this one.
+    #[serde(default)]
+    pub runs: Vec<crate::totals::RunSummary>,
 }
 
 impl MissionReport {

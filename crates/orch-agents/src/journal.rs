@@ -16,6 +16,7 @@ use orch_core::AgentRole;
 use serde::{Deserialize, Serialize};
 
 use crate::events::MissionEvent;
+use crate::totals::MissionTotals;
 
 /// The journal's file name inside `.orchestrator/`.
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -54,6 +55,14 @@ pub enum JournalEntry {
     StaleSessionsClosed {
         /// Their ids.
         sessions: Vec<String>,
+    },
+    /// Items were put back to pending with their attempts reset (`task_cli retry`): failed
+    /// items and the items they blocked.
+    ItemsReset {
+        /// The items.
+        items: Vec<String>,
+        /// Who asked, and why.
+        reason: String,
     },
 }
 
@@ -120,7 +129,9 @@ impl JournalContents {
                 JournalEntry::StaleSessionsClosed { sessions } => {
                     open.retain(|s| !sessions.contains(s))
                 }
-                JournalEntry::Event { .. } | JournalEntry::Reconciled { .. } => {}
+                JournalEntry::Event { .. }
+                | JournalEntry::Reconciled { .. }
+                | JournalEntry::ItemsReset { .. } => {}
             }
         }
         open
@@ -130,6 +141,11 @@ impl JournalContents {
     pub fn worker_finished(&self, item: &str) -> bool {
         let mut finished = false;
         for record in &self.records {
+            if let JournalEntry::ItemsReset { items, .. } = &record.entry
+                && items.iter().any(|i| i == item)
+            {
+                finished = false;
+            }
             if let JournalEntry::Event { event } = &record.entry {
                 match event {
                     MissionEvent::ItemStarted { item: i, .. } if i == item => finished = false,
@@ -160,6 +176,11 @@ impl JournalContents {
                     event: MissionEvent::ItemDone { item, .. },
                 } => {
                     passed.insert(item.clone());
+                }
+                JournalEntry::ItemsReset { items, .. } => {
+                    for item in items {
+                        passed.remove(item);
+                    }
                 }
                 _ => {}
             }
@@ -199,6 +220,8 @@ pub struct Journal {
     next_seq: u64,
     syncer: Option<Syncer>,
     pid: u32,
+    /// The figures of every record, kept up to date by `append`.
+    totals: MissionTotals,
 }
 
 /// The journal's fsync thread and what it has done.
@@ -367,6 +390,7 @@ impl Journal {
                 next_seq,
                 syncer,
                 pid: std::process::id(),
+                totals: MissionTotals::from_records(&contents.records),
             },
             contents,
         ))
@@ -398,7 +422,28 @@ impl Journal {
             syncer.written();
         }
         self.next_seq += 1;
+        self.totals.observe(&record);
         Ok(())
+    }
+
+    /// The mission's figures over every record in the journal (those read at open and those
+    /// appended since): what [`MissionTotals::from_records`] gives on the file.
+    pub fn totals(&self) -> &MissionTotals {
+        &self.totals
+    }
+
+    /// Appends one record to the journal of `dir` (opening and closing it), fsynced before
+    /// this returns: for a tool that changes a mission between runs (`task_cli retry`).
+    ///
+    /// # Errors
+    /// As [`Journal::open`] and [`Journal::append`].
+    pub fn append_once(dir: &Path, entry: JournalEntry) -> Result<(), JournalError> {
+        let (mut journal, _) = Self::open(dir, false)?;
+        journal.append(entry)?;
+        journal.file.sync_data().map_err(|source| JournalError::Io {
+            path: journal.path.clone(),
+            source,
+        })
     }
 
     /// Waits until every record appended so far is on disk (a no-op without fsync).
@@ -523,6 +568,8 @@ mod tests {
                 tokens: Default::default(),
                 elapsed_ms: 1,
                 tool_calls: 0,
+                cost: 0.0,
+                model: None,
             })
         };
         let mut contents = JournalContents {

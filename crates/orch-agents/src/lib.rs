@@ -60,7 +60,9 @@ mod plan_writer;
 mod policy;
 pub mod protocol;
 mod ready;
+mod run_lock;
 mod supervisor;
+mod totals;
 
 pub use agents::{
     AGENTS_FILE, Action, AgentDef, AgentOverride, AgentSet, AgentsFile, ConfigError, Permission,
@@ -84,4 +86,6 @@ pub use orch_core::{AgentRole, HookDecision, HookPhase, HookRegistry, HookSpec};
 pub use orch_opencode::{ModelRef, PermissionRule};
 pub use policy::PolicyConfig;
 pub use protocol::{FixUp, ProtocolError, Verdict};
+pub use run_lock::{Holder, PID_FILE, RUN_LOCK_FILE, RunInfo, RunLock, RunLockError, RunState};
 pub use supervisor::Supervisor;
+pub use totals::{MissionTotals, RunSummary};

@@ -1,7 +1,7 @@
 //! The Commander: a deterministic state machine that drives a mission through the Planner,
 //! parallel Workers and the Reviewer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::agents::{AgentSet, worker_session_rules};
 use crate::backend::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRequest};
-use crate::events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+use crate::events::{MissionEvent, MissionReport, MissionStatus};
 use crate::hooks::{HookEvent, MissionHooks};
 use crate::journal::{Journal, JournalContents, JournalEntry, JournalError};
 use crate::plan_writer::PlanWriter;
@@ -115,6 +115,8 @@ pub(crate) struct MissionSettings {
     pub(crate) stop: CancellationToken,
     pub(crate) events: broadcast::Sender<MissionEvent>,
     pub(crate) hooks: Option<Arc<MissionHooks>>,
+    /// 0 for a run a command starts; `n` after the `n`-th server replacement.
+    pub(crate) restart: u32,
 }
 
 impl MissionSettings {
@@ -128,6 +130,7 @@ impl MissionSettings {
             stop: CancellationToken::new(),
             events,
             hooks: None,
+            restart: 0,
         }
     }
 
@@ -282,18 +285,9 @@ struct Ctx<B: AgentBackend> {
     events: broadcast::Sender<MissionEvent>,
     policy: Policy,
     hooks: Option<Arc<MissionHooks>>,
-    usage: Mutex<Usage>,
     journal: Mutex<Journal>,
     /// Set when any turn saw the server go away.
     server_lost: Mutex<Option<String>>,
-}
-
-#[derive(Default)]
-struct Usage {
-    roles: BTreeMap<AgentRole, RoleUsage>,
-    models: BTreeMap<String, u64>,
-    permissions: Vec<crate::backend::PermissionDecision>,
-    retries: u64,
 }
 
 impl<B: AgentBackend> Ctx<B> {
@@ -320,9 +314,22 @@ impl<B: AgentBackend> Ctx<B> {
         }
     }
 
+    /// Remembers that the server is gone (the Commander ends the run with `ServerLost`).
+    fn note_lost(&self, error: &BackendError) {
+        if let BackendError::ServerLost { message } = error {
+            self.server_lost
+                .lock()
+                .get_or_insert_with(|| message.clone());
+        }
+    }
+
     async fn open_session(&self, spec: SessionSpec) -> Result<B::Session, BackendError> {
         let role = spec.role;
-        let session = self.backend.open(spec).await?;
+        let session = self
+            .backend
+            .open(spec)
+            .await
+            .inspect_err(|e| self.note_lost(e))?;
         self.journal(JournalEntry::SessionOpened {
             role,
             session: self.backend.session_id(&session),
@@ -336,18 +343,8 @@ impl<B: AgentBackend> Ctx<B> {
         self.journal(JournalEntry::SessionClosed { session: id });
     }
 
+    /// Journals a finished turn (the report's figures are summed from the journal).
     fn record_turn(&self, role: AgentRole, item: Option<&ItemId>, report: &TurnReport) {
-        let mut usage = self.usage.lock();
-        let entry = usage.roles.entry(role).or_default();
-        entry.turns += 1;
-        entry.tokens.add(&report.tokens);
-        entry.cost += report.cost;
-        entry.busy_ms += report.elapsed.as_millis() as u64;
-        if let Some(model) = &report.model {
-            *usage.models.entry(model.clone()).or_default() += 1;
-        }
-        usage.permissions.extend(report.permissions.iter().cloned());
-        drop(usage);
         for decision in &report.permissions {
             self.emit(MissionEvent::Permission {
                 item: item.map(ToString::to_string),
@@ -360,20 +357,22 @@ impl<B: AgentBackend> Ctx<B> {
             tokens: report.tokens,
             elapsed_ms: report.elapsed.as_millis() as u64,
             tool_calls: report.tool_calls.len(),
+            cost: report.cost,
+            model: report.model.clone(),
         });
     }
 
+    /// Journals a failed turn; one ended by the stop signal or a lost server is abandoned,
+    /// not failed (no agent or model failed, and its item is not charged an attempt).
     fn record_failure(&self, role: AgentRole, item: Option<&ItemId>, error: &BackendError) {
-        self.usage
-            .lock()
-            .roles
-            .entry(role)
-            .or_default()
-            .failed_turns += 1;
         self.emit(MissionEvent::TurnFailed {
             role,
             item: item.map(ToString::to_string),
             error: error.to_string(),
+            abandoned: matches!(
+                error,
+                BackendError::Stopped | BackendError::ServerLost { .. }
+            ),
         });
     }
 
@@ -502,7 +501,6 @@ impl<B: AgentBackend> Ctx<B> {
                         return Err(error);
                     };
                     attempt += 1;
-                    self.usage.lock().retries += 1;
                     self.emit(MissionEvent::Retrying {
                         role,
                         item: item.map(ToString::to_string),
@@ -757,7 +755,7 @@ fn hooked_verdict<B: AgentBackend>(
 }
 
 /// Items that can never run because `failed` failed (its transitive dependants).
-fn dependants(plan: &Plan, failed: &ItemId) -> Vec<String> {
+pub(crate) fn dependants(plan: &Plan, failed: &ItemId) -> Vec<String> {
     let mut blocked: Vec<String> = Vec::new();
     let mut frontier = vec![failed.clone()];
     while let Some(id) = frontier.pop() {
@@ -796,9 +794,9 @@ struct Commander<B: AgentBackend> {
     on_lanes: usize,
     running: HashSet<ItemId>,
     rounds: u32,
-    verdicts: HashMap<ItemId, Vec<Verdict>>,
     budget_hit: Option<String>,
-    started: Instant,
+    /// 0 for a run a command started; `n` after the `n`-th server replacement.
+    restart: u32,
     /// The journal as it was when this run started (what earlier runs did).
     history: JournalContents,
     /// Lane statistics, recorded when execution winds down, for the report.
@@ -820,7 +818,6 @@ impl<B: AgentBackend> Commander<B> {
             events: settings.events,
             policy,
             hooks: settings.hooks,
-            usage: Mutex::new(Usage::default()),
             journal: Mutex::new(journal),
             server_lost: Mutex::new(None),
         });
@@ -833,9 +830,8 @@ impl<B: AgentBackend> Commander<B> {
             on_lanes: 0,
             running: HashSet::new(),
             rounds: 0,
-            verdicts: HashMap::new(),
             budget_hit: None,
-            started: Instant::now(),
+            restart: settings.restart,
             history,
             lane_stats: Vec::new(),
         })
@@ -862,6 +858,21 @@ impl<B: AgentBackend> Commander<B> {
     async fn run(mut self) -> Result<MissionReport, MissionError> {
         self.writer.sync().await?;
         let resumed = !self.current().items.is_empty();
+        // First, so that everything this run journals counts in its figures.
+        self.ctx.emit(MissionEvent::Started {
+            mission: self.request.clone(),
+            resumed,
+            restart: self.restart,
+        });
+        let config = &self.ctx.config;
+        for (role, sessions) in [
+            (AgentRole::Planner, 1),
+            (AgentRole::Commander, 1),
+            (AgentRole::Worker, config.workers),
+            (AgentRole::Reviewer, config.reviewers),
+        ] {
+            self.ctx.backend.provision(role, sessions);
+        }
         self.reconcile(self.current(), &self.history.done_counts());
         let stale = self.history.open_sessions();
         if !stale.is_empty() {
@@ -869,10 +880,6 @@ impl<B: AgentBackend> Commander<B> {
             self.ctx
                 .journal(JournalEntry::StaleSessionsClosed { sessions: stale });
         }
-        self.ctx.emit(MissionEvent::Started {
-            mission: self.request.clone(),
-            resumed,
-        });
         let status = if resumed {
             self.execute(true).await?
         } else {
@@ -923,12 +930,15 @@ impl<B: AgentBackend> Commander<B> {
                 .await
             {
                 Ok(report) => report,
-                Err(BackendError::Stopped) => {
-                    outcome = Err(MissionStatus::Stopped);
-                    break;
-                }
-                Err(BackendError::ServerLost { message }) => {
-                    outcome = Err(MissionStatus::ServerLost { reason: message });
+                Err(e @ (BackendError::Stopped | BackendError::ServerLost { .. })) => {
+                    // Abandoned, not failed: the planning resumes by planning.
+                    ctx.record_failure(AgentRole::Planner, None, &e);
+                    outcome = Err(match e {
+                        BackendError::ServerLost { message } => {
+                            MissionStatus::ServerLost { reason: message }
+                        }
+                        _ => MissionStatus::Stopped,
+                    });
                     break;
                 }
                 Err(e) => {
@@ -1084,7 +1094,7 @@ impl<B: AgentBackend> Commander<B> {
             }
         }
         let stats = scheduler.stats();
-        let mut engine = self.ctx.policy.stats();
+        let mut engine = Vec::new();
         engine.push(("lanes.steals".into(), stats.steals() as f64));
         engine.push(("lanes.warm_hit_ratio".into(), stats.warm_hit_ratio()));
         engine.push(("lanes.pushed".into(), stats.pushed as f64));
@@ -1292,10 +1302,6 @@ impl<B: AgentBackend> Commander<B> {
                             item: item.to_string(),
                             verdict: verdict.clone(),
                         });
-                        self.verdicts
-                            .entry(item.clone())
-                            .or_default()
-                            .push(verdict.clone());
                         match verdict {
                             Verdict::Pass => {
                                 let id = item.clone();
@@ -1426,10 +1432,11 @@ impl<B: AgentBackend> Commander<B> {
         if self.budget_hit.is_some() {
             return;
         }
-        let usage = self.ctx.usage.lock();
-        let tokens: u64 = usage.roles.values().map(|u| u.tokens.total()).sum();
-        let cost: f64 = usage.roles.values().map(|u| u.cost).sum();
-        drop(usage);
+        // The mission's budget, over every run in the journal.
+        let journal = self.ctx.journal.lock();
+        let tokens = journal.totals().tokens().total();
+        let cost = journal.totals().cost();
+        drop(journal);
         let hit = match (self.ctx.config.token_budget, self.ctx.config.cost_budget) {
             (Some(limit), _) if tokens > limit => Some(("tokens", tokens as f64, limit as f64)),
             (_, Some(limit)) if cost > limit => Some(("cost", cost, limit)),
@@ -1569,54 +1576,27 @@ impl<B: AgentBackend> Commander<B> {
         if let Ok(journal) = Journal::read(self.writer.store().dir()) {
             self.reconcile(&plan, &journal.done_counts());
         }
-        let failed: Vec<ItemId> = plan
-            .items
-            .iter()
-            .filter(|i| i.state == ItemState::Failed)
-            .map(|i| i.id.clone())
-            .collect();
-        let items = plan
-            .items
-            .iter()
-            .map(|item| ItemReport {
-                id: item.id.to_string(),
-                summary: item.summary.clone(),
-                state: item.state.as_str().to_owned(),
-                attempts: item.attempts,
-                verdicts: self.verdicts.get(&item.id).cloned().unwrap_or_default(),
-                blocked_by: failed
-                    .iter()
-                    .filter(|f| dependants(&plan, f).contains(&item.id.to_string()))
-                    .map(ToString::to_string)
-                    .collect(),
-            })
-            .collect();
         self.ctx.emit(MissionEvent::Finished {
             status: status.clone(),
+            rounds: self.rounds,
         });
         self.ctx
             .backend
-            .notify(&format!("mission finished: {status:?}"))
+            .notify(&format!("mission {}", status.describe()))
             .await;
-        let usage = std::mem::take(&mut *self.ctx.usage.lock());
-        let mut engine: BTreeMap<String, f64> =
-            std::mem::take(&mut self.lane_stats).into_iter().collect();
-        for (k, v) in self.ctx.backend.stats() {
-            engine.insert(k, v);
-        }
-        Ok(MissionReport {
-            mission: self.request,
+        // The breakers (and slots) whatever phase the run ended in; lanes when they ran.
+        let mut engine: BTreeMap<String, f64> = self.ctx.policy.stats().into_iter().collect();
+        engine.extend(std::mem::take(&mut self.lane_stats));
+        engine.extend(self.ctx.backend.stats());
+        let totals = self.ctx.journal.lock().totals().clone();
+        Ok(crate::totals::report(
+            self.request,
             status,
-            items,
-            usage: usage.roles,
-            models: usage.models,
-            permissions: usage.permissions,
-            plan_version: version,
-            rounds: self.rounds,
-            retries: usage.retries,
+            &plan,
+            version,
             engine,
-            elapsed: self.started.elapsed(),
-        })
+            &totals,
+        ))
     }
 }
 

@@ -133,6 +133,7 @@ impl<B: AgentBackend> Supervisor<B> {
             };
             let mut settings = self.settings.clone();
             settings.stop = self.settings.stop.child_token();
+            settings.restart = restarts;
             let mission = Mission::with_settings(backend, settings);
             let report = mission.run().await?;
             match &report.status {
@@ -190,37 +191,26 @@ impl<B: AgentBackend> Supervisor<B> {
         }
     }
 
-    /// The report of a mission whose server never came back: the plan as it stands.
+    /// The report of a mission whose server never came back: the plan as it stands, the
+    /// figures of every earlier run from the journal.
     async fn unreachable(&self, reason: String) -> Result<MissionReport, MissionError> {
         let status = MissionStatus::Failed { reason };
         let _ = self.settings.events.send(MissionEvent::Finished {
             status: status.clone(),
-        });
-        let store = orch_mvcc::TodoStore::open(self.settings.state_dir())?;
-        let (version, plan) = store.snapshot()?;
-        Ok(MissionReport {
-            mission: self.settings.request.clone(),
-            status,
-            items: plan
-                .items
-                .iter()
-                .map(|i| crate::events::ItemReport {
-                    id: i.id.to_string(),
-                    summary: i.summary.clone(),
-                    state: i.state.as_str().to_owned(),
-                    attempts: i.attempts,
-                    verdicts: Vec::new(),
-                    blocked_by: Vec::new(),
-                })
-                .collect(),
-            usage: Default::default(),
-            models: Default::default(),
-            permissions: Vec::new(),
-            plan_version: version,
             rounds: 0,
-            retries: 0,
-            engine: Default::default(),
-            elapsed: Duration::ZERO,
-        })
+        });
+        let state = self.settings.state_dir();
+        let store = orch_mvcc::TodoStore::open(&state)?;
+        let (version, plan) = store.snapshot()?;
+        let journal = crate::journal::Journal::read(&state)?;
+        let totals = crate::totals::MissionTotals::from_records(&journal.records);
+        Ok(crate::totals::report(
+            self.settings.request.clone(),
+            status,
+            &plan,
+            version,
+            Default::default(),
+            &totals,
+        ))
     }
 }

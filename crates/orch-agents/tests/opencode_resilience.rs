@@ -472,7 +472,16 @@ fn server_killed_mid_turn_is_restarted() -> Result<(), Failed> {
         })?;
         let t1 = report.items.iter().find(|i| i.id == "T1").ok_or("no T1")?;
         ensure(t1.attempts == 1, || {
-            format!("the server loss was charged to T1: {t1:?}")
+            let journal = Journal::read(&dir.path().join(".orchestrator"))
+                .map(|j| {
+                    j.records
+                        .iter()
+                        .map(|r| format!("{} {:?}", r.at_ms, r.entry))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .unwrap_or_default();
+            format!("the server loss was charged to T1: {t1:?}\njournal:\n{journal}")
         })?;
         check_project(dir.path())
     })

@@ -128,7 +128,8 @@ async fn a_mission_plans_runs_reviews_and_completes() {
     assert!(matches!(
         events.last(),
         Some(MissionEvent::Finished {
-            status: MissionStatus::Completed
+            status: MissionStatus::Completed,
+            ..
         })
     ));
     // Planner 1, Workers 3, Reviewers 3 units + 1 integration.
@@ -560,6 +561,8 @@ async fn resume_rebuilds_from_the_journal_what_the_store_had_not_written() {
                 tokens: Default::default(),
                 elapsed_ms: 5,
                 tool_calls: 0,
+                cost: 0.0,
+                model: None,
             }))
             .unwrap();
         if reviewed {
@@ -754,6 +757,7 @@ async fn the_supervisor_resumes_after_server_loss() {
         match event {
             MissionEvent::Finished {
                 status: MissionStatus::ServerLost { .. },
+                ..
             } => saw_lost = true,
             MissionEvent::Reconnecting { attempt: 1, .. } => saw_reconnect = true,
             _ => {}

@@ -180,6 +180,14 @@ pub trait AgentBackend: Send + Sync + 'static {
     /// A session handle.
     type Session: Send + Sync + 'static;
 
+    /// Says that the mission holds up to `sessions` sessions of `role` at once (one per Worker
+    /// lane for the whole mission, one per concurrent review). A backend that pools sessions
+    /// sizes the role's pool to at least that, so no `open` waits for a session that is never
+    /// given back. Called before the first `open` of the role; the default does nothing.
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        let _ = (role, sessions);
+    }
+
     /// Opens (or takes from a pool) a session for `spec.role`, with `spec.rules` in force.
     fn open(
         &self,

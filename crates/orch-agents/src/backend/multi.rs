@@ -27,6 +27,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use orch_core::AgentRole;
+
 use crate::{
     AgentBackend, BackendError, OpencodeBackend, SessionSpec, TurnReport, TurnRequest,
     backend::opencode::OpencodeSession,
@@ -258,6 +260,13 @@ impl MultiBackend {
 
 impl AgentBackend for MultiBackend {
     type Session = MultiSession;
+
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        // After a loss one server may carry every session of the role.
+        for member in &self.members {
+            member.backend.provision(role, sessions);
+        }
+    }
 
     async fn open(&self, spec: SessionSpec) -> Result<MultiSession, BackendError> {
         let placement = self.place(&spec).await?;

@@ -31,7 +31,7 @@ use orch_opencode::{
     TurnOutput, UpdateSession,
 };
 use orch_pool::{
-    KeyedPool, Manager, Metrics, PooledResource, RecycleMode, Replenish, TeardownReason,
+    KeyedPool, Manager, Metrics, PoolError, PooledResource, RecycleMode, Replenish, TeardownReason,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,10 @@ pub enum SessionReset {
     /// Reused with its whole history (no reset at all).
     Keep,
 }
+
+/// How long the health check after a failed session request may take before the server
+/// counts as lost.
+const LOST_PROBE: Duration = Duration::from_secs(3);
 
 /// A pooled OpenCode session.
 #[derive(Debug)]
@@ -153,7 +157,9 @@ impl OpencodeSession {
 /// Settings of an [`OpencodeBackend`].
 #[derive(Debug, Clone)]
 pub struct OpencodeBackendConfig {
-    /// Sessions kept per role (seed: 5).
+    /// Sessions kept per role at least (seed: 5). A mission raises its roles' limits to
+    /// what it holds at once plus [`warm_sessions`](Self::warm_sessions) (see
+    /// [`AgentBackend::provision`]), so any number of Worker lanes gets its sessions.
     pub max_per_role: usize,
     /// Times a session is reused before it is replaced (seed: 10).
     pub max_reuse: u32,
@@ -210,6 +216,10 @@ pub struct OpencodeBackend {
     rejected: AtomicU64,
     /// Used sessions closed and replaced by clean ones ([`SessionReset::Replace`]).
     replaced: AtomicU64,
+    /// The per-role floor of the pool ([`OpencodeBackendConfig::max_per_role`]) and the warm
+    /// sessions kept on top of what a mission holds.
+    max_per_role: usize,
+    warm_sessions: usize,
 }
 
 /// Counters of an [`OpencodeBackend`]'s session pool.
@@ -259,8 +269,9 @@ impl OpencodeBackend {
         };
         let recycle = recycle_mode(&config);
         let pool = KeyedPool::builder(manager)
+            // Per role: at least `max_per_role`, raised by `provision` to what the mission
+            // holds at once plus the warm ones. The roles' limits bound the total.
             .max_per_key(config.max_per_role)
-            .max_total(config.max_per_role * AgentRole::ALL.len() * 4)
             .max_reuse(Some(config.max_reuse))
             .idle_timeout(Some(config.idle_timeout))
             .health_check_interval(Some(config.health_check))
@@ -284,6 +295,8 @@ impl OpencodeBackend {
             allowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
+            max_per_role: config.max_per_role,
+            warm_sessions: config.warm_sessions,
         })
     }
 
@@ -318,6 +331,30 @@ impl OpencodeBackend {
     /// Closes the pool: idle sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
         self.pool.close().await;
+    }
+
+    /// `error`, unless the server is gone: a session that cannot be opened or used because
+    /// the server no longer answers is a lost server (the mission charges no attempt and a
+    /// supervisor replaces the server), whatever the failed request looked like.
+    async fn lost_or(&self, error: BackendError) -> BackendError {
+        if !matches!(
+            error,
+            BackendError::Unavailable { .. } | BackendError::Session { .. }
+        ) {
+            return error;
+        }
+        match tokio::time::timeout(LOST_PROBE, self.client.health()).await {
+            Ok(Ok(_)) => error,
+            Ok(Err(e)) => BackendError::ServerLost {
+                message: format!("{error}; the server does not answer: {e}"),
+            },
+            Err(_) => BackendError::ServerLost {
+                message: format!(
+                    "{error}; the server does not answer its health check within {} s",
+                    LOST_PROBE.as_secs()
+                ),
+            },
+        }
     }
 
     /// Shows a toast in an attached OpenCode TUI (best effort; errors are ignored).
@@ -480,15 +517,26 @@ fn turn_error(e: TurnError, stopped: bool) -> BackendError {
 impl AgentBackend for OpencodeBackend {
     type Session = OpencodeSession;
 
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        let limit = (sessions + self.warm_sessions).max(self.max_per_role);
+        self.pool.set_max_for_key(role, limit);
+    }
+
     async fn open(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
-        let guard = self
-            .pool
-            .get(spec.role)
-            .await
-            .map_err(|e| BackendError::Unavailable {
-                status: None,
-                message: format!("session pool: {e}"),
-            })?;
+        let guard = match self.pool.get(spec.role).await {
+            Ok(guard) => guard,
+            Err(PoolError::Create { source, .. }) => {
+                return Err(self.lost_or(client_error(source)).await);
+            }
+            Err(e) => {
+                return Err(self
+                    .lost_or(BackendError::Unavailable {
+                        status: None,
+                        message: format!("session pool: {e}"),
+                    })
+                    .await);
+            }
+        };
         let session = OpencodeSession { guard };
         if !spec.rules.is_empty() {
             self.rescope(&session, spec.rules).await?;
@@ -502,14 +550,17 @@ impl AgentBackend for OpencodeBackend {
         rules: Vec<PermissionRule>,
     ) -> Result<(), BackendError> {
         // PATCH appends; the rules start with `edit *` so earlier items' files are cancelled.
-        self.client
+        match self
+            .client
             .update_session(
                 session.id(),
                 &UpdateSession::default().append_permission(rules),
             )
             .await
-            .map(|_| ())
-            .map_err(client_error)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.lost_or(client_error(e)).await),
+        }
     }
 
     async fn run_turn(
@@ -537,10 +588,9 @@ impl AgentBackend for OpencodeBackend {
         if let Some(model) = turn.model.or_else(|| self.default_model.clone()) {
             prompt = prompt.model(model);
         }
-        self.client
-            .prompt_async(&id, &prompt)
-            .await
-            .map_err(client_error)?;
+        if let Err(e) = self.client.prompt_async(&id, &prompt).await {
+            return Err(self.lost_or(client_error(e)).await);
+        }
         session.guard.dirty.store(true, Ordering::Release);
         let mut permissions = Vec::new();
         let wait = waiter.wait(deadline);
