@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use clap::Args;
 use orch_agents::MissionConfig;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
 
 /// The config file read from the project when `--config` is not given.
 pub(crate) const CONFIG_FILE: &str = ".orchestrator/task.toml";
 
-/// Limits of a mission (each overrides the config file).
-#[derive(Debug, Clone, Default, Args)]
+/// Limits of a mission (each overrides the config file). The limit flags of `run`, `resume` and `retry`; saved with a mission so that a resume
+/// keeps them (flags given to the resume win).
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub(crate) struct Limits {
     /// Parallel Worker lanes [default: 4]
     #[arg(long, value_name = "N")]
@@ -43,6 +45,9 @@ pub(crate) struct Limits {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 }
+
+/// The most Worker lanes (and parallel reviews) a mission runs.
+pub(crate) const MAX_LANES: usize = 50;
 
 /// The config file (`task.toml`): every key optional, unknown keys are errors.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -100,6 +105,21 @@ impl FileConfig {
 }
 
 impl Limits {
+    /// These flags, each falling back to `saved`'s.
+    pub(crate) fn over(&self, saved: &Limits) -> Limits {
+        Limits {
+            workers: self.workers.or(saved.workers),
+            reviewers: self.reviewers.or(saved.reviewers),
+            max_attempts: self.max_attempts.or(saved.max_attempts),
+            max_rounds: self.max_rounds.or(saved.max_rounds),
+            integration_rounds: self.integration_rounds.or(saved.integration_rounds),
+            turn_timeout: self.turn_timeout.or(saved.turn_timeout),
+            token_budget: self.token_budget.or(saved.token_budget),
+            cost_budget: self.cost_budget.or(saved.cost_budget),
+            config: self.config.clone().or_else(|| saved.config.clone()),
+        }
+    }
+
     /// The mission configuration: these flags over `file` over the defaults.
     pub(crate) fn mission_config(&self, file: &FileConfig) -> anyhow::Result<MissionConfig> {
         let defaults = MissionConfig::default();
@@ -133,6 +153,15 @@ impl Limits {
             return Err(Failure::usage(
                 "workers, reviewers and max_attempts must be at least 1",
                 "pass a positive number (e.g. --workers 2)",
+            ));
+        }
+        if config.workers > MAX_LANES || config.reviewers > MAX_LANES {
+            return Err(Failure::usage(
+                format!(
+                    "at most {MAX_LANES} workers and {MAX_LANES} reviewers (asked for {} and {})",
+                    config.workers, config.reviewers
+                ),
+                format!("pass --workers and --reviewers between 1 and {MAX_LANES}"),
             ));
         }
         if config.turn_timeout.is_zero() {

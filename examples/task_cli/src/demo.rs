@@ -64,7 +64,11 @@ fn demo_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the demo.
-pub(crate) async fn demo(ui: &Ui, dir: Option<&Path>) -> anyhow::Result<u8> {
+pub(crate) async fn demo(
+    ui: &Ui,
+    signals: runner::Signals,
+    dir: Option<&Path>,
+) -> anyhow::Result<u8> {
     if std::process::Command::new("python3")
         .arg("--version")
         .output()
@@ -78,6 +82,7 @@ pub(crate) async fn demo(ui: &Ui, dir: Option<&Path>) -> anyhow::Result<u8> {
     let bin = opencode_env::find_or_install(ui)?;
     let dir = demo_dir(dir)?;
     ui.note(format!("demo project: {}", dir.display()));
+    let lock = crate::lifecycle::lock(&dir)?;
     Saved {
         mission: DEMO_MISSION.to_owned(),
         model_script: Some(BUILTIN_DEMO.to_owned()),
@@ -86,6 +91,8 @@ pub(crate) async fn demo(ui: &Ui, dir: Option<&Path>) -> anyhow::Result<u8> {
     .save(&dir)?;
     let exit = runner::run(
         ui,
+        signals,
+        lock,
         MissionSpec {
             dir: dir.clone(),
             request: DEMO_MISSION.to_owned(),

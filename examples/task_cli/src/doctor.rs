@@ -14,7 +14,6 @@ use crate::failure::code;
 use crate::opencode_env;
 use crate::output::{Mode, Ui};
 use crate::runner::agents_spec;
-use crate::state;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Level {
@@ -317,22 +316,38 @@ pub(crate) async fn doctor(
                 "move .orchestrator/journal.jsonl aside; the mission resumes from TODO.md",
             ),
         }
-        let pid_file = state_dir.join(state::PID_FILE);
-        if pid_file.is_file() {
-            match state::running_pid(dir) {
-                Some(pid) => checks.ok("orchestrator", format!("running (pid {pid})")),
-                None => checks.warn(
-                    "orchestrator",
-                    "a pid file is left from a run that ended abnormally",
-                    format!(
-                        "remove {} (or just run `task_cli resume`)",
-                        pid_file.display()
-                    ),
-                ),
-            }
-        }
     } else {
         checks.ok("mission state", "no mission in this directory yet");
+    }
+    match orch_agents::RunLock::state(&state_dir) {
+        Ok(orch_agents::RunState::Running(holder)) => checks.ok(
+            "orchestrator",
+            format!(
+                "running (pid {}{})",
+                holder.pid,
+                holder
+                    .info
+                    .map(|i| format!(", run {}", i.run_id))
+                    .unwrap_or_default()
+            ),
+        ),
+        Ok(orch_agents::RunState::Stale(info)) => checks.warn(
+            "orchestrator",
+            format!(
+                "a stale pid file names pid {}: a run that ended without cleaning up (no run holds the directory)",
+                info.pid
+            ),
+            format!(
+                "nothing to do: the next `task_cli resume --dir {}` removes it",
+                dir.display()
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) => checks.warn(
+            "orchestrator",
+            format!("cannot read the run lock: {e}"),
+            "check the permissions of .orchestrator/",
+        ),
     }
 
     let failed = checks.0.iter().any(|c| c.level == Level::Fail);

@@ -12,6 +12,7 @@ mod demo;
 mod doctor;
 mod failure;
 mod install;
+mod lifecycle;
 mod opencode_env;
 mod output;
 mod runner;
@@ -22,15 +23,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use orch_agents::{AgentSet, ModelRef};
-use orch_mvcc::{TODO_FILE, TodoStore};
+use orch_agents::{AgentSet, ModelRef, RunLock};
 use orch_testkit::Script;
 use serde_json::json;
 
 use crate::config::{FileConfig, Limits};
 use crate::failure::{EXIT_CODES_HELP, Failure, code, describe};
+use crate::lifecycle::Existing;
 use crate::output::{Mode, Ui};
-use crate::runner::{MissionSpec, ModelChoice, ServerChoice};
+use crate::runner::{MissionSpec, ModelChoice, ServerChoice, Signals};
 use crate::state::{BUILTIN_DEMO, Saved, project_dir};
 
 /// The /task command line of the Rust OpenCode Orchestrator: a deterministic Commander
@@ -66,9 +67,12 @@ enum Command {
     /// Run a mission with your OpenCode configuration and model
     #[command(after_help = EXIT_CODES_HELP)]
     Run(RunArgs),
-    /// Continue the unfinished mission in a directory
+    /// Continue the unfinished mission in a directory (plans it again if its planning never finished)
     #[command(after_help = EXIT_CODES_HELP)]
     Resume(ResumeArgs),
+    /// Put failed items (and the items they blocked) back to pending with their attempts reset, then continue
+    #[command(after_help = EXIT_CODES_HELP)]
+    Retry(RetryArgs),
     /// The plan, its versions, the audit verification, the journal and the last report
     Status(DirArg),
     /// Stop the mission running in a directory (it can be resumed)
@@ -138,6 +142,9 @@ struct RunArgs {
     /// The project directory (created if missing) [default: the current directory]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Start this mission even though another one is unfinished in DIR (its state is archived under .orchestrator/history)
+    #[arg(long)]
+    new: bool,
     #[command(flatten)]
     backend: Backend,
     #[command(flatten)]
@@ -146,6 +153,23 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct ResumeArgs {
+    /// The project directory [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Also retry the failed items (and the items they blocked), as `task_cli retry` does
+    #[arg(long)]
+    retry_failed: bool,
+    #[command(flatten)]
+    backend: Backend,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+#[derive(Debug, Args)]
+struct RetryArgs {
+    /// The failed items to retry [default: every failed item]
+    #[arg(value_name = "ITEM")]
+    items: Vec<String>,
     /// The project directory [default: the current directory]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -213,9 +237,10 @@ fn main() -> ExitCode {
 
 async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Demo { dir } => demo::demo(ui, dir.as_deref()).await,
-        Command::Run(args) => run(ui, args).await,
-        Command::Resume(args) => resume(ui, args).await,
+        Command::Demo { dir } => demo::demo(ui, Signals::install()?, dir.as_deref()).await,
+        Command::Run(args) => run(ui, Signals::install()?, args).await,
+        Command::Resume(args) => resume(ui, Signals::install()?, args).await,
+        Command::Retry(args) => retry(ui, Signals::install()?, args).await,
         Command::Status(dir) => state::status(ui, &project_dir(dir.dir.as_deref())?),
         Command::Stop { dir, wait } => state::stop(
             ui,
@@ -267,15 +292,23 @@ fn load_script(path: &str) -> anyhow::Result<Script> {
     })
 }
 
-/// Builds the mission spec from the saved settings, overridden by flags, then the config file.
+/// Builds the mission spec from the flags, over the saved settings, over the config file,
+/// saves the settings (this command owns the directory: `lock`), and runs the mission.
+#[allow(clippy::too_many_arguments)]
 async fn start(
     ui: &Ui,
+    signals: Signals,
+    lock: RunLock,
     dir: PathBuf,
     mission: String,
     backend: &Backend,
     limits: &Limits,
     saved: Option<&Saved>,
 ) -> anyhow::Result<u8> {
+    let limits = match saved {
+        Some(saved) => limits.over(&saved.limits),
+        None => limits.clone(),
+    };
     let (file, file_path) = FileConfig::load(limits.config.as_deref(), &dir)?;
     if let Some(path) = file_path {
         ui.note(format!("config: {}", path.display()));
@@ -324,10 +357,13 @@ async fn start(
         } else {
             None
         },
+        limits,
     }
     .save(&dir)?;
     runner::run(
         ui,
+        signals,
+        lock,
         MissionSpec {
             dir,
             request: mission,
@@ -340,14 +376,9 @@ async fn start(
     .await
 }
 
-async fn run(ui: &Ui, args: RunArgs) -> anyhow::Result<u8> {
-    if args.mission.trim().is_empty() {
-        return Err(Failure::usage(
-            "the mission text is empty",
-            "say what to build: task_cli run \"add a --verbose flag\"",
-        ));
-    }
-    if let Some(dir) = &args.dir {
+/// The project directory of `run`: `--dir` (created when missing) or the current one.
+fn run_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(|e| {
             Failure::env(
                 format!("cannot create {}: {e}", dir.display()),
@@ -355,44 +386,176 @@ async fn run(ui: &Ui, args: RunArgs) -> anyhow::Result<u8> {
             )
         })?;
     }
-    let dir = project_dir(args.dir.as_deref())?;
-    if unfinished_plan(&dir)? {
-        ui.notice(format!(
-            "{} holds an unfinished plan: continuing it (as `task_cli resume` would)",
-            dir.display()
-        ));
-    }
-    start(ui, dir, args.mission, &args.backend, &args.limits, None).await
+    project_dir(dir)
 }
 
-async fn resume(ui: &Ui, args: ResumeArgs) -> anyhow::Result<u8> {
-    let dir = project_dir(args.dir.as_deref())?;
-    if !dir.join(".orchestrator").join(TODO_FILE).is_file() {
-        return Err(Failure::env(
-            format!(
-                "nothing to resume in {}: no .orchestrator/{TODO_FILE}",
-                dir.display()
-            ),
-            "pass the mission's directory with --dir, or start one with `task_cli run \"...\"`",
+async fn run(ui: &Ui, signals: Signals, args: RunArgs) -> anyhow::Result<u8> {
+    if args.mission.trim().is_empty() {
+        return Err(Failure::usage(
+            "the mission text is empty",
+            "say what to build: task_cli run \"add a --verbose flag\"",
         ));
     }
-    if !unfinished_plan(&dir)? {
+    let dir = run_dir(args.dir.as_deref())?;
+    // Own the directory first: a refused run writes nothing.
+    let lock = lifecycle::lock(&dir)?;
+    let existing = lifecycle::inspect(&dir)?;
+    let d = dir.display();
+    let mut saved = Saved::load(&dir)?;
+    let archive = |why: String| -> anyhow::Result<()> {
+        let to = lifecycle::archive(&dir, &lock)?;
         ui.notice(format!(
-            "the mission in {} is already finished; nothing to resume (`task_cli status` shows it)",
-            dir.display()
+            "{why}; its state is archived in {} and the new mission is planned",
+            to.display()
         ));
-        return Ok(code::SUCCESS);
-    }
-    let saved = Saved::load(&dir)?;
-    let mission = match &saved {
-        Some(saved) => saved.mission.clone(),
-        None => {
-            let store = TodoStore::open(dir.join(".orchestrator"))?;
-            store.snapshot()?.1.title
-        }
+        Ok(())
     };
+    match &existing {
+        Existing::Nothing => {}
+        Existing::Unplanned { mission } | Existing::Unfinished { mission, .. }
+            if lifecycle::same_mission(mission, &args.mission) && !args.new =>
+        {
+            ui.notice(if matches!(existing, Existing::Unplanned { .. }) {
+                format!(
+                    "{d} holds this mission, never planned (interrupted or failed): planning it"
+                )
+            } else {
+                format!(
+                    "{d} holds this mission, unfinished: continuing it (as `task_cli resume` would)"
+                )
+            });
+        }
+        Existing::Unplanned { mission } | Existing::Unfinished { mission, .. } if !args.new => {
+            return Err(Failure::usage(
+                format!(
+                    "{d} holds another mission, unfinished: {}",
+                    state::shell_quote(mission)
+                ),
+                format!(
+                    "continue it with `task_cli resume --dir {d}`, or start this one anyway with `task_cli run {} --new --dir {d}` (the other is archived under .orchestrator/history)",
+                    state::shell_quote(&args.mission)
+                ),
+            ));
+        }
+        Existing::Unplanned { .. } | Existing::Unfinished { .. } => {
+            archive("--new: the unfinished mission is set aside".to_owned())?;
+        }
+        Existing::Done { .. } => {
+            archive("the previous mission in this directory is finished".to_owned())?;
+        }
+        Existing::DoneButFailed { reason, .. } => {
+            archive(format!(
+                "the previous mission in this directory failed ({reason})"
+            ))?;
+        }
+        Existing::Failed { failed, .. } => {
+            archive(format!(
+                "the previous mission in this directory ended with failed items ({})",
+                failed.join(", ")
+            ))?;
+        }
+    }
+    // A new mission keeps the directory's model, script and server (flags override them);
+    // the limits only for the same mission.
+    if let Some(old) = saved.as_mut()
+        && !lifecycle::same_mission(&old.mission, &args.mission)
+    {
+        old.mission.clone_from(&args.mission);
+        old.limits = Limits::default();
+    }
     start(
         ui,
+        signals,
+        lock,
+        dir,
+        args.mission,
+        &args.backend,
+        &args.limits,
+        saved.as_ref(),
+    )
+    .await
+}
+
+/// The mission of `dir` for `resume` and `retry`, or why there is nothing to continue.
+fn continue_mission(dir: &Path, existing: &Existing) -> anyhow::Result<String> {
+    existing.mission().map(str::to_owned).ok_or_else(|| {
+        Failure::env(
+            format!("nothing to resume in {}: no mission there", dir.display()),
+            "pass the mission's directory with --dir, or start one with `task_cli run \"...\"`",
+        )
+    })
+}
+
+async fn resume(ui: &Ui, signals: Signals, args: ResumeArgs) -> anyhow::Result<u8> {
+    let dir = project_dir(args.dir.as_deref())?;
+    if !dir.is_dir() {
+        return Err(Failure::env(
+            format!("{} does not exist", dir.display()),
+            "pass the mission's directory with --dir",
+        ));
+    }
+    let lock = lifecycle::lock(&dir)?;
+    let existing = lifecycle::inspect(&dir)?;
+    let mission = continue_mission(&dir, &existing)?;
+    let d = dir.display();
+    match &existing {
+        Existing::Done { .. } => {
+            ui.notice(format!(
+                "the mission in {d} is already finished; nothing to resume (`task_cli status --dir {d}` shows it)"
+            ));
+            return Ok(code::SUCCESS);
+        }
+        Existing::DoneButFailed { mission, reason } => {
+            return Err(Failure {
+                code: code::MISSION_FAILED,
+                what: format!(
+                    "nothing to resume in {d}: every item is done but the mission failed: {reason}"
+                ),
+                fix: Some(format!(
+                    "plan it anew with `task_cli run {} --dir {d}` (this state is archived)",
+                    state::shell_quote(mission)
+                )),
+            }
+            .into());
+        }
+        Existing::Failed {
+            failed, blocked, ..
+        } if !args.retry_failed => {
+            return Err(Failure {
+                code: code::MISSION_FAILED,
+                what: format!(
+                    "nothing to resume in {d}: {} failed{}, and nothing else can run",
+                    failed.join(", "),
+                    if blocked.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (blocking {})", blocked.join(", "))
+                    }
+                ),
+                fix: Some(format!(
+                    "retry them with `task_cli retry --dir {d}` (or `task_cli resume --retry-failed --dir {d}`)"
+                )),
+            }
+            .into());
+        }
+        Existing::Unplanned { .. } => {
+            ui.notice(format!(
+                "the mission in {d} has no plan yet (its planning was interrupted or failed): planning it"
+            ));
+        }
+        _ => {}
+    }
+    if args.retry_failed {
+        let reset = lifecycle::reset_failed(&dir, &[], &lock)?;
+        if !reset.is_empty() {
+            ui.notice(format!("retrying {}", reset.join(", ")));
+        }
+    }
+    let saved = Saved::load(&dir)?;
+    start(
+        ui,
+        signals,
+        lock,
         dir,
         mission,
         &args.backend,
@@ -402,23 +565,35 @@ async fn resume(ui: &Ui, args: ResumeArgs) -> anyhow::Result<u8> {
     .await
 }
 
-/// Whether `dir` holds a plan with unfinished items.
-fn unfinished_plan(dir: &Path) -> anyhow::Result<bool> {
-    let state = dir.join(".orchestrator");
-    if !state.join(TODO_FILE).is_file() {
-        return Ok(false);
+async fn retry(ui: &Ui, signals: Signals, args: RetryArgs) -> anyhow::Result<u8> {
+    let dir = project_dir(args.dir.as_deref())?;
+    let lock = lifecycle::lock(&dir)?;
+    let existing = lifecycle::inspect(&dir)?;
+    let mission = continue_mission(&dir, &existing)?;
+    let reset = lifecycle::reset_failed(&dir, &args.items, &lock)?;
+    if reset.is_empty() {
+        return Err(Failure::usage(
+            format!("no item failed in {}: nothing to retry", dir.display()),
+            format!(
+                "`task_cli status --dir {0}` shows the plan; continue an unfinished one with `task_cli resume --dir {0}`",
+                dir.display()
+            ),
+        ));
     }
-    let store = TodoStore::open(&state).map_err(|e| {
-        Failure::env(
-            format!("cannot open the plan store: {e}"),
-            "run `task_cli doctor --dir DIR`",
-        )
-    })?;
-    let (_, plan) = store.snapshot().map_err(|e| {
-        Failure::env(
-            format!("cannot read {}: {e}", state.join(TODO_FILE).display()),
-            "fix TODO.md at the line named above",
-        )
-    })?;
-    Ok(!plan.items.is_empty() && !plan.is_finished())
+    ui.notice(format!(
+        "retrying {} (attempts reset; recorded in the audit log and the journal)",
+        reset.join(", ")
+    ));
+    let saved = Saved::load(&dir)?;
+    start(
+        ui,
+        signals,
+        lock,
+        dir,
+        mission,
+        &args.backend,
+        &args.limits,
+        saved.as_ref(),
+    )
+    .await
 }

@@ -307,8 +307,16 @@ impl Progress {
             return;
         }
         match event {
-            MissionEvent::Started { mission, resumed } => {
-                let verb = if *resumed { "resuming" } else { "mission" };
+            MissionEvent::Started {
+                mission,
+                resumed,
+                restart,
+            } => {
+                let verb = match (*resumed, *restart) {
+                    (_, n) if n > 0 => "resuming on the new server",
+                    (true, _) => "resuming",
+                    (false, _) => "mission",
+                };
                 self.ui.note(format!("{verb}: {mission}"));
                 if *resumed {
                     // No plan_committed follows: take the figures from the plan on disk.
@@ -362,6 +370,7 @@ impl Progress {
                 tokens,
                 elapsed_ms,
                 tool_calls,
+                ..
             } => {
                 let total = tokens.total();
                 if let Some(line) = item.as_ref().and_then(|i| self.items.get_mut(i)) {
@@ -375,16 +384,21 @@ impl Progress {
                 }
                 if self.ui.mode == Mode::Plain {
                     self.ui.note(format!(
-                        "{role:<8} {} turn finished: {} tokens, {tool_calls} tool calls, {:.1}s",
+                        "{role:<8} {} turn finished: {} tokens, {tool_calls} tool calls, {}",
                         item.as_deref().unwrap_or("-"),
                         human(total),
-                        *elapsed_ms as f64 / 1000.0
+                        secs(Duration::from_millis(*elapsed_ms))
                     ));
                 }
             }
-            // A turn abandoned by the stop signal is not news: the stop notice said so.
-            MissionEvent::TurnFailed { error, .. } if error == "stopped" => {}
-            MissionEvent::TurnFailed { role, item, error } => {
+            // A turn abandoned by a stop or a lost server is not news: the stop notice (or
+            // the reconnection) says so.
+            MissionEvent::TurnFailed {
+                abandoned: true, ..
+            } => {}
+            MissionEvent::TurnFailed {
+                role, item, error, ..
+            } => {
                 self.ui.note(format!(
                     "! {role} turn failed{}: {error}",
                     item.as_deref()
@@ -400,9 +414,9 @@ impl Progress {
                 error,
             } => {
                 self.ui.note(format!(
-                    "↻ {role}{} retry {attempt} in {:.1}s: {error}",
+                    "↻ {role}{} retry {attempt} in {}: {error}",
                     item.as_deref().map(|i| format!(" {i}")).unwrap_or_default(),
-                    *delay_ms as f64 / 1000.0
+                    secs(Duration::from_millis(*delay_ms))
                 ));
             }
             MissionEvent::Permission { item, decision } if !decision.allowed => {
@@ -554,6 +568,26 @@ impl Progress {
     }
 }
 
+/// A duration for people: `850 ms`, `5.0 s`, `2 min 5 s`, `1 h 3 min`.
+pub(crate) fn secs(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{} h {} min", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    }
+}
+
+/// A cost with four decimals; never `-0.0000`.
+pub(crate) fn money(cost: f64) -> String {
+    let cost = if cost.abs() < 0.00005 { 0.0 } else { cost };
+    format!("{cost:.4}")
+}
+
 /// `1234` → `1.2k`.
 pub(crate) fn human(n: u64) -> String {
     if n >= 1_000_000 {
@@ -604,34 +638,107 @@ pub(crate) fn engine_lines(engine: &BTreeMap<String, f64>) -> Vec<String> {
 /// The status word and the exit code of a report.
 pub(crate) fn status_line(status: &MissionStatus) -> (String, u8) {
     use crate::failure::code;
+    let exit = match status {
+        MissionStatus::Completed => code::SUCCESS,
+        MissionStatus::Failed { .. } | MissionStatus::BudgetExceeded { .. } => code::MISSION_FAILED,
+        MissionStatus::Stopped => code::STOPPED,
+        MissionStatus::ServerLost { .. } => code::ENVIRONMENT,
+    };
+    (status.describe(), exit)
+}
+
+/// How a run ended, in a word or two.
+fn run_status(status: Option<&MissionStatus>) -> &'static str {
     match status {
-        MissionStatus::Completed => ("completed".into(), code::SUCCESS),
-        MissionStatus::Failed { reason } => (format!("failed: {reason}"), code::MISSION_FAILED),
-        MissionStatus::Stopped => ("stopped by the user".into(), code::STOPPED),
-        MissionStatus::BudgetExceeded { budget } => (
-            format!("stopped: the {budget} budget was exceeded"),
-            code::MISSION_FAILED,
-        ),
-        MissionStatus::ServerLost { reason } => (
-            format!("interrupted: the OpenCode server went away ({reason})"),
-            code::ENVIRONMENT,
-        ),
+        None => "ended without a report (killed)",
+        Some(MissionStatus::Completed) => "completed",
+        Some(MissionStatus::Failed { .. }) => "failed",
+        Some(MissionStatus::Stopped) => "stopped",
+        Some(MissionStatus::BudgetExceeded { .. }) => "budget exceeded",
+        Some(MissionStatus::ServerLost { .. }) => "server lost",
     }
+}
+
+/// The figures of a report, summed over every run: status, time, turns, tokens, cost, by
+/// role, and one line per run when there was more than one.
+pub(crate) fn totals_lines(report: &MissionReport) -> String {
+    let mut out = String::new();
+    let (status, _) = status_line(&report.status);
+    let turns: u64 = report.usage.values().map(|u| u.turns).sum();
+    let runs = report.runs.len().max(1);
+    out.push_str(&format!(
+        "  {status} in {} over {runs} run{} — {turns} turns, {} tokens, cost {}, {} rounds, {} retries\n",
+        secs(report.elapsed),
+        if runs == 1 { "" } else { "s" },
+        human(report.total_tokens().total()),
+        money(report.total_cost()),
+        report.rounds,
+        report.retries
+    ));
+    for (role, usage) in &report.usage {
+        let mut extra = Vec::new();
+        if usage.failed_turns > 0 {
+            extra.push(format!("{} failed", usage.failed_turns));
+        }
+        if usage.abandoned_turns > 0 {
+            extra.push(format!("{} abandoned", usage.abandoned_turns));
+        }
+        out.push_str(&format!(
+            "  {:<10} {:>3} turns{}  {:>7} tokens (in {}, out {})  cost {}  busy {}\n",
+            role.to_string(),
+            usage.turns,
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", extra.join(", "))
+            },
+            human(usage.tokens.total()),
+            human(usage.tokens.input),
+            human(usage.tokens.output),
+            money(usage.cost),
+            secs(Duration::from_millis(usage.busy_ms))
+        ));
+    }
+    if report.runs.len() > 1 {
+        for (n, run) in report.runs.iter().enumerate() {
+            let why = match (run.restart, run.resumed) {
+                (r, _) if r > 0 => format!("after server replacement {r}"),
+                (_, true) => "resumed".to_owned(),
+                (_, false) => "started".to_owned(),
+            };
+            out.push_str(&format!(
+                "  run {}: {why}, {} — {}, {} turns{}, {} tokens, cost {}\n",
+                n + 1,
+                run_status(run.status.as_ref()),
+                secs(Duration::from_millis(run.elapsed_ms)),
+                run.turns,
+                if run.abandoned_turns > 0 {
+                    format!(" ({} abandoned)", run.abandoned_turns)
+                } else {
+                    String::new()
+                },
+                human(run.tokens.total()),
+                money(run.cost)
+            ));
+        }
+    }
+    out
 }
 
 /// The human summary of a report.
 pub(crate) fn summary(report: &MissionReport, dir: &Path) -> String {
     let mut out = String::new();
     let (status, _) = status_line(&report.status);
-    let tokens = report.total_tokens();
     out.push_str(&format!(
-        "\nMission {status} in {:.1}s — {} rounds, plan v{}, {} retries\n",
-        report.elapsed.as_secs_f64(),
+        "\nMission {status} in {} — {} rounds, plan v{}, {} retries\n",
+        secs(report.elapsed),
         report.rounds,
         report.plan_version,
         report.retries
     ));
-    out.push_str("\nItems:\n");
+    if !report.items.is_empty() {
+        out.push_str("\nItems:\n");
+    }
     for item in &report.items {
         let mark = match item.state.as_str() {
             "done" => "✓",
@@ -648,27 +755,8 @@ pub(crate) fn summary(report: &MissionReport, dir: &Path) -> String {
             item.id, item.state, item.attempts, item.summary
         ));
     }
-    out.push_str("\nUsage by role:\n");
-    for (role, usage) in &report.usage {
-        out.push_str(&format!(
-            "  {:<10} {:>3} turns ({} failed)  {:>7} tokens (in {}, out {})  cost {:.4}  busy {:.1}s\n",
-            role.to_string(),
-            usage.turns,
-            usage.failed_turns,
-            human(usage.tokens.total()),
-            human(usage.tokens.input),
-            human(usage.tokens.output),
-            usage.cost,
-            usage.busy_ms as f64 / 1000.0
-        ));
-    }
-    out.push_str(&format!(
-        "  {:<10} {:>3}                {:>7} tokens  cost {:.4}\n",
-        "total",
-        "",
-        human(tokens.total()),
-        report.total_cost()
-    ));
+    out.push_str("\nUsage (the whole mission):\n");
+    out.push_str(&totals_lines(report));
     if !report.models.is_empty() {
         let models: Vec<String> = report
             .models
@@ -685,15 +773,18 @@ pub(crate) fn summary(report: &MissionReport, dir: &Path) -> String {
         ));
     }
     if !report.engine.is_empty() {
-        out.push_str("\nEngine:\n");
+        out.push_str("\nEngine (this run):\n");
         for line in engine_lines(&report.engine) {
             out.push_str(&format!("{line}\n"));
         }
     }
+    out.push_str(&format!("\nProject: {}\n", dir.display()));
+    let todo = dir.join(".orchestrator/TODO.md");
+    if todo.is_file() {
+        out.push_str(&format!("Plan:    {}\n", todo.display()));
+    }
     out.push_str(&format!(
-        "\nProject: {}\nPlan:    {}\nReport:  {}\n",
-        dir.display(),
-        dir.join(".orchestrator/TODO.md").display(),
+        "Report:  {}\n",
         dir.join(".orchestrator/report.json").display()
     ));
     out
@@ -728,6 +819,59 @@ mod tests {
         );
         assert!(lines[1].contains("lanes: warm_hit_ratio 0.50"), "{lines:?}");
         assert!(lines[2].contains("pool: created 3, reused 5"), "{lines:?}");
+    }
+
+    #[test]
+    fn durations_and_costs_read_as_people_write_them() {
+        assert_eq!(secs(Duration::from_nanos(5_015_087_281)), "5.0 s");
+        assert_eq!(secs(Duration::from_millis(850)), "850 ms");
+        assert_eq!(secs(Duration::from_secs(125)), "2 min 5 s");
+        assert_eq!(secs(Duration::from_secs(3_780)), "1 h 3 min");
+        assert_eq!(money(-0.0), "0.0000");
+        assert_eq!(money(-1e-9), "0.0000");
+        assert_eq!(money(0.12345), "0.1235");
+    }
+
+    #[test]
+    fn a_report_of_several_runs_sums_them_and_lists_each() {
+        let run = |turns, abandoned, restart, status| orch_agents::RunSummary {
+            turns,
+            abandoned_turns: abandoned,
+            restart,
+            status,
+            elapsed_ms: 1_500,
+            ..Default::default()
+        };
+        let report = MissionReport {
+            mission: "m".into(),
+            status: MissionStatus::Completed,
+            items: Vec::new(),
+            usage: BTreeMap::new(),
+            models: BTreeMap::new(),
+            permissions: Vec::new(),
+            plan_version: 3,
+            rounds: 7,
+            retries: 0,
+            engine: BTreeMap::new(),
+            elapsed: Duration::from_secs(3),
+            runs: vec![
+                run(
+                    4,
+                    2,
+                    0,
+                    Some(MissionStatus::ServerLost { reason: "x".into() }),
+                ),
+                run(6, 0, 1, Some(MissionStatus::Completed)),
+            ],
+        };
+        let text = totals_lines(&report);
+        assert!(text.contains("completed in 3.0 s over 2 runs"), "{text}");
+        assert!(text.contains("run 1: started, server lost"), "{text}");
+        assert!(text.contains("(2 abandoned)"), "{text}");
+        assert!(
+            text.contains("run 2: after server replacement 1, completed"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,16 +7,18 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use orch_agents::{
-    AgentSet, BackendError, MissionConfig, ModelRef, OpencodeBackend, OpencodeBackendConfig,
-    Supervisor,
+    AgentSet, BackendError, MissionConfig, MissionReport, MissionStatus, ModelRef, OpencodeBackend,
+    OpencodeBackendConfig, RunLock, Supervisor,
 };
 use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config};
 use orch_testkit::{Script, ScriptedModel};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 use crate::failure::{Failure, code};
+use crate::lifecycle::{self, Existing};
 use crate::output::{Mode, Progress, Ui, status_line, summary};
 use crate::state;
 
@@ -54,15 +56,6 @@ pub(crate) fn agents_spec(agents: &AgentSet) -> InstallSpec {
     agents.install_spec()
 }
 
-/// Removes the pid file when the run ends.
-struct PidFile(PathBuf);
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Resources that must live as long as the mission.
 #[derive(Default)]
 struct Keep {
@@ -70,29 +63,135 @@ struct Keep {
     _home: Option<IsolatedHome>,
 }
 
-/// Runs the mission, prints the summary (or the JSON report) and returns the exit code.
-pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
+/// Runs the mission while holding `lock` (the directory's run lock, released when this
+/// returns or the process ends), prints the summary (or the JSON report) and returns the exit
+/// code. The first SIGINT or SIGTERM, from the very start, stops the mission (resumable); a
+/// second one exits at once.
+pub(crate) async fn run(
+    ui: &Ui,
+    signals: Signals,
+    lock: RunLock,
+    spec: MissionSpec,
+) -> anyhow::Result<u8> {
     let dir = spec.dir.clone();
-    let state_dir = dir.join(".orchestrator");
-    std::fs::create_dir_all(&state_dir).map_err(|e| {
-        Failure::env(
-            format!("cannot create {}: {e}", state_dir.display()),
-            "check that the directory is writable",
-        )
-    })?;
-    if let Some(pid) = state::running_pid(&dir) {
-        return Err(Failure::env(
-            format!(
-                "another task_cli (pid {pid}) is running a mission in {}",
-                dir.display()
-            ),
-            format!(
-                "wait for it to end, or stop it with `task_cli stop --dir {}`",
-                dir.display()
-            ),
-        ));
+    let lock = Arc::new(Mutex::new(Some(lock)));
+    let server_slot: ServerSlot = Arc::new(Mutex::new(None));
+    let stop = CancellationToken::new();
+    let signals = signals.handle(ui, &dir, &stop, &server_slot, &lock);
+    let result = run_locked(ui, spec, &stop, &server_slot).await;
+    signals.abort();
+    let _ = signals.await;
+    if let Some(server) = lock_(&server_slot).take() {
+        server.stop();
+    }
+    drop(lock_(&lock).take());
+    result
+}
+
+/// SIGINT and SIGTERM, caught from the moment a mission command starts (before it takes the
+/// directory, starts a server or runs anything), so that no signal kills it unreported.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Catches SIGINT and SIGTERM from now on (they are queued until [`Signals::handle`]).
+    pub(crate) fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let catch = |kind| {
+            signal(kind).map_err(|e| {
+                Failure::env(
+                    format!("cannot catch signals: {e}"),
+                    "run task_cli in a normal process environment",
+                )
+            })
+        };
+        Ok(Signals {
+            term: catch(SignalKind::terminate())?,
+            int: catch(SignalKind::interrupt())?,
+        })
     }
 
+    /// The handler of a run: the first signal cancels `stop` (and says what is kept), the
+    /// second kills the server this command owns, releases the directory and exits at once.
+    fn handle(
+        self,
+        ui: &Ui,
+        dir: &Path,
+        stop: &CancellationToken,
+        server: &ServerSlot,
+        lock: &Arc<Mutex<Option<RunLock>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let ui = ui.clone();
+        let dir = dir.to_owned();
+        let stop = stop.clone();
+        let server = Arc::clone(server);
+        let lock = Arc::clone(lock);
+        let Signals { mut term, mut int } = self;
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "Ctrl-C",
+            };
+            let kept = if dir
+                .join(".orchestrator")
+                .join(orch_mvcc::TODO_FILE)
+                .is_file()
+            {
+                "the plan is kept"
+            } else {
+                "the mission is kept (it has no plan yet; resume plans it)"
+            };
+            ui.notice(format!(
+                "{which}: stopping the mission; running turns are abandoned and {kept}. \
+             Resume with `task_cli resume --dir {}`. Press Ctrl-C again to exit at once.",
+                dir.display()
+            ));
+            stop.cancel();
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            ui.notice("exiting at once");
+            if let Some(server) = lock_(&server).take() {
+                server.kill();
+            }
+            drop(lock_(&lock).take());
+            std::process::exit(i32::from(code::STOPPED));
+        })
+    }
+}
+
+/// What a command prints when it was stopped before its mission started.
+fn stopped_at_start(ui: &Ui, dir: &Path) -> u8 {
+    ui.clear();
+    let advice = format!(
+        "Stopped before the mission started: nothing ran. Resume with `task_cli resume --dir {}`",
+        dir.display()
+    );
+    if ui.mode() == Mode::Json {
+        ui.notice(&advice);
+        ui.json(&json!({
+            "event": "report",
+            "dir": dir,
+            "exit_code": code::STOPPED,
+            "report": Value::Null,
+        }));
+    } else {
+        println!("\n{advice}");
+    }
+    code::STOPPED
+}
+
+async fn run_locked(
+    ui: &Ui,
+    spec: MissionSpec,
+    stop: &CancellationToken,
+    server_slot: &ServerSlot,
+) -> anyhow::Result<u8> {
+    let dir = spec.dir.clone();
     let mut keep = Keep::default();
     let (default_model, home, scripted) = match spec.model {
         ModelChoice::Script(script) => {
@@ -142,11 +241,13 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
         }
     };
 
-    let server_slot: ServerSlot = Arc::new(Mutex::new(None));
     let remote = match &spec.server {
         ServerChoice::Own(bin) => {
             let step = ui.step("starting the OpenCode server");
-            let server = start_server(bin, &dir, home.as_deref()).await?;
+            let server = tokio::select! {
+                server = start_server(bin, &dir, home.as_deref()) => server?,
+                () = stop.cancelled() => return Ok(stopped_at_start(ui, &dir)),
+            };
             let client = server.client().with_directory(dir.to_string_lossy());
             let health = client.health().await.map_err(|e| {
                 Failure::env(
@@ -159,12 +260,15 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
                 server.base_url(),
                 health.version
             ));
-            *lock(&server_slot) = Some(Arc::new(server));
+            *lock_(server_slot) = Some(Arc::new(server));
             None
         }
         ServerChoice::Remote(url) => {
             let step = ui.step(&format!("connecting to {url}"));
-            let (client, version) = crate::opencode_env::connect_remote(url).await?;
+            let (client, version) = tokio::select! {
+                connected = crate::opencode_env::connect_remote(url) => connected?,
+                () = stop.cancelled() => return Ok(stopped_at_start(ui, &dir)),
+            };
             step.done(format!("opencode {version}"));
             Some(client.with_directory(dir.to_string_lossy()))
         }
@@ -177,7 +281,7 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
         dir: dir.clone(),
         home: home.clone(),
         remote,
-        server: Arc::clone(&server_slot),
+        server: Arc::clone(server_slot),
         backend: Mutex::new(None),
         config: OpencodeBackendConfig {
             default_model,
@@ -189,49 +293,9 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
 
     let supervisor = Supervisor::<OpencodeBackend>::new(spec.request.clone(), &dir)
         .config(spec.config)
-        .agents(spec.agents);
+        .agents(spec.agents)
+        .stop_token(stop.clone());
     let mut events = supervisor.subscribe();
-    let stop = supervisor.stop_handle();
-
-    let pid_path = state_dir.join(state::PID_FILE);
-    std::fs::write(&pid_path, format!("{}\n", std::process::id()))?;
-    let pid_file = PidFile(pid_path.clone());
-
-    // Signals: the first stops the mission (resumable), the second exits at once.
-    let signals = {
-        let ui = ui.clone();
-        let dir = dir.clone();
-        let server = Arc::clone(&server_slot);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return;
-            };
-            let which = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "Ctrl-C",
-            };
-            ui.notice(format!(
-                "{which}: stopping the mission; running turns are abandoned and the plan is kept. \
-                 Resume with `task_cli resume --dir {}`. Press Ctrl-C again to exit at once.",
-                dir.display()
-            ));
-            stop.cancel();
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-            ui.notice("exiting at once");
-            let _ = std::fs::remove_file(&pid_path);
-            if let Some(server) = lock(&server).take() {
-                server.kill();
-            }
-            std::process::exit(i32::from(code::STOPPED));
-        })
-    };
 
     // Until the supervisor is done (a lost server gives a `finished`, then `reconnecting`).
     let progress_ui = ui.clone();
@@ -258,34 +322,36 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
             .await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer).await;
-    let backend = lock(&connector.backend).take();
+    let backend = lock_(&connector.backend).take();
     if let Some(backend) = backend {
         backend.shutdown().await;
     }
-    signals.abort();
-    drop(pid_file);
-    let server = lock(&server_slot).take();
+    let server = lock_(server_slot).take();
     if let Some(server) = server {
         server.stop();
     }
     drop(keep);
     ui.clear();
 
-    let result = result.map(|(report, restarts)| {
-        if restarts > 0 {
-            ui.notice(format!(
-                "the OpenCode server was replaced {restarts} time(s) during the mission"
-            ));
-        }
-        report
-    });
-    let report = result.map_err(|e| {
+    let (report, restarts) = result.map_err(|e| {
         Failure::env(
             format!("the mission could not run: {e}"),
-            "run `task_cli doctor --dir DIR` to check the mission state",
+            format!(
+                "run `task_cli doctor --dir {}` to check the mission state",
+                dir.display()
+            ),
         )
     })?;
     let (status, exit) = status_line(&report.status);
+    // Notices first: in JSON mode the report is the last line.
+    if restarts > 0 {
+        ui.notice(format!(
+            "the OpenCode server was replaced {restarts} time(s) during this run"
+        ));
+    }
+    if let Some(advice) = advice(&report, &dir) {
+        ui.notice(format!("Mission {status}. {advice}"));
+    }
     if ui.mode() == Mode::Json {
         ui.json(&json!({
             "event": "report",
@@ -296,20 +362,48 @@ pub(crate) async fn run(ui: &Ui, spec: MissionSpec) -> anyhow::Result<u8> {
     } else {
         println!("{}", summary(&report, &dir));
     }
-    match exit {
-        code::SUCCESS => {}
-        code::STOPPED | code::ENVIRONMENT => ui.notice(format!(
-            "Mission {status}. Resume with: task_cli resume --dir {}",
-            dir.display()
-        )),
-        _ => ui.notice(format!(
-            "Mission {status}. See {} and `task_cli status --dir {}`; fix the cause and run `task_cli resume --dir {}`.",
-            dir.join(".orchestrator/report.json").display(),
-            dir.display(),
-            dir.display()
-        )),
-    }
     Ok(exit)
+}
+
+/// What to do after a mission that did not complete, following what the directory holds.
+fn advice(report: &MissionReport, dir: &Path) -> Option<String> {
+    let d = dir.display();
+    match &report.status {
+        MissionStatus::Completed => None,
+        MissionStatus::Stopped | MissionStatus::ServerLost { .. } => {
+            Some(format!("Resume with `task_cli resume --dir {d}`"))
+        }
+        MissionStatus::BudgetExceeded { budget } => {
+            let flag = if budget == "cost" {
+                "--cost-budget"
+            } else {
+                "--token-budget"
+            };
+            Some(format!(
+                "The {budget} budget counts the whole mission; continue with a higher one: `task_cli resume --dir {d} {flag} <more>`"
+            ))
+        }
+        MissionStatus::Failed { reason } => Some(match lifecycle::inspect(dir).ok()? {
+            Existing::Failed { failed, .. } => format!(
+                "Retry the failed items ({}) with `task_cli retry --dir {d}`; `task_cli status --dir {d}` shows why they failed",
+                failed.join(", ")
+            ),
+            Existing::Unplanned { .. } | Existing::Nothing => format!(
+                "The mission has no plan; fix the cause above, then plan it again with `task_cli resume --dir {d}`"
+            ),
+            Existing::Unfinished { .. } if reason.starts_with("the round limit") => format!(
+                "The plan is unfinished; continue with more rounds: `task_cli resume --dir {d} --max-rounds <more>`"
+            ),
+            Existing::Unfinished { .. } => format!(
+                "The plan is unfinished; continue with `task_cli resume --dir {d}` (see {} for what stopped it)",
+                dir.join(".orchestrator/report.json").display()
+            ),
+            Existing::Done { mission } | Existing::DoneButFailed { mission, .. } => format!(
+                "Every item is done but the mission did not pass; plan it anew with `task_cli run {} --dir {d}` (this state is archived)",
+                state::shell_quote(&mission)
+            ),
+        }),
+    }
 }
 
 async fn start_server(
@@ -322,7 +416,7 @@ async fn start_server(
 
 type ServerSlot = Arc<Mutex<Option<Arc<OpencodeServer>>>>;
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock_<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -342,14 +436,14 @@ struct Connector {
 
 impl Connector {
     async fn connect(&self, attempt: u32) -> Result<Arc<OpencodeBackend>, BackendError> {
-        let old = lock(&self.backend).take();
+        let old = lock_(&self.backend).take();
         if let Some(old) = old {
             old.shutdown().await;
         }
         let client = match (&self.remote, &self.bin) {
             (Some(client), _) => client.clone(),
             (None, Some(bin)) => {
-                let current = lock(&self.server).clone();
+                let current = lock_(&self.server).clone();
                 let server = match current {
                     Some(server) if server.is_running() => server,
                     _ => {
@@ -363,7 +457,7 @@ impl Connector {
                                 message: e.to_string(),
                             })?;
                         let server = Arc::new(server);
-                        *lock(&self.server) = Some(Arc::clone(&server));
+                        *lock_(&self.server) = Some(Arc::clone(&server));
                         server
                     }
                 };
@@ -377,7 +471,7 @@ impl Connector {
             }
         };
         let backend = Arc::new(OpencodeBackend::connect(client, self.config.clone()).await?);
-        *lock(&self.backend) = Some(Arc::clone(&backend));
+        *lock_(&self.backend) = Some(Arc::clone(&backend));
         Ok(backend)
     }
 }

@@ -1,20 +1,18 @@
-//! The mission state on disk: `status`, `stop`, the pid file and the saved run settings.
+//! The mission state on disk: `status`, `stop` and the saved run settings.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orch_agents::{Journal, JournalEntry, MissionReport};
-use orch_mvcc::{TODO_FILE, TodoStore};
+use orch_agents::{Journal, JournalEntry, MissionReport, RunLock, RunLockError, RunState};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::config::Limits;
 use crate::failure::{Failure, code};
-use crate::output::{Mode, Ui, engine_lines, human, status_line};
+use crate::lifecycle::{self, Existing};
+use crate::output::{Mode, Ui, engine_lines};
 
-/// The running orchestrator's pid, in the state directory.
-pub(crate) const PID_FILE: &str = "orchestrator.pid";
 /// The settings a mission was started with (for `resume`).
 pub(crate) const SETTINGS_FILE: &str = "task_cli.json";
 /// `model_script` value of a demo mission.
@@ -30,16 +28,19 @@ pub(crate) struct Saved {
     pub(crate) model_script: Option<String>,
     #[serde(default)]
     pub(crate) server: Option<String>,
+    /// The limit flags it was started with (a resume's flags win over them).
+    #[serde(default)]
+    pub(crate) limits: Limits,
 }
 
 impl Saved {
     pub(crate) fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let state = dir.join(".orchestrator");
         std::fs::create_dir_all(&state)?;
-        std::fs::write(
-            state.join(SETTINGS_FILE),
-            serde_json::to_string_pretty(self)? + "\n",
-        )?;
+        // Whole or not at all: a crash never leaves half a settings file.
+        let tmp = state.join(format!("{SETTINGS_FILE}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)? + "\n")?;
+        std::fs::rename(&tmp, state.join(SETTINGS_FILE))?;
         Ok(())
     }
 
@@ -58,127 +59,141 @@ impl Saved {
     }
 }
 
-/// Whether a process with this pid exists (`kill -0`).
-fn alive(pid: u32) -> bool {
-    Command::new("kill")
-        .args(["-0", &pid.to_string()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The pid of a live orchestrator running in `dir`, from its pid file.
-pub(crate) fn running_pid(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join(".orchestrator").join(PID_FILE)).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    (pid != std::process::id() && alive(pid)).then_some(pid)
-}
-
-/// `task_cli stop`: SIGTERM to the orchestrator running in `dir`, then wait for it to stop.
+/// `task_cli stop`: SIGTERM to the run that holds `dir` (proven by the run lock), then wait
+/// for it to end. Changes nothing on disk.
 pub(crate) fn stop(ui: &Ui, dir: &Path, wait: Duration) -> anyhow::Result<u8> {
-    let pid_path = dir.join(".orchestrator").join(PID_FILE);
-    let Some(pid) = running_pid(dir) else {
-        if pid_path.exists() {
-            let _ = std::fs::remove_file(&pid_path);
+    let state = dir.join(".orchestrator");
+    let holder = match RunLock::signal(&state, rustix::process::Signal::TERM) {
+        Ok(holder) => holder,
+        Err(RunLockError::NotRunning { stale, .. }) => {
+            return Err(Failure::env(
+                format!(
+                    "no mission is running in {}{}",
+                    dir.display(),
+                    stale
+                        .map(|s| format!(
+                            " (a stale pid file names pid {}, a run that ended without cleaning up; it was not signalled)",
+                            s.pid
+                        ))
+                        .unwrap_or_default()
+                ),
+                format!(
+                    "`task_cli status --dir {}` shows the mission's state",
+                    dir.display()
+                ),
+            ));
         }
-        return Err(Failure::env(
-            format!("no mission is running in {}", dir.display()),
-            "pass the project directory with --dir; `task_cli status --dir DIR` shows its state",
-        ));
+        Err(e) => {
+            return Err(Failure::env(
+                format!("cannot stop the mission in {}: {e}", dir.display()),
+                "check that you own the process",
+            ));
+        }
     };
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    if !status.success() {
-        return Err(Failure::env(
-            format!("cannot signal pid {pid}"),
-            "check that you own the process",
-        ));
-    }
+    let pid = holder.pid;
     ui.notice(format!(
-        "sent SIGTERM to the orchestrator (pid {pid}); waiting for it to stop"
+        "sent SIGTERM to the orchestrator (pid {pid}{}); waiting for it to stop",
+        holder
+            .info
+            .as_ref()
+            .map(|i| format!(", run {}", i.run_id))
+            .unwrap_or_default()
     ));
     let start = Instant::now();
     while start.elapsed() < wait {
-        if !alive(pid) || !pid_path.exists() {
-            ui.notice(format!(
-                "stopped; resume with `task_cli resume --dir {}`",
-                dir.display()
-            ));
-            ui.json(&json!({"event": "stopped", "pid": pid}));
-            return Ok(code::SUCCESS);
+        match RunLock::state(&state) {
+            Ok(RunState::Running(now)) if now.pid == pid => {}
+            _ => {
+                ui.notice(format!(
+                    "stopped; resume with `task_cli resume --dir {}`",
+                    dir.display()
+                ));
+                ui.json(&json!({"event": "stopped", "pid": pid}));
+                return Ok(code::SUCCESS);
+            }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     Err(Failure::env(
         format!(
-            "pid {pid} is still running after {:.0} s",
-            wait.as_secs_f64()
+            "pid {pid} is still running after {}",
+            crate::output::secs(wait)
         ),
-        format!("wait a little longer, or end it with `kill -INT {pid}` twice"),
+        format!(
+            "wait a little longer (`task_cli stop --dir {} --wait 60`), or press Ctrl-C twice in its terminal",
+            dir.display()
+        ),
     ))
 }
 
 /// `task_cli status`.
 pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
     let state = dir.join(".orchestrator");
-    if !state.join(TODO_FILE).is_file() {
-        return Err(Failure::env(
-            format!(
-                "no mission in {} ({} is missing)",
-                dir.display(),
-                state.join(TODO_FILE).display()
-            ),
-            "pass the project directory with --dir, or start a mission with `task_cli run \"...\"`",
-        ));
-    }
-    let store = TodoStore::open(&state).map_err(|e| {
-        Failure::env(
-            format!("cannot open the plan store: {e}"),
-            "run `task_cli doctor --dir DIR`",
-        )
-    })?;
-    let (version, plan) = store.snapshot().map_err(|e| {
-        Failure::env(
-            format!("cannot read the plan: {e}"),
-            "fix TODO.md at the line named above, or run `task_cli doctor --dir DIR`",
-        )
-    })?;
-    let audit = store.verify();
-    let journal = Journal::read(&state);
+    let run = RunLock::state(&state).unwrap_or(RunState::Idle);
+    let existing = lifecycle::inspect(dir)?;
     let report: Option<MissionReport> = std::fs::read_to_string(state.join("report.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
-    let saved = Saved::load(dir).ok().flatten();
-    let running = running_pid(dir);
-    let counts = plan.counts();
+    if matches!(existing, Existing::Nothing)
+        && report.is_none()
+        && !matches!(run, RunState::Running(_))
+    {
+        return Err(Failure::env(
+            format!("no mission in {}", dir.display()),
+            "pass the project directory with --dir, or start a mission with `task_cli run \"...\"`",
+        ));
+    }
+    let plan = lifecycle::read_plan(dir)?;
+    let audit = plan
+        .as_ref()
+        .map(|_| lifecycle::open_store(dir).map(|store| store.verify()))
+        .transpose()?;
+    let journal = Journal::read(&state);
+    let (word, advice) = state_words(dir, &run, &existing);
+    let stale = match &run {
+        RunState::Stale(info) => Some(info),
+        _ => None,
+    };
+    let audit_ok = !matches!(audit, Some(Err(_)));
 
     if ui.mode() == Mode::Json {
-        let items: Vec<_> = plan
-            .items
-            .iter()
-            .map(|i| json!({"id": i.id.as_str(), "summary": i.summary, "state": i.state.as_str(), "files": i.files, "attempts": i.attempts}))
-            .collect();
+        let plan_json = plan.as_ref().map(|(version, plan)| {
+            let items: Vec<_> = plan
+                .items
+                .iter()
+                .map(|i| json!({"id": i.id.as_str(), "summary": i.summary, "state": i.state.as_str(), "files": i.files, "attempts": i.attempts}))
+                .collect();
+            json!({"title": plan.title, "version": version, "items": items, "finished": plan.is_finished()})
+        });
         let journal_json = match &journal {
             Ok(j) => {
                 json!({"records": j.records.len(), "open_sessions": j.open_sessions().len(), "repaired_bytes": j.repaired_bytes})
             }
             Err(e) => json!({"error": e.to_string()}),
         };
+        let (running_pid, run_id) = match &run {
+            RunState::Running(h) => (Some(h.pid), h.info.as_ref().map(|i| i.run_id.clone())),
+            _ => (None, None),
+        };
         ui.json(&json!({
             "event": "status",
             "dir": dir,
-            "mission": saved.as_ref().map(|s| s.mission.clone()),
-            "running_pid": running,
-            "plan": {"title": plan.title, "version": version, "items": items, "finished": plan.is_finished()},
+            "mission": existing.mission(),
+            "state": word,
+            "advice": advice,
+            "running_pid": running_pid,
+            "run_id": run_id,
+            "stale_pid_file": stale.map(|s| json!({"pid": s.pid, "run_id": s.run_id})),
+            "plan": plan_json,
             "audit": match &audit {
-                Ok(s) => json!({"ok": true, "records": s.records, "last_version": s.last_version, "last_hash": s.last_hash}),
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
+                Some(Ok(s)) => json!({"ok": true, "records": s.records, "last_version": s.last_version, "last_hash": s.last_hash}),
+                Some(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+                None => Value::Null,
             },
             "journal": journal_json,
             "report": report,
         }));
-        return Ok(if audit.is_ok() {
+        return Ok(if audit_ok {
             code::SUCCESS
         } else {
             code::MISSION_FAILED
@@ -187,47 +202,62 @@ pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
 
     let mut out = String::new();
     out.push_str(&format!("Project: {}\n", dir.display()));
-    if let Some(saved) = &saved {
-        out.push_str(&format!("Mission: {}\n", saved.mission));
+    if let Some(mission) = existing.mission() {
+        out.push_str(&format!("Mission: {mission}\n"));
     }
-    out.push_str(&match running {
-        Some(pid) => format!(
-            "State:   running (pid {pid}); stop it with `task_cli stop --dir {}`\n",
-            dir.display()
-        ),
-        None if plan.is_finished() => "State:   finished\n".to_owned(),
-        None => format!(
-            "State:   not running, unfinished; continue with `task_cli resume --dir {}`\n",
-            dir.display()
-        ),
-    });
-    out.push_str(&format!(
-        "\nPlan \"{}\" v{version}: {} done, {} in progress, {} in review, {} pending, {} failed\n",
-        plan.title,
-        counts.done,
-        counts.in_progress,
-        counts.in_review,
-        counts.pending,
-        counts.failed
-    ));
-    for item in &plan.items {
+    out.push_str(&format!("State:   {word}"));
+    if let Some(advice) = &advice {
+        out.push_str(&format!("; {advice}"));
+    }
+    out.push('\n');
+    if let Some(info) = stale {
         out.push_str(&format!(
-            "  [{}] {:<4} {:<11} {}  ({})\n",
-            item.state.marker(),
-            item.id.as_str(),
-            item.state.as_str(),
-            item.summary,
-            item.files.join(", ")
+            "         (a stale pid file names pid {}{}: a run that ended without cleaning up; the next run removes it)\n",
+            info.pid,
+            if info.run_id.is_empty() {
+                String::new()
+            } else {
+                format!(", run {}", info.run_id)
+            }
         ));
     }
-    out.push_str(&match &audit {
-        Ok(s) => format!("\nAudit:   verified — {} records, last version {}, head {}\n", s.records, s.last_version, short(&s.last_hash)),
-        Err(e) => format!("\nAudit:   FAILED to verify: {e}\n         (the plan history was changed outside the orchestrator)\n"),
-    });
+    if let Some((version, plan)) = &plan {
+        let counts = plan.counts();
+        out.push_str(&format!(
+            "\nPlan \"{}\" v{version}: {} done, {} in progress, {} in review, {} pending, {} failed\n",
+            plan.title,
+            counts.done,
+            counts.in_progress,
+            counts.in_review,
+            counts.pending,
+            counts.failed
+        ));
+        for item in &plan.items {
+            out.push_str(&format!(
+                "  [{}] {:<4} {:<11} {}  ({})\n",
+                item.state.marker(),
+                item.id.as_str(),
+                item.state.as_str(),
+                item.summary,
+                item.files.join(", ")
+            ));
+        }
+    }
+    match &audit {
+        Some(Ok(s)) => out.push_str(&format!(
+            "\nAudit:   verified — {} records, last version {}, head {}\n",
+            s.records,
+            s.last_version,
+            short(&s.last_hash)
+        )),
+        Some(Err(e)) => out.push_str(&format!(
+            "\nAudit:   FAILED to verify: {e}\n         (the plan history was changed outside the orchestrator)\n"
+        )),
+        None => {}
+    }
     match &journal {
         Ok(j) => {
             let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-            let mut pids: Vec<u32> = Vec::new();
             for record in &j.records {
                 let kind = match &record.entry {
                     JournalEntry::Event { .. } => "events",
@@ -235,18 +265,18 @@ pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
                     JournalEntry::SessionClosed { .. } => "sessions closed",
                     JournalEntry::Reconciled { .. } => "reconciled",
                     JournalEntry::StaleSessionsClosed { .. } => "stale sessions closed",
+                    JournalEntry::ItemsReset { .. } => "retries",
                     _ => "other",
                 };
                 *kinds.entry(kind).or_default() += 1;
-                if !pids.contains(&record.pid) {
-                    pids.push(record.pid);
-                }
             }
+            let runs = orch_agents::MissionTotals::from_records(&j.records)
+                .runs
+                .len();
             let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
             out.push_str(&format!(
-                "Journal: {} records from {} run(s): {}; {} session(s) open{}\n",
+                "Journal: {} records from {runs} run(s): {}; {} session(s) open{}\n",
                 j.records.len(),
-                pids.len(),
                 kinds.join(", "),
                 j.open_sessions().len(),
                 if j.repaired_bytes > 0 {
@@ -259,34 +289,77 @@ pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
         Err(e) => out.push_str(&format!("Journal: unreadable: {e}\n")),
     }
     if let Some(report) = &report {
-        let (status, _) = status_line(&report.status);
-        out.push_str(&format!(
-            "\nLast run: {status} in {:.1}s, {} rounds, {} retries, {} tokens, cost {:.4}\n",
-            report.elapsed.as_secs_f64(),
-            report.rounds,
-            report.retries,
-            human(report.total_tokens().total()),
-            report.total_cost()
-        ));
-        for (role, usage) in &report.usage {
-            out.push_str(&format!(
-                "  {:<10} {:>3} turns  {:>7} tokens  cost {:.4}\n",
-                role.to_string(),
-                usage.turns,
-                human(usage.tokens.total()),
-                usage.cost
-            ));
-        }
+        out.push_str("\nLast report:\n");
+        out.push_str(&crate::output::totals_lines(report));
         for line in engine_lines(&report.engine) {
             out.push_str(&format!("{line}\n"));
         }
     }
     print!("{out}");
-    Ok(if audit.is_ok() {
+    Ok(if audit_ok {
         code::SUCCESS
     } else {
         code::MISSION_FAILED
     })
+}
+
+/// The state word of `status` and what to do about it.
+fn state_words(dir: &Path, run: &RunState, existing: &Existing) -> (&'static str, Option<String>) {
+    let d = dir.display();
+    if let RunState::Running(holder) = run {
+        return (
+            "running",
+            Some(format!(
+                "pid {}{}; stop it with `task_cli stop --dir {d}`",
+                holder.pid,
+                holder
+                    .info
+                    .as_ref()
+                    .map(|i| format!(", run {}", i.run_id))
+                    .unwrap_or_default()
+            )),
+        );
+    }
+    match existing {
+        Existing::Nothing => ("no mission", None),
+        Existing::Unplanned { .. } => (
+            "not planned",
+            Some(format!(
+                "the planning was interrupted or failed; plan it again with `task_cli resume --dir {d}`"
+            )),
+        ),
+        Existing::Unfinished { .. } => (
+            "unfinished",
+            Some(format!("continue with `task_cli resume --dir {d}`")),
+        ),
+        Existing::Failed {
+            failed, blocked, ..
+        } => (
+            "failed",
+            Some(format!(
+                "{} failed{}; retry with `task_cli retry --dir {d}`",
+                failed.join(", "),
+                if blocked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (blocking {})", blocked.join(", "))
+                }
+            )),
+        ),
+        Existing::DoneButFailed { mission, reason } => (
+            "failed",
+            Some(format!(
+                "every item is done but the mission failed: {reason}; plan it anew with `task_cli run {} --dir {d}`",
+                shell_quote(mission)
+            )),
+        ),
+        Existing::Done { .. } => ("finished", None),
+    }
+}
+
+/// `text` as one shell word (single quotes).
+pub(crate) fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 fn short(hash: &str) -> &str {

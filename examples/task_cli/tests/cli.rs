@@ -2,63 +2,20 @@
 //! other tests; a missing OpenCode fails these tests, it does not skip them), with the
 //! scripted model standing in for the language model.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
+use common::{
+    descendants, events_named, json_lines, python_tests_pass, read, run, task_cli, text,
+    wait_child, wait_for,
+};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_task_cli");
 
 fn greet_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/greet.toml")
-}
-
-/// The CLI with a clean environment: no colours, no terminal, OpenCode from the project's
-/// install (so `demo` does not try to install it).
-fn task_cli(cwd: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("TASK_LOG")
-        .env("OPENCODE_BIN", orch_testkit::opencode::require_binary())
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("task_cli runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Every stdout line parsed as JSON (the test fails on a line that is not).
-fn json_lines(output: &Output) -> Vec<Value> {
-    text(&output.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn events_named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
-}
-
-fn python_tests_pass(dir: &Path) -> bool {
-    Command::new("python3")
-        .args(["-m", "unittest", "-q"])
-        .current_dir(dir)
-        .output()
-        .expect("python3 runs")
-        .status
-        .success()
 }
 
 #[test]
@@ -190,28 +147,6 @@ fn run_with_a_model_script_retries_a_failed_review() {
     assert_eq!(status["mission"], "make a greeter");
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            panic!("task_cli did not exit within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn stop_then_resume_finishes_the_mission() {
     let tmp = tempfile::tempdir().unwrap();
@@ -247,7 +182,10 @@ fn stop_then_resume_finishes_the_mission() {
 
     let status = run(task_cli(tmp.path()).args(["status", "--dir"]).arg(&project));
     let out = text(&status.stdout);
-    assert!(out.contains("not running, unfinished"), "{out}");
+    assert!(
+        out.contains("State:   unfinished; continue with `task_cli resume"),
+        "{out}"
+    );
     assert!(out.contains("[x] G1"), "{out}");
 
     // Resume with the fast script: G1 is not redone, G2 is.
@@ -371,18 +309,6 @@ fn errors_say_what_to_do_and_use_the_documented_codes() {
     assert!(text(&output.stdout).contains("130  stopped by the user"));
 }
 
-/// Children of `pid` (through `pgrep -P`).
-fn children(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .expect("pgrep runs");
-    text(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn a_killed_server_is_restarted_and_the_mission_completes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -407,18 +333,10 @@ fn a_killed_server_is_restarted_and_the_mission_completes() {
         std::fs::read_to_string(&todo).is_ok_and(|t| t.contains("- [~] G2:"))
     });
     // Kill the whole `opencode serve` process tree under task_cli.
-    let mut tree = children(child.id());
-    let mut i = 0;
-    while i < tree.len() {
-        let more = children(tree[i]);
-        tree.extend(more);
-        i += 1;
-    }
+    let tree = descendants(child.id());
     assert!(!tree.is_empty(), "no OpenCode server under task_cli");
     for pid in tree.iter().rev() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        let _ = common::signal(*pid, "KILL");
     }
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
