@@ -182,8 +182,8 @@ impl<B: AgentBackend> Supervisor<B> {
                         format!("cannot reach the OpenCode server: {e}")
                     } else {
                         format!(
-                            "the OpenCode server was lost ({last_error}) and did not come back within {:?}: {e}",
-                            self.reconnect_timeout
+                            "the OpenCode server was lost ({last_error}) and did not come back within {}: {e}",
+                            crate::backend::seconds(self.reconnect_timeout)
                         )
                     });
                 }

@@ -116,7 +116,7 @@ pub struct TurnReport {
 #[non_exhaustive]
 pub enum BackendError {
     /// The model provider is rate limiting.
-    #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {d:?})")).unwrap_or_default())]
+    #[error("rate limited{}: {message}", retry_after.map(|d| format!(" (retry after {})", seconds(d))).unwrap_or_default())]
     RateLimited {
         /// How long the provider asked us to wait.
         retry_after: Option<Duration>,
@@ -139,7 +139,7 @@ pub enum BackendError {
         message: String,
     },
     /// The turn did not end before its deadline (it was aborted).
-    #[error("turn timed out after {after:?}")]
+    #[error("turn timed out after {}", seconds(*after))]
     Timeout {
         /// How long it ran.
         after: Duration,
@@ -166,6 +166,17 @@ impl BackendError {
                 | BackendError::Unavailable { .. }
                 | BackendError::Timeout { .. }
         )
+    }
+}
+
+/// A duration in messages for people: `850 ms`, `5.0 s`, `125 s`.
+pub(crate) fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d < Duration::from_secs(100) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} s", d.as_secs())
     }
 }
 
@@ -251,5 +262,26 @@ pub trait AgentBackend: Send + Sync + 'static {
     /// Figures for the report (pool hit rates and the like), as `(name, value)` pairs.
     fn stats(&self) -> Vec<(String, f64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_give_durations_as_people_read_them() {
+        let timeout = BackendError::Timeout {
+            after: Duration::from_nanos(5_015_087_281),
+        };
+        assert_eq!(timeout.to_string(), "turn timed out after 5.0 s");
+        let limited = BackendError::RateLimited {
+            retry_after: Some(Duration::from_millis(250)),
+            message: "slow down".into(),
+        };
+        assert_eq!(
+            limited.to_string(),
+            "rate limited (retry after 250 ms): slow down"
+        );
     }
 }

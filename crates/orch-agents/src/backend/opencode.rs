@@ -460,6 +460,23 @@ fn recycle_mode(config: &OpencodeBackendConfig) -> RecycleMode {
     }
 }
 
+/// The files an edit request of the project at `dir` is about, as a person reads them:
+/// relative to the project when inside it, else absolute. OpenCode's patterns are relative to
+/// the git root, or to `/` outside a repository (`tmp/x/a.txt` for `/tmp/x/a.txt`); its
+/// `filepath` metadata is the absolute path.
+fn shown_paths(dir: &std::path::Path, request: &PermissionRequest) -> Vec<String> {
+    let Some(abs) = request.metadata.get("filepath").and_then(|v| v.as_str()) else {
+        return request.patterns.clone();
+    };
+    let abs = std::path::Path::new(abs);
+    vec![
+        abs.strip_prefix(dir)
+            .unwrap_or(abs)
+            .to_string_lossy()
+            .into_owned(),
+    ]
+}
+
 /// How a client error looks to the mission.
 fn client_error(e: orch_opencode::Error) -> BackendError {
     match &e {
@@ -613,7 +630,10 @@ impl AgentBackend for OpencodeBackend {
                             }
                             permissions.push(PermissionDecision {
                                 permission: request.permission.clone(),
-                                patterns: request.patterns.clone(),
+                                patterns: shown_paths(
+                                    std::path::Path::new(self.client.directory().unwrap_or("/")),
+                                    &request,
+                                ),
                                 allowed,
                             });
                         }
@@ -732,6 +752,31 @@ pub type SharedOpencodeBackend = Arc<OpencodeBackend>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_requests_show_the_path_the_agent_asked_for() {
+        let request = |pattern: &str, filepath: &str| -> PermissionRequest {
+            serde_json::from_value(serde_json::json!({
+                "id": "per_1",
+                "sessionID": "ses_1",
+                "permission": "edit",
+                "patterns": [pattern],
+                "metadata": {"filepath": filepath},
+                "always": [],
+            }))
+            .expect("a permission request")
+        };
+        let dir = std::path::Path::new("/work/p");
+        // Outside a repository OpenCode drops the leading slash; the decision keeps it.
+        assert_eq!(
+            shown_paths(dir, &request("etc/passwd", "/etc/passwd")),
+            ["/etc/passwd"]
+        );
+        assert_eq!(
+            shown_paths(dir, &request("work/p/src/a.rs", "/work/p/src/a.rs")),
+            ["src/a.rs"]
+        );
+    }
 
     #[test]
     fn default_replaces_used_sessions_with_two_warm_ones() {
