@@ -55,6 +55,7 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 
 mod breaker;
 mod clock;

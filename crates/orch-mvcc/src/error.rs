@@ -79,6 +79,33 @@ pub enum PlanError {
     },
 }
 
+impl PlanError {
+    /// The 1-based line of the text the error is about: always for [`PlanError::Syntax`],
+    /// and for the graph errors ([`PlanError::DuplicateId`], [`PlanError::UnknownDependency`],
+    /// [`PlanError::DependencyCycle`]) when they come from [`crate::parse`]. `None` for a plan
+    /// built in code.
+    #[must_use]
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::Syntax { line, .. } => Some(*line),
+            Self::DuplicateId { line, .. }
+            | Self::UnknownDependency { line, .. }
+            | Self::DependencyCycle { line, .. } => *line,
+            Self::InvalidId { .. } | Self::Unrepresentable { .. } => None,
+        }
+    }
+
+    /// The 1-based column (in characters) of a [`PlanError::Syntax`]. The graph errors name
+    /// a line and the items instead.
+    #[must_use]
+    pub fn column(&self) -> Option<usize> {
+        match self {
+            Self::Syntax { column, .. } => Some(*column),
+            _ => None,
+        }
+    }
+}
+
 /// Why an audit log does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

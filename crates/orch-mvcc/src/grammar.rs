@@ -15,10 +15,15 @@
 //! ```
 //!
 //! Item lines start at column 1; their `key: value` lines are indented. A note continues on
-//! following lines indented at least two columns deeper than its bullet.
+//! following lines indented at least two columns deeper than its bullet. A list value
+//! (`files`, `deps`) that is a none word as a whole (`none`, `n/a`, `-`, ...) is the empty
+//! list; a none word among other entries is an error. The title, summaries and file names
+//! hold no carriage return, and the title does not open with a code fence.
 
 use crate::error::PlanError;
-use crate::plan::{Item, ItemId, ItemState, Plan, SEPARATOR_CHARS, check_graph, is_id_char};
+use crate::plan::{
+    Item, ItemId, ItemState, Plan, SEPARATOR_CHARS, check_graph, check_text_fields, is_id_char,
+};
 
 /// Writes `plan` in the canonical `TODO.md` form. For a plan that passes
 /// [`Plan::validate`], `parse(&render(plan)) == Ok(plan.clone())`.
@@ -83,15 +88,48 @@ fn render_item(out: &mut String, item: &Item) {
 ///
 /// Tolerates what people and language models tend to write: blank lines anywhere, `*`, `+`
 /// or numbered bullets, upper-case `X`, trailing spaces, CRLF line ends, a surrounding
-/// ```` ``` ```` fence, ids in `**bold**` or `` `code` ``, ` - ` or ` — ` instead of `:`,
-/// key aliases (`depends on`, `owns`, `feedback`, ...), back-ticked file names and `none`
-/// for an empty list.
+/// ```` ``` ```` or `~~~` fence, ids in `**bold**` or `` `code` ``, ` - ` or ` — `
+/// instead of `:`, key aliases (`depends on`, `owns`, `feedback`, ...), back-ticked file
+/// names, and `none`, `n/a`, `-` or `none (a remark)` for an empty list.
+///
+/// Whatever `parse` accepts passes [`Plan::validate`] and renders back to itself
+/// (`parse(&render(&plan)) == Ok(plan)`): a field the format could not write back unchanged
+/// (a file list entry `none` next to real files, a title opening with a code fence, a lone
+/// carriage return inside a line, ...) is a syntax error at its line and column, never a
+/// plan that fails validation later.
 ///
 /// # Errors
 /// [`PlanError::Syntax`] names the line, the column and what was expected;
 /// [`PlanError::DuplicateId`], [`PlanError::UnknownDependency`] and
-/// [`PlanError::DependencyCycle`] name the items and their lines.
+/// [`PlanError::DependencyCycle`] name the items and their lines. Lines and columns count
+/// from 1 in `text` (a surrounding fence included). [`PlanError::line`] gives the line of
+/// every error `parse` returns.
 pub fn parse(text: &str) -> Result<Plan, PlanError> {
+    let (plan, at) = parse_fields(text)?;
+    // The field checks of `Plan::validate`. The grammar above already refuses what they
+    // refuse (a property test holds that), so this only guards against the two drifting
+    // apart, and turns such a drift into an error with a position.
+    if let Err((item, error)) = check_text_fields(&plan) {
+        let line = item.map_or(at.title, |i| at.items[i]);
+        return Err(PlanError::Syntax {
+            line,
+            column: 1,
+            expected: "text the plan format can write back unchanged".to_owned(),
+            found: error.to_string(),
+        });
+    }
+    check_graph(&plan, &|idx| at.items.get(idx).copied())?;
+    Ok(plan)
+}
+
+/// 1-based lines of the title and of each item.
+struct Positions {
+    title: usize,
+    items: Vec<usize>,
+}
+
+/// The grammar proper: the plan, and where its parts are. No graph checks.
+fn parse_fields(text: &str) -> Result<(Plan, Positions), PlanError> {
     let lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l).trim_end())
@@ -115,9 +153,10 @@ pub fn parse(text: &str) -> Result<Plan, PlanError> {
         ));
     }
     parser.plan.title = parse_title(lines[i], i)?;
+    let title = i + 1;
     i += 1;
     let desc_start = i;
-    while i < end && !looks_like_item(lines[i]) {
+    while i < end && !is_item_line(lines[i]) {
         i += 1;
     }
     parser.plan.description = normalize_description(&lines[desc_start..i].join("\n"));
@@ -132,21 +171,27 @@ pub fn parse(text: &str) -> Result<Plan, PlanError> {
     for item in &mut plan.items {
         item.notes.retain(|n| !n.is_empty());
     }
-    check_graph(&plan, &|idx| item_lines.get(idx).copied())?;
-    Ok(plan)
+    Ok((
+        plan,
+        Positions {
+            title,
+            items: item_lines,
+        },
+    ))
 }
 
-/// The range of lines inside an optional ```` ``` ```` fence.
+/// The range of lines inside an optional ```` ``` ```` or `~~~` fence.
 fn fence_bounds(lines: &[&str]) -> (usize, usize) {
     let first = lines.iter().position(|l| !l.is_empty());
     let Some(first) = first else {
         return (0, lines.len());
     };
-    if !lines[first].trim_start().starts_with("```") {
+    let opening = lines[first].trim_start();
+    let Some(marker) = ["```", "~~~"].into_iter().find(|m| opening.starts_with(m)) else {
         return (0, lines.len());
-    }
+    };
     let last = lines.iter().rposition(|l| !l.is_empty()).unwrap_or(first);
-    if last > first && lines[last].trim() == "```" {
+    if last > first && lines[last].trim() == marker {
         (first + 1, last)
     } else {
         (first + 1, lines.len())
@@ -157,7 +202,29 @@ fn parse_title(line: &str, n: usize) -> Result<String, PlanError> {
     let Some(rest) = line.strip_prefix('#') else {
         return Err(syntax(n, line, 0, "a title line `# ...`"));
     };
-    Ok(rest.trim_start_matches('#').trim().to_owned())
+    let title = rest.trim_start_matches('#').trim();
+    let start = line.len() - rest.trim_start_matches('#').trim_start().len();
+    if title.starts_with("```") {
+        return Err(syntax(
+            n,
+            line,
+            start,
+            "a title that does not start with a code fence",
+        ));
+    }
+    no_lone_cr(line, start, title, n)?;
+    Ok(title.to_owned())
+}
+
+const LONE_CR: &str = "a line break `\\n`, not a lone carriage return `\\r`, inside a line";
+
+/// Refuses a `\r` inside `field`, which starts at byte `start` of `line`: the title, a
+/// summary and file names must be single lines.
+fn no_lone_cr(line: &str, start: usize, field: &str, n: usize) -> Result<(), PlanError> {
+    match field.find('\r') {
+        Some(at) => Err(syntax(n, line, start + at, LONE_CR)),
+        None => Ok(()),
+    }
 }
 
 /// Right-trims lines, collapses runs of blank lines and drops leading and trailing ones.
@@ -189,8 +256,19 @@ fn bullet_len(s: &str) -> Option<usize> {
     }
 }
 
-/// A line that starts an item: a bullet at column 1, whitespace, then `[`.
-pub(crate) fn looks_like_item(line: &str) -> bool {
+/// Whether `line` starts an item in this grammar: a bullet (`-`, `*`, `+`, `1.`, `1)`) at
+/// column 1, whitespace, then `[`. Such a line is read as an item or refused, never taken
+/// for description text; a caller that cuts a plan out of a longer text can use it to find
+/// where the items are.
+///
+/// ```
+/// assert!(orch_mvcc::is_item_line("- [ ] T1: write the parser"));
+/// assert!(orch_mvcc::is_item_line("2. [x] T2 — done"));
+/// assert!(!orch_mvcc::is_item_line("  - files: a.rs"));
+/// assert!(!orch_mvcc::is_item_line("Let me know if you want changes."));
+/// ```
+#[must_use]
+pub fn is_item_line(line: &str) -> bool {
     let Some(len) = bullet_len(line) else {
         return false;
     };
@@ -198,8 +276,22 @@ pub(crate) fn looks_like_item(line: &str) -> bool {
     rest.starts_with([' ', '\t']) && rest.trim_start().starts_with('[')
 }
 
-pub(crate) fn is_none_word(s: &str) -> bool {
-    let s = s.trim();
+/// Strips surrounding whitespace and back-ticks, the way list entries are read.
+fn strip_code(s: &str) -> &str {
+    s.trim_matches(|c: char| c == '`' || c.is_whitespace())
+}
+
+/// A list value that means "no entries": `none`, `n/a`, `-`, `—`, `(none)`, `nothing`, in
+/// any case, optionally in back-ticks, followed by a `.` or a `(parenthetical remark)`.
+pub(crate) fn is_none_value(s: &str) -> bool {
+    let mut s = strip_code(s);
+    if s.ends_with(')')
+        && let Some(open) = s.find('(')
+        && open > 0
+    {
+        s = strip_code(&s[..open]);
+    }
+    let s = strip_code(s.strip_suffix('.').unwrap_or(s));
     ["none", "-", "—", "n/a", "(none)", "nothing"]
         .iter()
         .any(|w| s.eq_ignore_ascii_case(w))
@@ -254,7 +346,7 @@ impl Parser {
         }
         if !line.starts_with([' ', '\t']) {
             self.note = None;
-            if !looks_like_item(line) {
+            if !is_item_line(line) {
                 return Err(syntax(n, line, 0, "an item line like `- [ ] T1: summary`"));
             }
             let item = parse_item_line(line, n)?;
@@ -320,20 +412,26 @@ impl Parser {
         let item = &mut self.plan.items[item_index];
         match key.as_str() {
             "files" | "file" | "owns" | "owned files" | "paths" | "path" => {
-                item.files.extend(split_list(value).map(str::to_owned));
+                for (at, file) in list_entries(line, value_start) {
+                    if is_none_value(file) {
+                        return Err(syntax(
+                            n,
+                            line,
+                            at,
+                            "a file path (`none` stands alone, for an empty list)",
+                        ));
+                    }
+                    no_lone_cr(line, at, file, n)?;
+                    item.files.push(file.to_owned());
+                }
             }
             "deps" | "dep" | "depends" | "depends on" | "dependencies" | "requires" | "after"
             | "blocked by" => {
-                for dep in split_list(value) {
+                for (at, dep) in list_entries(line, value_start) {
                     let id = dep.trim_matches('*');
                     match ItemId::new(id) {
                         Ok(id) => item.deps.push(id),
-                        Err(_) => {
-                            let at = line[value_start..]
-                                .find(dep)
-                                .map_or(value_start, |p| p + value_start);
-                            return Err(syntax(n, line, at, "an item id such as `T1`"));
-                        }
+                        Err(_) => return Err(syntax(n, line, at, "an item id such as `T1`")),
                     }
                 }
             }
@@ -364,12 +462,28 @@ impl Parser {
     }
 }
 
-fn split_list(value: &str) -> impl Iterator<Item = &str> {
-    let value = if is_none_word(value) { "" } else { value };
-    value
-        .split(',')
-        .map(|s| s.trim().trim_matches('`').trim())
-        .filter(|s| !s.is_empty())
+/// The entries of the comma-separated list that starts at byte `start` of `line`, stripped
+/// of whitespace and back-ticks, each with its byte offset in `line`. Empty entries are
+/// skipped; a value that means "none" as a whole ([`is_none_value`]) has no entries.
+fn list_entries(line: &str, start: usize) -> Vec<(usize, &str)> {
+    let value = &line[start..];
+    if is_none_value(value) {
+        return Vec::new();
+    }
+    let mut entries = Vec::new();
+    let mut at = start;
+    for part in value.split(',') {
+        let entry = strip_code(part);
+        if !entry.is_empty() {
+            let lead = part.len()
+                - part
+                    .trim_start_matches(|c: char| c == '`' || c.is_whitespace())
+                    .len();
+            entries.push((at + lead, entry));
+        }
+        at += part.len() + 1;
+    }
+    entries
 }
 
 fn parse_item_line(line: &str, n: usize) -> Result<Item, PlanError> {
@@ -406,16 +520,22 @@ fn parse_item_line(line: &str, n: usize) -> Result<Item, PlanError> {
     let id_text = &line[i..i + id_len];
     let id = ItemId::new(id_text).map_err(|_| syntax(n, line, i, "an item id such as `T1`"))?;
     let sep_start = i + id_len;
-    let sep_len =
-        line[sep_start..].len() - line[sep_start..].trim_start_matches(SEPARATOR_CHARS).len();
+    // Separator characters and any whitespace (a no-break space too), so the summary never
+    // starts with either: `Plan::validate` refuses such a summary.
+    let sep_len = line[sep_start..].len()
+        - line[sep_start..]
+            .trim_start_matches(|c: char| SEPARATOR_CHARS.contains(&c) || c.is_whitespace())
+            .len();
     let sep = &line[sep_start..sep_start + sep_len];
     if !sep.contains([':', '-', '—', '–']) {
         return Err(syntax(n, line, sep_start, "`:` after the item id"));
     }
-    let summary = line[sep_start + sep_len..].trim();
+    let summary_start = sep_start + sep_len;
+    let summary = line[summary_start..].trim_end();
     if summary.is_empty() {
-        return Err(syntax(n, line, sep_start + sep_len, "a one-line summary"));
+        return Err(syntax(n, line, summary_start, "a one-line summary"));
     }
+    no_lone_cr(line, summary_start, summary, n)?;
     let mut item = Item::new(id, summary);
     item.state = state;
     Ok(item)
@@ -506,6 +626,85 @@ mod tests {
         let err = parse("# t\n- [ ] A: a\n  - deps: B\n- [ ] B: b\n  - deps: A\n").unwrap_err();
         assert!(matches!(err, PlanError::DependencyCycle { .. }), "{err}");
         assert!(err.to_string().contains("A -> B -> A"), "{err}");
+    }
+
+    #[test]
+    fn none_words_mean_an_empty_list() {
+        for value in [
+            "none",
+            "None",
+            "n/a",
+            "-",
+            "—",
+            "(none)",
+            "nothing",
+            "",
+            "`none`",
+            "none.",
+            "None (documentation only)",
+            "n/a (docs, tests)",
+        ] {
+            let text = format!("# t\n- [ ] A: a\n  - files: {value}\n  - deps: {value}\n");
+            let plan = parse(&text).unwrap_or_else(|e| panic!("{value:?}: {e}"));
+            assert!(plan.items[0].files.is_empty(), "{value:?}");
+            assert!(plan.items[0].deps.is_empty(), "{value:?}");
+            assert_eq!(plan.validate(), Ok(()), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn a_none_word_among_files_is_an_error_at_its_column() {
+        let (line, col, exp) = syntax_at("# t\n- [ ] A: a\n  - files: a.rs, none\n");
+        assert_eq!((line, col), (3, 18));
+        assert!(exp.contains("stands alone"), "{exp}");
+        let (line, col, _) = syntax_at("# t\n- [ ] A: a\n  - files: `-`, b.rs\n");
+        assert_eq!((line, col), (3, 13));
+    }
+
+    #[test]
+    fn file_entries_lose_every_surrounding_backtick_and_space() {
+        let plan = parse("# t\n- [ ] A: a\n  - files: ` `a.rs` `, ``b.rs``\n").unwrap();
+        assert_eq!(plan.items[0].files, ["a.rs", "b.rs"]);
+        assert_eq!(plan.validate(), Ok(()));
+    }
+
+    #[test]
+    fn what_validate_refuses_is_a_syntax_error_with_a_position() {
+        let (line, col, exp) = syntax_at("# ```t\n- [ ] A: a\n");
+        assert_eq!((line, col), (1, 3));
+        assert!(exp.contains("code fence"), "{exp}");
+        let (line, col, exp) = syntax_at("# t\n- [ ] A: a\rb\n");
+        assert_eq!((line, col), (2, 11));
+        assert!(exp.contains("carriage return"), "{exp}");
+        let (line, col, _) = syntax_at("# t\n- [ ] A: a\n  - files: x\ry.rs\n");
+        assert_eq!((line, col), (3, 13));
+        let (line, col, _) = syntax_at("# a\rb\n- [ ] A: a\n");
+        assert_eq!((line, col), (1, 4));
+    }
+
+    #[test]
+    fn a_summary_never_starts_with_a_separator_or_a_space() {
+        let plan = parse("# t\n- [ ] A:\u{a0}\u{3000}- x\n").unwrap();
+        assert_eq!(plan.items[0].summary, "x");
+        assert_eq!(plan.validate(), Ok(()));
+        assert_eq!(parse(&render(&plan)), Ok(plan));
+    }
+
+    #[test]
+    fn tilde_fences_are_accepted() {
+        let plan = parse("~~~markdown\n# t\n- [ ] A: a\n~~~\n").unwrap();
+        assert_eq!(plan.items.len(), 1);
+    }
+
+    #[test]
+    fn error_positions_are_reported_by_accessors() {
+        let err = parse("# t\n- [ ] T1: x\n  - colour: red\n").unwrap_err();
+        assert_eq!((err.line(), err.column()), (Some(3), Some(5)));
+        let err = parse("# t\n- [ ] A: a\n  - deps: B\n").unwrap_err();
+        assert_eq!((err.line(), err.column()), (Some(2), None));
+        let mut plan = Plan::new("t");
+        plan.push(Item::new(ItemId::new("A").unwrap(), " a"));
+        assert_eq!(plan.validate().unwrap_err().line(), None);
     }
 
     #[test]

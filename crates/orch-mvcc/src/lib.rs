@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 
 mod audit;
 mod error;
@@ -65,7 +66,7 @@ pub use audit::{
 };
 pub use error::{AuditError, PlanError, StoreError};
 pub use fsio::Durability;
-pub use grammar::{parse, render};
+pub use grammar::{is_item_line, parse, render};
 pub use plan::{Item, ItemId, ItemState, Plan, StateCounts};
 pub use store::{
     AUDIT_FILE, Committed, EXTERNAL_WRITER, LOCK_FILE, RecoveryEvent, RetryPolicy, StoreOptions,

@@ -397,7 +397,7 @@ impl Plan {
     /// The first problem found: duplicate ids, a dependency on a missing id, a dependency
     /// cycle, or a field the format cannot hold ([`PlanError::Unrepresentable`]).
     pub fn validate(&self) -> Result<(), PlanError> {
-        check_text_fields(self)?;
+        check_text_fields(self).map_err(|(_, error)| error)?;
         check_graph(self, &|_| None)
     }
 }
@@ -415,7 +415,17 @@ fn is_trimmed_line(s: &str) -> bool {
 
 pub(crate) const SEPARATOR_CHARS: &[char] = &['*', '`', ':', ' ', '\t', '-', '—', '–'];
 
-fn check_text_fields(plan: &Plan) -> Result<(), PlanError> {
+/// The checks of [`Plan::validate`] on the title, the description and the items' fields. An
+/// error comes with the index of the item it is about (`None`: the title or description).
+pub(crate) fn check_text_fields(plan: &Plan) -> Result<(), (Option<usize>, PlanError)> {
+    check_header(plan).map_err(|e| (None, e))?;
+    for (index, item) in plan.items.iter().enumerate() {
+        check_item(item).map_err(|e| (Some(index), e))?;
+    }
+    Ok(())
+}
+
+fn check_header(plan: &Plan) -> Result<(), PlanError> {
     if !is_trimmed_line(&plan.title) {
         return Err(unrepresentable(
             None,
@@ -435,57 +445,68 @@ fn check_text_fields(plan: &Plan) -> Result<(), PlanError> {
         ));
     }
     for line in plan.description.lines() {
-        if crate::grammar::looks_like_item(line) {
+        if crate::grammar::is_item_line(line) {
             return Err(unrepresentable(
                 None,
                 format!("description line {line:?} would read as an item"),
             ));
         }
     }
-    for item in &plan.items {
-        let id = Some(&item.id);
-        if !is_valid_id(item.id.as_str()) {
-            return Err(PlanError::InvalidId {
-                id: item.id.as_str().to_owned(),
-            });
-        }
-        if item.summary.is_empty()
-            || !is_trimmed_line(&item.summary)
-            || item.summary.starts_with(SEPARATOR_CHARS)
+    Ok(())
+}
+
+fn check_item(item: &Item) -> Result<(), PlanError> {
+    let id = Some(&item.id);
+    if !is_valid_id(item.id.as_str()) {
+        return Err(PlanError::InvalidId {
+            id: item.id.as_str().to_owned(),
+        });
+    }
+    if item.summary.is_empty()
+        || !is_trimmed_line(&item.summary)
+        || item.summary.starts_with(SEPARATOR_CHARS)
+    {
+        return Err(unrepresentable(
+            id,
+            "the summary must be one non-empty trimmed line not starting with `*`, `` ` ``, `:` or a dash",
+        ));
+    }
+    for file in &item.files {
+        if file.is_empty()
+            || !is_trimmed_line(file)
+            || file.contains(',')
+            || file.starts_with('`')
+            || file.ends_with('`')
+            || crate::grammar::is_none_value(file)
         {
             return Err(unrepresentable(
                 id,
-                "the summary must be one non-empty trimmed line not starting with `*`, `` ` ``, `:` or a dash",
+                format!(
+                    "file {file:?} must be non-empty, trimmed, without `,` or `` ` `` at its ends, and not a word for none"
+                ),
             ));
         }
-        for file in &item.files {
-            if file.is_empty()
-                || !is_trimmed_line(file)
-                || file.contains(',')
-                || file.starts_with('`')
-                || file.ends_with('`')
-                || crate::grammar::is_none_word(file)
-            {
-                return Err(unrepresentable(
-                    id,
-                    format!("file {file:?} must be non-empty, trimmed, without `,` or `` ` ``"),
-                ));
-            }
+    }
+    // `files: none (a, b)` reads as no files: the list as written must not say "none".
+    if item.files.len() > 1 && crate::grammar::is_none_value(&item.files.join(", ")) {
+        return Err(unrepresentable(
+            id,
+            format!("files {:?} would read back as `none`", item.files),
+        ));
+    }
+    for dep in &item.deps {
+        if !is_valid_id(dep.as_str()) {
+            return Err(PlanError::InvalidId {
+                id: dep.as_str().to_owned(),
+            });
         }
-        for dep in &item.deps {
-            if !is_valid_id(dep.as_str()) {
-                return Err(PlanError::InvalidId {
-                    id: dep.as_str().to_owned(),
-                });
-            }
-        }
-        for note in &item.notes {
-            if note.is_empty() || note.lines().any(|l| l.is_empty() || l.trim() != l) {
-                return Err(unrepresentable(
-                    id,
-                    "a note must be non-empty trimmed lines (use Item::add_note to normalise)",
-                ));
-            }
+    }
+    for note in &item.notes {
+        if note.is_empty() || note.lines().any(|l| l.is_empty() || l.trim() != l) {
+            return Err(unrepresentable(
+                id,
+                "a note must be non-empty trimmed lines (use Item::add_note to normalise)",
+            ));
         }
     }
     Ok(())
@@ -637,6 +658,20 @@ mod tests {
         p.item_mut("A").unwrap().deps.clear();
         p.push(Item::new(id("A"), "again"));
         assert!(matches!(p.validate(), Err(PlanError::DuplicateId { .. })));
+    }
+
+    #[test]
+    fn files_that_would_read_back_as_none_are_refused() {
+        let mut p = Plan::new("t");
+        p.push(Item::new(id("A"), "a").with_files(["none (a", "b)"]));
+        assert!(matches!(
+            p.validate(),
+            Err(PlanError::Unrepresentable { .. })
+        ));
+        p.items[0].files = vec!["none".into()];
+        assert!(p.validate().is_err());
+        p.items[0].files = vec!["none.rs".into()];
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]

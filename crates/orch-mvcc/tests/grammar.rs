@@ -145,3 +145,129 @@ fn an_empty_document_is_an_error() {
     assert!(matches!(parse(""), Err(PlanError::Syntax { line: 1, .. })));
     assert!(matches!(parse("\n\n"), Err(PlanError::Syntax { .. })));
 }
+
+/// Pieces of lines that people and models write in plans, and that break parsers: bullets,
+/// checkboxes, ids, separators, field names, none words, fences, lone carriage returns,
+/// Unicode spaces.
+const FRAGMENTS: &[&str] = &[
+    "",
+    " ",
+    "  ",
+    "    ",
+    "\t",
+    "-",
+    "*",
+    "+",
+    "1.",
+    "2)",
+    "[",
+    "]",
+    "[ ]",
+    "[]",
+    "[x]",
+    "[~]",
+    "[?]",
+    "[!]",
+    "[y]",
+    "T1",
+    "T2",
+    "a.b",
+    "**",
+    "`",
+    "``",
+    ":",
+    ": ",
+    " - ",
+    " — ",
+    "–",
+    ",",
+    ", ",
+    "files:",
+    "deps:",
+    "note:",
+    "notes:",
+    "attempts:",
+    "Files:",
+    "owns:",
+    "depends on:",
+    "none",
+    "n/a",
+    "(none)",
+    "nothing",
+    "(docs only)",
+    ".",
+    "x.rs",
+    "src/",
+    "#",
+    "# ",
+    "```",
+    "~~~",
+    "```md",
+    "---",
+    "\r",
+    "\u{3000}",
+    "\u{a0}",
+    "é",
+    "0",
+    "7",
+    "4294967296",
+    "summary",
+    "Let me know",
+];
+
+fn plan_like_text() -> impl Strategy<Value = String> {
+    let line = prop::collection::vec(prop::sample::select(FRAGMENTS), 0..7)
+        .prop_map(|parts| parts.concat());
+    let item = (
+        prop::sample::select(&["- [ ] ", "- [x] ", "* [~] ", "1. [?] ", "- [!] "][..]),
+        prop::sample::select(&["T1", "T2", "T3", "a.b"][..]),
+        line.clone(),
+    )
+        .prop_map(|(head, id, rest)| format!("{head}{id}{rest}"));
+    let field = (
+        prop::sample::select(&["  - ", "    * ", "\t- ", "  -", "   1. "][..]),
+        line.clone(),
+    )
+        .prop_map(|(head, rest)| format!("{head}{rest}"));
+    let any_line = prop_oneof![3 => item, 4 => field, 2 => line];
+    (
+        prop_oneof![
+            Just("# t".to_owned()),
+            "# [a-z ]{0,4}".prop_map(|s| s),
+            any_line.clone()
+        ],
+        prop::collection::vec(any_line, 0..10),
+        any::<bool>(),
+    )
+        .prop_map(|(title, lines, crlf)| {
+            let sep = if crlf { "\r\n" } else { "\n" };
+            format!("{title}{sep}{}", lines.join(sep))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The parser and the validator agree: what `parse` accepts validates and renders back to
+    /// the same plan; what it rejects it rejects with a position.
+    #[test]
+    fn parse_and_validate_agree(text in plan_like_text()) {
+        let lines = text.split('\n').count();
+        match parse(&text) {
+            Ok(plan) => {
+                prop_assert_eq!(plan.validate(), Ok(()), "text:\n{:?}\nplan: {:?}", text, plan);
+                prop_assert_eq!(parse(&render(&plan)), Ok(plan), "text:\n{:?}", text);
+            }
+            Err(err) => {
+                let line = err.line();
+                prop_assert!(line.is_some_and(|l| (1..=lines).contains(&l)), "{err} in {text:?}");
+                if let PlanError::Syntax { column, expected, .. } = &err {
+                    prop_assert!(*column >= 1);
+                    // The grammar itself refused it: `parse`'s final field check (its guard
+                    // against drifting from `Plan::validate`) never had to.
+                    prop_assert!(!expected.contains("write back unchanged"), "{err} in {text:?}");
+                }
+            }
+        }
+    }
+}

@@ -10,7 +10,8 @@
 //!   used before), both handing over every event's data as checked UTF-8 text.
 //! * `decode_and_route`: SSE framing + envelope + routing to one subscriber per session,
 //!   with either decoder, and a `serde_json::Value`-per-event baseline.
-//! * `route_without_sse_framing`, `envelope_only`: the same without the framing.
+//! * `route_without_sse_framing`, `envelope_only`: the same without the framing (the
+//!   envelope against a borrowing `serde_json` parse of the same three fields).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -108,6 +109,24 @@ fn bench_events(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("envelope_only");
     g.throughput(Throughput::Elements(n as u64));
+    // Baseline: a borrowing serde_json parse of the same envelope (type, id, properties).
+    g.bench_function("serde_json_borrowed_envelope_baseline", |b| {
+        #[derive(serde::Deserialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+            #[serde(borrow, default)]
+            id: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            properties: Option<&'a serde_json::value::RawValue>,
+        }
+        b.iter(|| {
+            for p in &payloads {
+                let env: Envelope<'_> = serde_json::from_str(p).expect("envelope");
+                black_box((env.kind == "session.idle", env.id, env.properties));
+            }
+        })
+    });
     g.bench_function("raw_event_envelope", |b| {
         b.iter(|| {
             for p in &payloads {

@@ -5,14 +5,13 @@
 //! Subscribers call [`RawEvent::decode`] for the events they care about; one decoded
 //! payload is never built for subscribers that ignore it.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
 
+use crate::envelope::{self, Envelope};
 use crate::ids::{MessageId, PartId, PermissionId, QuestionId, SessionId};
 use crate::types::{
     MessageError, MessageInfo, Part, PermissionReply, PermissionRequest, QuestionRequest, Session,
@@ -163,30 +162,14 @@ pub enum EventParseError {
     },
 }
 
-#[derive(Clone, Debug)]
-enum Slice {
-    None,
-    Range(u32, u32),
-    Owned(Arc<str>),
-}
-
-/// Where the envelope's parts are in the text.
-#[derive(Clone, Debug)]
-struct Layout {
-    kind: EventKind,
-    kind_range: (u32, u32),
-    id: (u32, u32),
-    props: (u32, u32),
-    session: Slice,
-}
-
 /// One event as it came off the stream: the JSON text plus its pre-decoded envelope.
 /// Cloning is a reference-count increment (the text is shared, one allocation per event), so
 /// the router hands the same event to any number of subscribers.
 #[derive(Clone)]
 pub struct RawEvent {
     text: Arc<str>,
-    env: Layout,
+    kind: EventKind,
+    env: Envelope,
 }
 
 impl fmt::Debug for RawEvent {
@@ -199,64 +182,15 @@ impl fmt::Debug for RawEvent {
     }
 }
 
-/// A string that borrows from the input when it has no escapes (serde's `borrow` does not
-/// reach inside `Option`).
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(V(std::marker::PhantomData))
-    }
-}
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    id: Option<Text<'a>>,
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    properties: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct SessionField<'a> {
-    #[serde(rename = "sessionID", borrow, default)]
-    session_id: Option<Text<'a>>,
-}
-
-const FAST_PREFIX: &str = "{\"sessionID\":\"";
-
-fn range_of(outer: &str, inner: &str) -> Option<(u32, u32)> {
-    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
-    let end = start + inner.len();
-    (end <= outer.len()).then_some((start as u32, end as u32))
-}
-
 impl RawEvent {
     /// Parses the envelope of one SSE `data` payload. Only `type`, `id` and
     /// `properties.sessionID` are decoded; the rest stays text until [`RawEvent::decode`].
     ///
-    /// OpenCode's own layout (`{"id":…,"type":…,"properties":{…}}` with no whitespace) is
-    /// recognised without a JSON parser, so the properties of such an event are only
-    /// validated by [`RawEvent::decode`] / [`RawEvent::properties`]; any other layout is
-    /// parsed (and validated) as JSON here.
+    /// The envelope is read without a JSON parser and equals what one reads on any valid
+    /// JSON object (any key order, whitespace, escapes and extra fields; a repeated key's
+    /// last occurrence wins, as in `JSON.parse`). The top level is checked strictly; the
+    /// values it skips (the properties among them) only for balanced brackets and closed
+    /// strings, and are validated by [`RawEvent::decode`] / [`RawEvent::properties`].
     ///
     /// # Errors
     /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
@@ -269,61 +203,36 @@ impl RawEvent {
     /// # Errors
     /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
     pub fn parse_str(text: &str) -> Result<Self, EventParseError> {
-        if text.len() > u32::MAX as usize {
-            return Err(EventParseError::Envelope {
-                message: "event larger than 4 GiB".into(),
-                excerpt: String::new(),
-            });
-        }
-        let (kind, kind_range, id, props, session) = match fast_envelope(text) {
-            Some((kind_range, id, props)) => {
-                let kind =
-                    EventKind::from_type(&text[kind_range.0 as usize..kind_range.1 as usize]);
-                let p = &text[props.0 as usize..props.1 as usize];
-                (kind, kind_range, id, props, session_slice(text, p))
-            }
-            None => slow_envelope(text)?,
-        };
+        let env = envelope::scan(text).map_err(|e| EventParseError::Envelope {
+            message: format!("{} at byte {}", e.message, e.at),
+            excerpt: crate::error::excerpt(text.as_bytes(), 80),
+        })?;
+        let kind = EventKind::from_type(env.kind.get(text).unwrap_or_default());
         Ok(RawEvent {
             text: Arc::from(text),
-            env: Layout {
-                kind,
-                kind_range,
-                id,
-                props,
-                session,
-            },
+            kind,
+            env,
         })
     }
 
     /// The event kind.
     pub fn kind(&self) -> EventKind {
-        self.env.kind
+        self.kind
     }
 
-    /// The `type` string as sent (also for unknown kinds).
+    /// The `type` string as sent, escapes decoded (also for unknown kinds).
     pub fn kind_str(&self) -> &str {
-        let (a, b) = self.env.kind_range;
-        if b > a {
-            &self.text[a as usize..b as usize]
-        } else {
-            self.env.kind.as_str()
-        }
+        self.env.kind.get(&self.text).unwrap_or_default()
     }
 
     /// The event id (`evt_…`), if any.
     pub fn id(&self) -> Option<&str> {
-        let (a, b) = self.env.id;
-        (b > a).then(|| &self.text[a as usize..b as usize])
+        self.env.id.get(&self.text)
     }
 
     /// `properties.sessionID`, if the event has one.
     pub fn session_id(&self) -> Option<&str> {
-        match &self.env.session {
-            Slice::None => None,
-            Slice::Range(a, b) => Some(&self.text[*a as usize..*b as usize]),
-            Slice::Owned(s) => Some(s),
-        }
+        self.env.session.get(&self.text)
     }
 
     /// The whole event JSON.
@@ -331,13 +240,11 @@ impl RawEvent {
         &self.text
     }
 
-    /// The `properties` JSON (`{}` when absent).
+    /// The `properties` JSON, exactly as sent (`{}` when absent).
     pub fn properties_json(&self) -> &str {
-        let (a, b) = self.env.props;
-        if b > a {
-            &self.text[a as usize..b as usize]
-        } else {
-            "{}"
+        match self.env.props {
+            Some((a, b)) => &self.text[a as usize..b as usize],
+            None => "{}",
         }
     }
 
@@ -494,94 +401,6 @@ impl RawEvent {
                 properties: serde_json::from_str(self.properties_json()).unwrap_or_default(),
             },
         })
-    }
-}
-
-type Ranges = ((u32, u32), (u32, u32), (u32, u32));
-
-/// Length of the JSON string body at the start of `s` (up to its closing quote), when it has
-/// no escape.
-fn plain_string_len(s: &str) -> Option<usize> {
-    let at = memchr::memchr2(b'"', b'\\', s.as_bytes())?;
-    (s.as_bytes()[at] == b'"').then_some(at)
-}
-
-/// The layout OpenCode always writes (`JSON.stringify` of `{id, type, properties}`), read
-/// without a JSON parser: ids and types never contain escapes. The properties are only
-/// delimited here; they are validated when a subscriber decodes them.
-fn fast_envelope(text: &str) -> Option<Ranges> {
-    const ID: &str = "{\"id\":\"";
-    const TYPE: &str = "\",\"type\":\"";
-    const PROPS: &str = "\",\"properties\":{";
-    let rest = text.strip_prefix(ID)?;
-    // Ids and types with escapes take the parser's path.
-    let id_len = plain_string_len(rest)?;
-    let rest = &rest[id_len..];
-    let rest = rest.strip_prefix(TYPE)?;
-    let kind_len = plain_string_len(rest)?;
-    let kind_start = text.len() - rest.len();
-    let rest = &rest[kind_len..];
-    let props_body = rest.strip_prefix(PROPS)?;
-    let props_start = text.len() - props_body.len() - 1;
-    // The text must end with the properties' `}` followed by the envelope's `}`.
-    let props_end = text.len().checked_sub(1)?;
-    if !text.ends_with("}}") || props_end <= props_start {
-        return None;
-    }
-    let id_start = ID.len();
-    Some((
-        (kind_start as u32, (kind_start + kind_len) as u32),
-        (id_start as u32, (id_start + id_len) as u32),
-        (props_start as u32, props_end as u32),
-    ))
-}
-
-/// Kind, kind range, id range, properties range and session of an envelope.
-type SlowParts = (EventKind, (u32, u32), (u32, u32), (u32, u32), Slice);
-
-/// Any other layout: a real (borrowing) JSON parse of the envelope.
-fn slow_envelope(text: &str) -> Result<SlowParts, EventParseError> {
-    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| EventParseError::Envelope {
-        message: e.to_string(),
-        excerpt: crate::error::excerpt(text.as_bytes(), 80),
-    })?;
-    let kind = EventKind::from_type(&env.kind);
-    let kind_range = match &env.kind {
-        Cow::Borrowed(s) => range_of(text, s).unwrap_or((0, 0)),
-        Cow::Owned(_) => (0, 0),
-    };
-    let id = match &env.id {
-        Some(Text(Cow::Borrowed(s))) => range_of(text, s).unwrap_or((0, 0)),
-        _ => (0, 0),
-    };
-    let (props, session) = match env.properties {
-        None => ((0, 0), Slice::None),
-        Some(raw) => {
-            let p = raw.get();
-            let props = range_of(text, p).unwrap_or((0, 0));
-            (props, session_slice(text, p))
-        }
-    };
-    Ok((kind, kind_range, id, props, session))
-}
-
-/// Finds `properties.sessionID`: a byte-prefix fast path for the common layout
-/// (`{"sessionID":"ses_…",…}`), a serde fallback for any other.
-fn session_slice(text: &str, props: &str) -> Slice {
-    if let Some(rest) = props.strip_prefix(FAST_PREFIX)
-        && let Some(end) = plain_string_len(rest)
-        && let Some((a, b)) = range_of(text, &rest[..end])
-    {
-        return Slice::Range(a, b);
-    }
-    match serde_json::from_str::<SessionField<'_>>(props) {
-        Ok(SessionField {
-            session_id: Some(Text(Cow::Borrowed(s))),
-        }) => range_of(text, s).map_or(Slice::None, |(a, b)| Slice::Range(a, b)),
-        Ok(SessionField {
-            session_id: Some(Text(Cow::Owned(s))),
-        }) => Slice::Owned(Arc::from(s)),
-        _ => Slice::None,
     }
 }
 
@@ -907,7 +726,7 @@ mod tests {
                 #[derive(Deserialize)]
                 struct Line<'a> {
                     #[serde(borrow)]
-                    event: &'a RawValue,
+                    event: &'a serde_json::value::RawValue,
                 }
                 let line: Line<'_> = serde_json::from_str(l).unwrap();
                 line.event.get().to_owned()
@@ -938,25 +757,94 @@ mod tests {
         assert_eq!(unknown, 45 + 2 + 1 + 1);
     }
 
-    #[test]
-    fn fast_envelope_matches_the_json_parse_on_every_sample() {
-        for text in samples() {
-            let fast = fast_envelope(&text).expect("OpenCode layout");
-            let (kind, kind_range, id, props, _) = slow_envelope(&text).unwrap();
-            assert_eq!(fast, (kind_range, id, props), "{text}");
-            assert_eq!(
-                EventKind::from_type(&text[fast.0.0 as usize..fast.0.1 as usize]),
-                kind
-            );
-        }
-        // Other layouts fall back to the parser.
-        assert!(fast_envelope(r#"{"type":"x","id":"e","properties":{}}"#).is_none());
-        assert!(fast_envelope(r#"{"id":"e","type":"x","properties":{} }"#).is_none());
-        assert!(fast_envelope(r#"{"id":"e\"","type":"x","properties":{}}"#).is_none());
+    /// Asserts that the envelope of `text` equals what `serde_json` reads (`text` must be
+    /// valid JSON).
+    fn assert_envelope_matches_serde(
+        text: &str,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let value: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        let parsed = RawEvent::parse_str(text);
+        let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+            proptest::prop_assert!(parsed.is_err(), "accepted without a string type: {text}");
+            return Ok(());
+        };
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "{e}: {text}"
+                )));
+            }
+        };
+        proptest::prop_assert_eq!(raw.kind_str(), kind, "{}", text);
+        proptest::prop_assert_eq!(raw.kind(), EventKind::from_type(kind));
+        proptest::prop_assert_eq!(
+            raw.id(),
+            value.get("id").and_then(|v| v.as_str()),
+            "{}",
+            text
+        );
+        let props = value
+            .get("properties")
+            .cloned()
+            .unwrap_or(serde_json::json!({}));
+        proptest::prop_assert_eq!(
+            raw.session_id(),
+            props.get("sessionID").and_then(|v| v.as_str()),
+            "{}",
+            text
+        );
+        let ours: serde_json::Value = match serde_json::from_str(raw.properties_json()) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(proptest::test_runner::TestCaseError::fail(format!(
+                    "properties_json {:?} is not JSON ({e}): {text}",
+                    raw.properties_json()
+                )));
+            }
+        };
+        proptest::prop_assert_eq!(ours, props, "{}", text);
+        Ok(())
     }
 
     #[test]
-    fn envelope_fast_path_and_fallback_agree() {
+    fn envelope_matches_serde_json_on_every_sample() {
+        for text in samples() {
+            assert_envelope_matches_serde(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_field_after_the_properties_keeps_properties_json_valid() {
+        let raw = RawEvent::parse(
+            r#"{"id":"evt_1","type":"session.idle","properties":{"sessionID":"ses_a"},"extra":{}}"#
+                .into(),
+        )
+        .unwrap();
+        assert_eq!(raw.properties_json(), r#"{"sessionID":"ses_a"}"#);
+        assert_eq!(
+            raw.decode().unwrap(),
+            Event::SessionIdle {
+                session_id: "ses_a".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_escaped_type_keeps_its_name() {
+        let raw = RawEvent::parse(
+            r#"{"type":"session.idl\u0065","properties":{"sessionID":"ses_a"}}"#.into(),
+        )
+        .unwrap();
+        assert_eq!(raw.kind(), EventKind::SessionIdle);
+        assert_eq!(raw.kind_str(), "session.idle");
+        let other = RawEvent::parse(r#"{"type":"brand.ne\u0077","properties":{}}"#.into()).unwrap();
+        assert_eq!(other.kind(), EventKind::Other);
+        assert_eq!(other.kind_str(), "brand.new");
+    }
+
+    #[test]
+    fn envelopes_in_other_layouts_are_read() {
         let a = RawEvent::parse(
             r#"{"id":"evt_1","type":"session.idle","properties":{"sessionID":"ses_A"}}"#.into(),
         )
@@ -1053,6 +941,204 @@ mod tests {
             proptest::prop_assert_eq!(raw.session_id(), Some(sid.as_str()));
             proptest::prop_assert_eq!(raw.kind_str(), kind.as_str());
             let _ = RawEvent::parse(junk);
+        }
+    }
+
+    /// Arbitrary JSON objects shaped like (and unlike) event envelopes, rendered with random
+    /// whitespace and escapes: the envelope must equal what `serde_json` reads.
+    mod arbitrary_json {
+        use proptest::prelude::*;
+
+        /// A JSON value with duplicate keys allowed (objects are member lists).
+        #[derive(Clone, Debug)]
+        pub(super) enum J {
+            Null,
+            Bool(bool),
+            Num(String),
+            Str(String),
+            Arr(Vec<J>),
+            Obj(Vec<(String, J)>),
+        }
+
+        fn text() -> impl Strategy<Value = String> {
+            // Braces, brackets, quotes, backslashes, control characters, non-ASCII.
+            prop_oneof![
+                "[a-z._]{0,8}",
+                "[a-z{}\\[\\]\"\\\\/:, \\x00-\\x1f\u{e9}\u{1F600}]{0,12}",
+                // Long runs of backslashes and quotes, across the scanner's 64-byte blocks.
+                "[\\\\\"a{}]{20,90}",
+            ]
+        }
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "-?(0|[1-9][0-9]{0,5})(\\.[0-9]{1,4})?([eE][+-]?[0-9]{1,2})?",
+            ]
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("id".to_owned()),
+                Just("type".to_owned()),
+                Just("properties".to_owned()),
+                Just("sessionID".to_owned()),
+                text(),
+            ]
+        }
+
+        pub(super) fn value() -> impl Strategy<Value = J> {
+            let leaf = prop_oneof![
+                Just(J::Null),
+                any::<bool>().prop_map(J::Bool),
+                number().prop_map(J::Num),
+                text().prop_map(J::Str),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(J::Arr),
+                    proptest::collection::vec((key(), inner), 0..4).prop_map(J::Obj),
+                ]
+            })
+        }
+
+        fn kind() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(crate::event::EventKind::ALL)
+                    .prop_map(|k| k.as_str().to_owned()),
+                text(),
+            ]
+        }
+
+        fn properties() -> impl Strategy<Value = J> {
+            let member = prop_oneof![
+                3 => "ses_[A-Za-z0-9]{1,8}".prop_map(|s| ("sessionID".to_owned(), J::Str(s))),
+                1 => value().prop_map(|v| ("sessionID".to_owned(), v)),
+                4 => (key(), value()),
+            ];
+            prop_oneof![
+                6 => proptest::collection::vec(member, 0..5).prop_map(J::Obj),
+                1 => value(),
+            ]
+        }
+
+        /// An event object: a `type` plus any mix of ids, properties, extra fields and
+        /// repeated keys, in any order.
+        pub(super) fn event() -> impl Strategy<Value = J> {
+            let member = prop_oneof![
+                3 => kind().prop_map(|k| ("type".to_owned(), J::Str(k))),
+                1 => value().prop_map(|v| ("type".to_owned(), v)),
+                3 => "evt_[A-Za-z0-9]{0,8}".prop_map(|s| ("id".to_owned(), J::Str(s))),
+                1 => value().prop_map(|v| ("id".to_owned(), v)),
+                4 => properties().prop_map(|p| ("properties".to_owned(), p)),
+                3 => (key(), value()),
+            ];
+            (kind(), proptest::collection::vec(member, 0..6))
+                .prop_flat_map(|(kind, mut members)| {
+                    members.push(("type".to_owned(), J::Str(kind)));
+                    Just(members).prop_shuffle()
+                })
+                .prop_map(J::Obj)
+        }
+
+        /// Renders `value` as JSON text, choosing whitespace and escapes with `rng`.
+        pub(super) fn render(value: &J, rng: &mut fastrand::Rng, out: &mut String) {
+            let ws = |rng: &mut fastrand::Rng, out: &mut String| {
+                out.push_str(["", "", "", " ", "\n", "\t", "\r\n  "][rng.usize(..7)]);
+            };
+            ws(rng, out);
+            match value {
+                J::Null => out.push_str("null"),
+                J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                J::Num(n) => out.push_str(n),
+                J::Str(s) => string(s, rng, out),
+                J::Arr(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        render(item, rng, out);
+                    }
+                    ws(rng, out);
+                    out.push(']');
+                }
+                J::Obj(members) => {
+                    out.push('{');
+                    for (i, (k, v)) in members.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        ws(rng, out);
+                        string(k, rng, out);
+                        ws(rng, out);
+                        out.push(':');
+                        render(v, rng, out);
+                        ws(rng, out);
+                    }
+                    ws(rng, out);
+                    out.push('}');
+                }
+            }
+            ws(rng, out);
+        }
+
+        fn string(s: &str, rng: &mut fastrand::Rng, out: &mut String) {
+            out.push('"');
+            for c in s.chars() {
+                let must = c == '"' || c == '\\' || (c as u32) < 0x20;
+                match (must, rng.u8(..4)) {
+                    (_, 0) => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            out.push_str(&format!("\\u{:04x}", u));
+                        }
+                    }
+                    (true, _) => match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\t' => out.push_str("\\t"),
+                        _ => out.push_str(&format!("\\u{:04X}", c as u32)),
+                    },
+                    (false, 1) if c == '/' => out.push_str("\\/"),
+                    _ => out.push(c),
+                }
+            }
+            out.push('"');
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// The envelope read without a parser equals `serde_json`'s reading of every valid
+        /// JSON object: type, id, session and the properties text.
+        #[test]
+        fn envelope_equals_serde_json_on_arbitrary_objects(
+            event in arbitrary_json::event(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut text = String::new();
+            arbitrary_json::render(&event, &mut fastrand::Rng::with_seed(seed), &mut text);
+            assert_envelope_matches_serde(&text)?;
+        }
+
+        /// Truncated or corrupted envelopes never panic.
+        #[test]
+        fn damaged_envelopes_never_panic(
+            event in arbitrary_json::event(),
+            seed in proptest::prelude::any::<u64>(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut text = String::new();
+            arbitrary_json::render(&event, &mut fastrand::Rng::with_seed(seed), &mut text);
+            let mut at = cut.index(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let _ = RawEvent::parse_str(&text[..at]);
+            let _ = RawEvent::parse_str(&text[at..]);
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Installing the orchestrator's entries (agents, …) into a project's OpenCode config.
 //!
-//! The file is edited through a concrete syntax tree ([`jsonc_parser::cst`]), so comments,
-//! formatting, key order and every entry we do not touch stay byte-for-byte as they were.
-//! `opencode.jsonc` is preferred when present, then `opencode.json`; with neither, a new
-//! `opencode.json` is created.
+//! The file is edited by text splices at the ranges of its syntax tree (`jsonc_edit`), so
+//! comments, formatting, key order and every entry we do not touch stay byte-for-byte as they
+//! were, and uninstall removes exactly the text install added (an install followed by an
+//! uninstall gives the original bytes back). A UTF-8 byte-order mark is accepted and kept. A
+//! repeated key resolves to its last occurrence, as in `JSON.parse` (what OpenCode reads), for
+//! install, dry run, verification and uninstall alike. `opencode.jsonc` is preferred when
+//! present, then `opencode.json`; with neither, a new `opencode.json` is created.
 //!
 //! Each change is safe: the file must parse (otherwise it is left untouched and the error
 //! names line and column); a timestamped backup is written first (the last 5 are kept); the
@@ -18,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonc_parser::ParseOptions;
-use jsonc_parser::cst::{CstInputValue, CstObject, CstRootNode};
 use serde_json::Value;
+
+use crate::jsonc_edit::{self, EditError, Removal};
 
 /// File names OpenCode reads, in order of preference.
 pub const CONFIG_FILES: [&str; 2] = ["opencode.jsonc", "opencode.json"];
@@ -165,44 +168,18 @@ impl fmt::Debug for ConfigInstaller {
     }
 }
 
-fn parse_options() -> ParseOptions {
-    // What OpenCode accepts in practice: comments and trailing commas, nothing looser.
-    ParseOptions {
-        allow_comments: true,
-        allow_trailing_commas: true,
-        allow_loose_object_property_names: false,
-        allow_missing_commas: false,
-        allow_single_quoted_strings: false,
-        allow_hexadecimal_numbers: false,
-        ..ParseOptions::default()
-    }
-}
-
 fn dotted(path: &[String]) -> String {
     path.join(".")
 }
 
-fn to_input(value: &Value) -> CstInputValue {
-    match value {
-        Value::Null => CstInputValue::Null,
-        Value::Bool(b) => CstInputValue::Bool(*b),
-        Value::Number(n) => CstInputValue::Number(n.to_string()),
-        Value::String(s) => CstInputValue::String(s.clone()),
-        Value::Array(a) => CstInputValue::Array(a.iter().map(to_input).collect()),
-        Value::Object(o) => {
-            CstInputValue::Object(o.iter().map(|(k, v)| (k.clone(), to_input(v))).collect())
-        }
-    }
-}
+const BOM: char = '\u{feff}';
 
-/// Reads the value at `path` from a parsed tree.
-fn lookup(root: &CstRootNode, path: &[String]) -> Option<Value> {
-    let mut obj = root.object_value()?;
-    let (last, parents) = path.split_last()?;
-    for key in parents {
-        obj = obj.object_value(key)?;
+/// The text without its byte-order mark, and the mark (`""` when there is none).
+fn split_bom(text: &str) -> (&'static str, &str) {
+    match text.strip_prefix(BOM) {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", text),
     }
-    obj.get(last)?.value()?.to_serde_value()
 }
 
 impl ConfigInstaller {
@@ -307,19 +284,48 @@ impl ConfigInstaller {
         } else {
             String::new()
         };
-        let root = CstRootNode::parse(if existed { &old } else { NEW_FILE }, &parse_options())
-            .map_err(|e| InstallError::Parse {
-                path: path.clone(),
-                line: e.line_display(),
-                column: e.column_display(),
-                message: e.kind().to_string(),
-            })?;
+        let (bom, body) = split_bom(&old);
+        let base = if existed { body } else { NEW_FILE };
+        jsonc_edit::parse(base).map_err(|e| InstallError::Parse {
+            path: path.clone(),
+            line: e.line_display(),
+            column: e.column_display(),
+            message: e.kind().to_string(),
+        })?;
+        let mut text = base.to_owned();
         let mut kept = Vec::new();
-        match mode {
-            Mode::Install => apply_install(&root, spec, &path)?,
-            Mode::Uninstall => apply_uninstall(&root, spec, &path, &mut kept)?,
+        for entry in spec.entries.iter().filter(|e| !e.path.is_empty()) {
+            match mode {
+                Mode::Install => {
+                    match jsonc_edit::set(&text, &entry.path, &entry.value, spec.force) {
+                        Ok(Some(changed)) => text = changed,
+                        Ok(None) => {}
+                        Err(EditError::Conflict) => {
+                            return Err(InstallError::Conflict {
+                                path: path.clone(),
+                                key: dotted(&entry.path),
+                            });
+                        }
+                        Err(EditError::NotAnObject { depth }) => {
+                            return Err(InstallError::NotAnObject {
+                                path: path.clone(),
+                                key: if depth == 0 {
+                                    "(root)".into()
+                                } else {
+                                    dotted(&entry.path[..depth])
+                                },
+                            });
+                        }
+                    }
+                }
+                Mode::Uninstall => match jsonc_edit::remove(&text, &entry.path, &entry.value) {
+                    Removal::Removed(changed) => text = changed,
+                    Removal::Differs => kept.push(dotted(&entry.path)),
+                    Removal::Absent => {}
+                },
+            }
         }
-        let new = root.to_string();
+        let new = format!("{bom}{text}");
         // Uninstalling from a file that does not exist changes nothing (and creates nothing).
         let changed = (existed || mode != Mode::Uninstall) && new != old;
         let diff = if changed {
@@ -370,13 +376,13 @@ impl ConfigInstaller {
         mode: Mode,
         path: &Path,
     ) -> Result<(), InstallError> {
-        let root =
-            CstRootNode::parse(text, &parse_options()).map_err(|e| InstallError::Verify {
-                path: path.to_owned(),
-                message: format!("result does not parse: {e}"),
-            })?;
-        for entry in &spec.entries {
-            let found = lookup(&root, &entry.path);
+        let (_, text) = split_bom(text);
+        jsonc_edit::parse(text).map_err(|e| InstallError::Verify {
+            path: path.to_owned(),
+            message: format!("result does not parse: {e}"),
+        })?;
+        for entry in spec.entries.iter().filter(|e| !e.path.is_empty()) {
+            let found = jsonc_edit::lookup(text, &entry.path);
             let ok = match mode {
                 Mode::Install => found.as_ref() == Some(&entry.value),
                 Mode::Uninstall => found.as_ref() != Some(&entry.value),
@@ -473,106 +479,6 @@ enum Mode {
     Uninstall,
 }
 
-fn root_object(root: &CstRootNode, path: &Path) -> Result<CstObject, InstallError> {
-    match root.value() {
-        None => Ok(root.object_value_or_set()),
-        Some(_) => root
-            .object_value()
-            .ok_or_else(|| InstallError::NotAnObject {
-                path: path.to_owned(),
-                key: "(root)".into(),
-            }),
-    }
-}
-
-fn apply_install(root: &CstRootNode, spec: &InstallSpec, path: &Path) -> Result<(), InstallError> {
-    let top = root_object(root, path)?;
-    for entry in &spec.entries {
-        let Some((last, parents)) = entry.path.split_last() else {
-            continue;
-        };
-        let mut obj = top.clone();
-        for (i, key) in parents.iter().enumerate() {
-            obj = match obj.get(key) {
-                None => obj.object_value_or_set(key),
-                Some(prop) => prop
-                    .object_value()
-                    .ok_or_else(|| InstallError::NotAnObject {
-                        path: path.to_owned(),
-                        key: dotted(&entry.path[..=i]),
-                    })?,
-            };
-        }
-        match obj.get(last) {
-            None => {
-                obj.append(last, to_input(&entry.value));
-            }
-            Some(prop) => {
-                let current = prop.value().and_then(|v| v.to_serde_value());
-                if current.as_ref() == Some(&entry.value) {
-                    continue;
-                }
-                if !spec.force {
-                    return Err(InstallError::Conflict {
-                        path: path.to_owned(),
-                        key: dotted(&entry.path),
-                    });
-                }
-                prop.set_value(to_input(&entry.value));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn apply_uninstall(
-    root: &CstRootNode,
-    spec: &InstallSpec,
-    path: &Path,
-    kept: &mut Vec<String>,
-) -> Result<(), InstallError> {
-    let Some(top) = root.object_value() else {
-        return Ok(());
-    };
-    let _ = path;
-    for entry in &spec.entries {
-        let Some((last, parents)) = entry.path.split_last() else {
-            continue;
-        };
-        let mut chain = vec![top.clone()];
-        let mut found = true;
-        for key in parents {
-            match chain.last().and_then(|o| o.object_value(key)) {
-                Some(o) => chain.push(o),
-                None => {
-                    found = false;
-                    break;
-                }
-            }
-        }
-        let Some(obj) = chain.last().filter(|_| found) else {
-            continue;
-        };
-        let Some(prop) = obj.get(last) else { continue };
-        let current = prop.value().and_then(|v| v.to_serde_value());
-        if current.as_ref() != Some(&entry.value) {
-            kept.push(dotted(&entry.path));
-            continue;
-        }
-        prop.remove();
-        // Remove containers that our removal left empty (innermost first, never the root).
-        for depth in (1..chain.len()).rev() {
-            if !chain[depth].properties().is_empty() {
-                break;
-            }
-            if let Some(p) = chain[depth - 1].get(&parents[depth - 1]) {
-                p.remove();
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Writes `text` to a temporary file in the same directory, syncs it, and renames it over
 /// `path` (atomic on POSIX file systems).
 fn atomic_write(path: &Path, text: &str) -> std::io::Result<()> {
@@ -587,19 +493,4 @@ fn atomic_write(path: &Path, text: &str) -> std::io::Result<()> {
     }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn to_input_round_trips_through_the_tree() {
-        let value = json!({"a": [1, 2.5, "x", null, true], "b": {"c": "d"}});
-        let root = CstRootNode::parse("{}", &parse_options()).unwrap();
-        root.object_value_or_set().append("v", to_input(&value));
-        let back = CstRootNode::parse(&root.to_string(), &parse_options()).unwrap();
-        assert_eq!(lookup(&back, &["v".to_owned()]), Some(value));
-    }
 }

@@ -13,7 +13,8 @@
 //!   (`Other(String)`).
 //! * [`EventRouter`]: one `/event` stream per directory serving many [`Subscription`]s (one
 //!   session, or everything, filtered by [`KindSet`]). Each event's envelope is decoded once
-//!   ([`RawEvent`]); typed payloads ([`Event`]) only when a subscriber asks. Buffers are
+//!   ([`RawEvent`], without a JSON parser, equal to a parser's reading of any valid JSON
+//!   object); typed payloads ([`Event`]) only when a subscriber asks. Buffers are
 //!   bounded: a subscriber that falls behind loses events and is told so
 //!   ([`Missed::Lagged`]); stream drops are reconnected with backoff and signalled
 //!   ([`Missed::Disconnected`], [`Missed::Reconnected`]). The events of one network chunk
@@ -26,14 +27,18 @@
 //!   recipe of OpenCode's API (subscribe first, our own message id, filter by session, errors
 //!   arrive before the message is finalised, a lone `session.error` means no idle will come),
 //!   with polling fallback while the stream is down and typed outcomes ([`TurnOutput`] with
-//!   tokens and cost, or a [`TurnError`]: failed with the upstream status, aborted, deadline
-//!   with the pending permission, server lost, session deleted). No wait is unbounded.
+//!   tokens and cost, or a [`TurnError`]: failed with the upstream status and the provider's
+//!   `Retry-After`, aborted, deadline with the pending permission, server lost, session
+//!   deleted). OpenCode's own retries of failing model calls arrive live as [`RetryNotice`]s
+//!   ([`TurnWaiter::notify_retries`]) and are counted in both outcomes. No wait is unbounded.
 //! * [`ServerBuilder`] / [`OpencodeServer`]: spawns `opencode serve` on a free loopback port
 //!   with a random password, waits for its "listening" line, captures its output, stops it on
 //!   drop.
 //! * [`ConfigInstaller`]: installs agent definitions into `opencode.jsonc`/`opencode.json`
-//!   keeping comments and formatting, with backups, atomic writes, verification, rollback,
-//!   idempotence, dry runs and a precise uninstall.
+//!   as text splices that keep comments and formatting (a UTF-8 BOM included; a repeated key
+//!   edited where `JSON.parse` reads it, at its last occurrence), with backups, atomic
+//!   writes, verification, rollback, idempotence, dry runs and an uninstall that gives the
+//!   original bytes back.
 //!
 //! Routing and typed decoding, runnable without a server:
 //!
@@ -89,10 +94,13 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod envelope;
 mod error;
 mod event;
 mod ids;
 mod install;
+mod jsonc_edit;
+mod retry;
 mod router;
 mod server;
 mod sse;
@@ -106,8 +114,10 @@ pub use ids::{EventId, MessageId, PartId, PermissionId, QuestionId, SessionId};
 pub use install::{
     CONFIG_FILES, ConfigInstaller, InstallEntry, InstallError, InstallReport, InstallSpec,
 };
+pub use retry::RetryNotice;
 pub use router::{
-    Delivery, EventRouter, Missed, RouterConfig, RouterStats, StreamState, Subscription,
+    Delivery, DisconnectReason, EventRouter, Missed, RouterConfig, RouterStats, StreamState,
+    Subscription,
 };
 pub use server::{OpencodeServer, ServerBuilder, ServerError, find_opencode};
 pub use sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError, SseEvent};

@@ -21,6 +21,10 @@
 //! means "re-read the state you care about" ([`crate::TurnWaiter`] does so, and polls
 //! while the stream is down).
 //!
+//! **Turns.** [`EventRouter::turn`], [`EventRouter::run_turn`] and [`EventRouter::wait_idle`]
+//! subscribe a [`TurnWaiter`] to a session's turn kinds (see [`crate::TurnWaiter`] for the
+//! completion recipe).
+//!
 //! **Decoding.** The body is framed by [`SseDecoder`] (zero-copy for events inside one
 //! chunk). An event whose data is not UTF-8 or not an event envelope is counted in
 //! [`RouterStats::malformed`] and skipped; an event larger than `RouterConfig::max_event_size`
@@ -39,10 +43,15 @@ use hashbrown::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use crate::client::Client;
 use crate::error::Error;
 use crate::event::{EventKind, KindSet, RawEvent};
+use crate::ids::{MessageId, SessionId};
 use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
+use crate::types::Prompt;
+use crate::wait::{TurnError, TurnOutput, TurnWaiter};
 
 /// Settings of an [`EventRouter`].
 #[derive(Clone, Debug)]
@@ -111,10 +120,48 @@ pub enum StreamState {
     Connecting,
     /// Connected (the server's `server.connected` was received).
     Connected,
-    /// Down; reconnecting. Carries the last error.
-    Disconnected(String),
+    /// Down; reconnecting. Carries why.
+    Disconnected(DisconnectReason),
     /// The router was shut down.
     Closed,
+}
+
+/// Why the router's stream is down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server refused the credentials (HTTP 401): reconnecting cannot help until they
+    /// change.
+    Unauthorized {
+        /// The event stream's URL.
+        url: String,
+    },
+    /// The stream could not be opened.
+    Connect {
+        /// The error.
+        message: String,
+    },
+    /// The open stream failed (a read error, or an event over the size limit).
+    Stream {
+        /// The error.
+        message: String,
+    },
+    /// The server ended the stream.
+    Ended,
+    /// No event (not even a heartbeat) for this long.
+    Silent(Duration),
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unauthorized { url } => write!(f, "unauthorized: {url}"),
+            Self::Connect { message } => f.write_str(message),
+            Self::Stream { message } => write!(f, "event stream error: {message}"),
+            Self::Ended => f.write_str("event stream ended"),
+            Self::Silent(after) => write!(f, "no event (not even a heartbeat) for {after:?}"),
+        }
+    }
 }
 
 /// Counters of a router.
@@ -351,7 +398,7 @@ impl EventRouter {
             loop {
                 match &*state.borrow_and_update() {
                     StreamState::Connected => return Ok(()),
-                    StreamState::Disconnected(e) if e.starts_with(UNAUTHORIZED) => {
+                    StreamState::Disconnected(DisconnectReason::Unauthorized { .. }) => {
                         return Err(());
                     }
                     _ => {}
@@ -497,6 +544,75 @@ impl EventRouter {
             connections: self.shared.connections.load(Ordering::Relaxed),
         }
     }
+
+    /// Subscribes to `session` for the turn whose user message is `message`. Call this
+    /// **before** `prompt_async`, then [`TurnWaiter::wait`].
+    ///
+    /// # Panics
+    /// On a detached router (it has no client to read messages with).
+    pub fn turn(&self, session: &SessionId, message: &MessageId) -> TurnWaiter {
+        let client = self
+            .client()
+            .cloned()
+            .expect("EventRouter::turn needs a connected router (not EventRouter::detached)");
+        self.turn_with_client(&client, session, message)
+    }
+
+    /// Like [`EventRouter::turn`], reading state through `client`. On a detached router
+    /// (no stream) the waiter relies on polling alone.
+    pub fn turn_with_client(
+        &self,
+        client: &Client,
+        session: &SessionId,
+        message: &MessageId,
+    ) -> TurnWaiter {
+        let kinds = KindSet::turn().with(EventKind::PermissionReplied);
+        TurnWaiter::new(
+            client.clone(),
+            session.clone(),
+            message.clone(),
+            self.subscribe_session_filtered(session.as_str(), kinds),
+            self.watch_state(),
+        )
+    }
+
+    /// Waits for the end of the turn started by user message `message` in `session`, at the
+    /// latest until `deadline`. Safe to call after `prompt_async`: it first re-reads the
+    /// session over HTTP in case the turn progressed before the subscription existed.
+    ///
+    /// # Errors
+    /// See [`TurnError`].
+    ///
+    /// # Panics
+    /// On a detached router, as [`EventRouter::turn`].
+    pub async fn wait_idle(
+        &self,
+        session: &SessionId,
+        message: &MessageId,
+        deadline: Instant,
+    ) -> Result<TurnOutput, TurnError> {
+        self.turn(session, message).late().wait(deadline).await
+    }
+
+    /// Subscribes, sends `prompt` with `prompt_async`, and waits for the turn's end. To
+    /// follow OpenCode's retries live, or to answer permissions meanwhile, use
+    /// [`EventRouter::turn`] and [`TurnWaiter::notify_retries`] instead.
+    ///
+    /// # Errors
+    /// See [`TurnError`]; a failing `prompt_async` is [`TurnError::Client`].
+    ///
+    /// # Panics
+    /// On a detached router, as [`EventRouter::turn`].
+    pub async fn run_turn(
+        &self,
+        session: &SessionId,
+        prompt: &Prompt,
+        deadline: Instant,
+    ) -> Result<TurnOutput, TurnError> {
+        let waiter = self.turn(session, &prompt.message_id);
+        waiter.client().prompt_async(session, prompt).await?;
+        waiter.wait(deadline).await
+    }
 }
 
 /// A stream of [`Delivery`]s for one subscriber. Dropping it unsubscribes.
@@ -598,8 +714,6 @@ impl Drop for Subscription {
     }
 }
 
-const UNAUTHORIZED: &str = "unauthorized: ";
-
 /// Decodes the envelope of one SSE event; `None` (counted as malformed) when its data is not
 /// an event.
 fn parse_sse(shared: &Shared, event: &SseEvent) -> Option<RawEvent> {
@@ -647,8 +761,10 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
             r = client.open_event_stream() => r,
         };
         let reason = match opened {
-            Err(Error::Unauthorized { url }) => format!("{UNAUTHORIZED}{url}"),
-            Err(e) => e.to_string(),
+            Err(Error::Unauthorized { url }) => DisconnectReason::Unauthorized { url },
+            Err(e) => DisconnectReason::Connect {
+                message: e.to_string(),
+            },
             Ok(resp) => {
                 let mut body = resp.bytes_stream();
                 let mut decoder = SseDecoder::with_max_event_size(config.max_event_size);
@@ -706,17 +822,18 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
                                 deadline = tokio::time::Instant::now() + config.silence;
                             }
                             if let Some(e) = failure {
-                                break format!("event stream error: {e}");
+                                break DisconnectReason::Stream {
+                                    message: e.to_string(),
+                                };
                             }
                         }
-                        Ok(Some(Err(e))) => break format!("event stream error: {e}"),
-                        Ok(None) => break "event stream ended".to_owned(),
-                        Err(_) => {
-                            break format!(
-                                "no event (not even a heartbeat) for {:?}",
-                                config.silence
-                            );
+                        Ok(Some(Err(e))) => {
+                            break DisconnectReason::Stream {
+                                message: e.to_string(),
+                            };
                         }
+                        Ok(None) => break DisconnectReason::Ended,
+                        Err(_) => break DisconnectReason::Silent(config.silence),
                     }
                 };
                 if confirmed {
@@ -948,6 +1065,56 @@ mod tests {
             ]
         );
         assert_eq!(router.stats().connections, 2);
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_a_typed_state_and_fail_connect_at_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = sock.read(&mut buf).await;
+                    let reply = "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"x\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        let client = Client::builder(&url).build().unwrap();
+        let router = EventRouter::spawn(client.clone(), RouterConfig::default());
+        let mut state = router.watch_state();
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let StreamState::Disconnected(reason) = &*state.borrow_and_update() {
+                    return reason.clone();
+                }
+                state.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("a disconnected state");
+        assert!(
+            matches!(&seen, DisconnectReason::Unauthorized { url } if url.ends_with("/event")),
+            "{seen:?}"
+        );
+        assert!(seen.to_string().starts_with("unauthorized: "), "{seen}");
+        // `connect` gives up on the typed state, not at its (here one hour) timeout.
+        let config = RouterConfig {
+            connect_timeout: Duration::from_secs(3600),
+            ..RouterConfig::default()
+        };
+        let connected = tokio::time::timeout(
+            Duration::from_secs(60),
+            EventRouter::connect(client, config),
+        )
+        .await
+        .expect("connect returns without waiting for its timeout");
+        assert!(
+            matches!(connected, Err(Error::Unauthorized { .. })),
+            "{connected:?}"
+        );
     }
 
     proptest::proptest! {

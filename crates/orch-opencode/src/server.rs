@@ -265,11 +265,12 @@ impl ServerBuilder {
         })?;
         let log = Log::default();
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
+        let mut readers = Readers::default();
         if let Some(out) = child.stdout.take() {
-            spawn_reader(out, log.clone(), Some(ready_tx));
+            readers.spawn(out, log.clone(), Some(ready_tx));
         }
         if let Some(err) = child.stderr.take() {
-            spawn_reader(err, log.clone(), None);
+            readers.spawn(err, log.clone(), None);
         }
         let started = Instant::now();
         let mut proc = Proc {
@@ -277,6 +278,9 @@ impl ServerBuilder {
             grace: self.stop_grace,
             stopped: false,
         };
+        // Every failure reports the process's whole output: the readers are drained to the
+        // end of both pipes first (an exit is seen before the output is read, and losing the
+        // output to that race was a flaky test on a loaded machine).
         let url = loop {
             match ready_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(url) => break url,
@@ -285,6 +289,7 @@ impl ServerBuilder {
                     // stdout closed without the line: the process is exiting.
                     let status = proc.wait_exit(Duration::from_secs(2));
                     proc.stop();
+                    readers.drain(DRAIN);
                     return Err(match status {
                         Some(status) => ServerError::Exited {
                             status,
@@ -298,7 +303,11 @@ impl ServerBuilder {
                 }
             }
             if let Ok(Some(status)) = proc.child.try_wait() {
+                // Whatever is left of its group (the guard's watcher, children) may still
+                // hold the pipes open.
                 proc.stopped = true;
+                proc.signal_group(rustix::process::Signal::KILL);
+                readers.drain(DRAIN);
                 return Err(ServerError::Exited {
                     status,
                     log: log.text(),
@@ -306,6 +315,7 @@ impl ServerBuilder {
             }
             if started.elapsed() >= self.ready_timeout {
                 proc.stop();
+                readers.drain(DRAIN);
                 return Err(ServerError::NotReady {
                     timeout: self.ready_timeout,
                     log: log.text(),
@@ -368,21 +378,57 @@ impl Log {
     }
 }
 
-fn spawn_reader(stream: impl Read + Send + 'static, log: Log, ready: Option<mpsc::Sender<String>>) {
-    std::thread::spawn(move || {
-        let mut ready = ready;
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if let Some(tx) = &ready
-                && let Some(idx) = line.find(LISTENING)
-            {
-                let url = line[idx + LISTENING.len()..].trim().to_owned();
-                let _ = tx.send(url);
-                ready = None;
+/// How long a failed start waits for the output readers to reach the end of the pipes once
+/// the process group is gone (only a process outside the group could hold them longer).
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The threads copying the server's stdout and stderr into its [`Log`].
+#[derive(Default)]
+struct Readers {
+    done: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    running: usize,
+}
+
+impl Readers {
+    /// Copies `stream` line by line into `log`, sending the listening URL to `ready`.
+    fn spawn(
+        &mut self,
+        stream: impl Read + Send + 'static,
+        log: Log,
+        ready: Option<mpsc::Sender<String>>,
+    ) {
+        let (done, _) = self.done.get_or_insert_with(mpsc::channel);
+        let done = done.clone();
+        self.running += 1;
+        std::thread::spawn(move || {
+            let mut ready = ready;
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                // Logged before the URL is handed over, so the log holds every line seen.
+                log.push_line(&line);
+                if let Some(tx) = &ready
+                    && let Some(idx) = line.find(LISTENING)
+                {
+                    let url = line[idx + LISTENING.len()..].trim().to_owned();
+                    let _ = tx.send(url);
+                    ready = None;
+                }
             }
-            log.push_line(&line);
+            let _ = done.send(());
+        });
+    }
+
+    /// Waits until every reader has reached the end of its pipe, at most `within`.
+    fn drain(&mut self, within: Duration) {
+        let until = Instant::now() + within;
+        let Some((_, done)) = &self.done else { return };
+        while self.running > 0 {
+            match done.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(()) => self.running -= 1,
+                Err(_) => return,
+            }
         }
-    });
+    }
 }
 
 struct Proc {

@@ -572,6 +572,41 @@ pub struct ErrorData {
         skip_serializing_if = "Option::is_none"
     )]
     pub response_body: Option<String>,
+    /// Upstream response headers, for `APIError` (`retry-after`, …). Values that are not
+    /// strings are left out.
+    #[serde(
+        rename = "responseHeaders",
+        default,
+        deserialize_with = "string_map",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub response_headers: Option<BTreeMap<String, String>>,
+}
+
+impl ErrorData {
+    /// The delay the provider asked for (`retry-after-ms`, else `retry-after` in seconds or
+    /// as an HTTP date, as OpenCode reads them), from [`ErrorData::response_headers`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        crate::retry::retry_after(self.response_headers.as_ref()?)
+    }
+}
+
+/// A JSON object of strings, skipping other values and other shapes (a header map must
+/// never fail the decoding of the error that carries it).
+fn string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Object(m)) => Some(
+            m.into_iter()
+                .filter_map(|(k, v)| match v {
+                    Value::String(s) => Some((k, s)),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    })
 }
 
 /// An error attached to an assistant message or carried by `session.error`.

@@ -18,7 +18,7 @@
 //!   if it does not, the waiter falls back to the reads below.
 //!
 //! When the stream is down or events were lost (lag, reconnection, a late
-//! [`EventRouter::wait_idle`]), the waiter falls back to polling: `GET /session/status`, and
+//! [`crate::EventRouter::wait_idle`]), the waiter falls back to polling: `GET /session/status`, and
 //! only when the session is not running, the newest messages, paging back with the `before`
 //! cursor (pages doubling from 4) until our user message; a first page without it is
 //! followed by one `GET …/message/{id}` that tells whether it exists at all. It polls every
@@ -29,6 +29,10 @@
 //! Requests per turn on the normal path (stream up): `prompt_async` and one page of the
 //! turn's size, whatever the session's history (before: `GET /session/status` and the whole
 //! history, polled every 25 ms until an errored turn was finalised).
+//!
+//! OpenCode's own retries of failed model calls (`retry` statuses, seen on events or by a
+//! poll) are kept as [`RetryNotice`]s in the outcome, and handed to the caller as they come
+//! when it asked for them ([`TurnWaiter::notify_retries`]).
 
 // A turn error carries the turn's messages so the caller needs no second request; it is
 // returned once per turn, so its size does not matter.
@@ -36,17 +40,18 @@
 
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::Error;
-use crate::event::{EventKind, KindSet, RawEvent};
+use crate::event::RawEvent;
 use crate::ids::{MessageId, SessionId};
-use crate::router::{Delivery, EventRouter, Missed, StreamState, Subscription};
+use crate::retry::RetryNotice;
+use crate::router::{Delivery, Missed, StreamState, Subscription};
 use crate::types::{
     ErrorData, ErrorName, Finish, MessageError, MessageInfo, MessageWithParts, PermissionRequest,
-    Prompt, SessionStatus, Tokens,
+    SessionStatus, Tokens,
 };
 
 /// How long to wait, after the turn's idle, for OpenCode to finalise the last assistant
@@ -75,10 +80,17 @@ pub struct TurnOutput {
     pub tokens: Tokens,
     /// Cost summed over the turn's messages.
     pub cost: f64,
+    /// The retries OpenCode made during the turn (model errors it absorbed), oldest first.
+    pub retries: Vec<RetryNotice>,
 }
 
 impl TurnOutput {
-    fn new(session_id: SessionId, message_id: MessageId, messages: Vec<MessageWithParts>) -> Self {
+    fn new(
+        session_id: SessionId,
+        message_id: MessageId,
+        messages: Vec<MessageWithParts>,
+        retries: Vec<RetryNotice>,
+    ) -> Self {
         let mut tokens = Tokens::default();
         let mut cost = 0.0;
         for m in &messages {
@@ -91,6 +103,7 @@ impl TurnOutput {
             messages,
             tokens,
             cost,
+            retries,
         }
     }
 
@@ -126,6 +139,8 @@ pub enum TurnError {
         error: MessageError,
         /// Assistant messages of the turn as stored.
         messages: Vec<MessageWithParts>,
+        /// The retries OpenCode made before giving up, oldest first.
+        retries: Vec<RetryNotice>,
     },
     /// The turn was aborted.
     #[error("turn {message_id} of session {session_id} was aborted")]
@@ -136,6 +151,8 @@ pub enum TurnError {
         message_id: MessageId,
         /// Assistant messages of the turn as stored (partial text included).
         messages: Vec<MessageWithParts>,
+        /// The retries OpenCode made during the turn, oldest first.
+        retries: Vec<RetryNotice>,
     },
     /// The deadline passed first. The turn may still be running (abort it if you give up).
     #[error("turn {message_id} of session {session_id} still running after {waited:?} (last status {last_status:?}{})", pending_permission.as_ref().map(|p| format!(", waiting for permission {} on {:?}", p.permission, p.patterns)).unwrap_or_default())]
@@ -151,6 +168,8 @@ pub enum TurnError {
         /// A permission request that was pending (a turn waiting for one never ends by
         /// itself).
         pending_permission: Option<Box<PermissionRequest>>,
+        /// The retries OpenCode made so far (a storm of them is a long silent turn).
+        retries: Vec<RetryNotice>,
     },
     /// The server stopped answering.
     #[error(
@@ -164,6 +183,8 @@ pub enum TurnError {
         /// The last connection error.
         #[source]
         source: Error,
+        /// The retries OpenCode made before the server was lost.
+        retries: Vec<RetryNotice>,
     },
     /// The session was deleted while we waited.
     #[error("session {session_id} was deleted during turn {message_id}")]
@@ -186,9 +207,31 @@ impl TurnError {
             _ => None,
         }
     }
+
+    /// The retries OpenCode made during the turn (empty when the turn did not run).
+    pub fn retries(&self) -> &[RetryNotice] {
+        match self {
+            Self::Failed { retries, .. }
+            | Self::Aborted { retries, .. }
+            | Self::Deadline { retries, .. }
+            | Self::ServerLost { retries, .. } => retries,
+            _ => &[],
+        }
+    }
+
+    /// How long the provider asked to wait before trying again: its `Retry-After` (or
+    /// `retry-after-ms`) as OpenCode reported it with the failure, else the wait OpenCode
+    /// announced with its last retry.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let from_headers = match self {
+            Self::Failed { error, .. } => error.data.retry_after(),
+            _ => None,
+        };
+        from_headers.or_else(|| self.retries().last().map(|r| r.wait))
+    }
 }
 
-/// Waits for one turn; see the module docs. Create it with [`EventRouter::turn`] before
+/// Waits for one turn; see the module docs. Create it with [`crate::EventRouter::turn`] before
 /// sending the prompt.
 #[derive(Debug)]
 pub struct TurnWaiter {
@@ -201,85 +244,73 @@ pub struct TurnWaiter {
     /// Subscribed while the stream was up: no event of the turn can have been missed yet.
     complete: bool,
     silence: Duration,
+    retries: Retries,
+}
+
+/// The retry statuses seen during the turn, and where to send them live.
+#[derive(Debug, Default)]
+struct Retries {
+    seen: Vec<RetryNotice>,
+    notify: Option<mpsc::UnboundedSender<RetryNotice>>,
+}
+
+impl Retries {
+    /// Records a `retry` status of the session (once, however often it is seen).
+    fn record(&mut self, session: &SessionId, status: &SessionStatus) {
+        let SessionStatus::Retry {
+            attempt,
+            message,
+            next,
+        } = status
+        else {
+            return;
+        };
+        let notice = RetryNotice::new(session.clone(), *attempt, message.clone(), *next);
+        if self.seen.last().is_some_and(|last| notice.repeats(last)) {
+            return;
+        }
+        if let Some(tx) = &self.notify {
+            // A caller that stopped listening does not stop the turn.
+            let _ = tx.send(notice.clone());
+        }
+        self.seen.push(notice);
+    }
 }
 
 /// How long a turn may stay silent (no event for its session while the stream is up) before
 /// the waiter probes its state over HTTP.
 pub const DEFAULT_SILENCE_PROBE: Duration = Duration::from_secs(30);
 
-impl EventRouter {
-    /// Subscribes to `session` for the turn whose user message is `message`. Call this
-    /// **before** `prompt_async`, then [`TurnWaiter::wait`].
-    ///
-    /// # Panics
-    /// On a detached router (it has no client to read messages with).
-    pub fn turn(&self, session: &SessionId, message: &MessageId) -> TurnWaiter {
-        let client = self
-            .client()
-            .cloned()
-            .expect("EventRouter::turn needs a connected router (not EventRouter::detached)");
-        self.turn_with_client(&client, session, message)
-    }
-
-    /// Like [`EventRouter::turn`], reading state through `client`. On a detached router
-    /// (no stream) the waiter relies on polling alone.
-    pub fn turn_with_client(
-        &self,
-        client: &Client,
-        session: &SessionId,
-        message: &MessageId,
-    ) -> TurnWaiter {
-        let sub = self.subscribe_session_filtered(session.as_str(), turn_kinds());
-        let state = self.watch_state();
+impl TurnWaiter {
+    /// A waiter on `sub` (subscribed to `session` before the prompt); see
+    /// [`crate::EventRouter::turn`].
+    pub(crate) fn new(
+        client: Client,
+        session: SessionId,
+        message: MessageId,
+        sub: Subscription,
+        state: watch::Receiver<StreamState>,
+    ) -> Self {
         let complete = matches!(*state.borrow(), StreamState::Connected);
-        TurnWaiter {
-            client: client.clone(),
-            session: session.clone(),
-            message: message.clone(),
+        Self {
+            client,
+            session,
+            message,
             sub,
             state,
             late: false,
             complete,
             silence: DEFAULT_SILENCE_PROBE,
+            retries: Retries::default(),
         }
     }
 
-    /// Waits for the end of the turn started by user message `message` in `session`, at the
-    /// latest until `deadline`. Safe to call after `prompt_async`: it first re-reads the
-    /// session over HTTP in case the turn progressed before the subscription existed.
-    ///
-    /// # Errors
-    /// See [`TurnError`].
-    pub async fn wait_idle(
-        &self,
-        session: &SessionId,
-        message: &MessageId,
-        deadline: Instant,
-    ) -> Result<TurnOutput, TurnError> {
-        let mut waiter = self.turn(session, message);
-        waiter.late = true;
-        waiter.complete = false;
-        waiter.wait(deadline).await
+    /// For a wait that may start after the prompt: the turn is first re-read over HTTP.
+    pub(crate) fn late(mut self) -> Self {
+        self.late = true;
+        self.complete = false;
+        self
     }
-
-    /// Subscribes, sends `prompt` with `prompt_async`, and waits for the turn's end.
-    ///
-    /// # Errors
-    /// See [`TurnError`]; a failing `prompt_async` is [`TurnError::Client`].
-    pub async fn run_turn(
-        &self,
-        session: &SessionId,
-        prompt: &Prompt,
-        deadline: Instant,
-    ) -> Result<TurnOutput, TurnError> {
-        let waiter = self.turn(session, &prompt.message_id);
-        waiter.client.prompt_async(session, prompt).await?;
-        waiter.wait(deadline).await
-    }
-}
-
-fn turn_kinds() -> KindSet {
-    KindSet::turn().with(EventKind::PermissionReplied)
 }
 
 /// What one HTTP probe saw.
@@ -392,12 +423,27 @@ impl TurnWaiter {
         &self.message
     }
 
+    /// The client the waiter reads the turn with.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Probes the turn's state over HTTP whenever its session shows no event for `silence`
     /// while the stream is up (default [`DEFAULT_SILENCE_PROBE`]): a turn whose end was missed
     /// is finished, and a vanished session is reported instead of waited on.
     #[must_use]
     pub fn probe_after(mut self, silence: Duration) -> Self {
         self.silence = silence.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Sends each retry OpenCode announces during the turn (`session.status` `retry`: a
+    /// model call failed and will be tried again) to `tx` as it comes, so the caller can
+    /// count the errors OpenCode absorbs and show the wait while the turn is silent. The
+    /// same notices end up in [`TurnOutput::retries`] / [`TurnError::retries`] either way.
+    #[must_use]
+    pub fn notify_retries(mut self, tx: mpsc::UnboundedSender<RetryNotice>) -> Self {
+        self.retries.notify = Some(tx);
         self
     }
 
@@ -416,12 +462,10 @@ impl TurnWaiter {
             ..Seen::default()
         };
 
-        if self.late {
-            let probe = self.probe(&mut seen).await?;
-            if probe.done() {
-                return self.outcome(None, probe.turn);
-            }
-            started |= probe.user_exists || probe.running;
+        if self.late
+            && let Some(end) = self.probe_finished(&mut seen, &mut started, &error).await?
+        {
+            return end;
         }
 
         loop {
@@ -434,11 +478,11 @@ impl TurnWaiter {
                 {
                     PollEnd::Done(turn) => return self.outcome(error, turn),
                     PollEnd::Reconnected => {
-                        let probe = self.probe(&mut seen).await?;
-                        if probe.done() {
-                            return self.outcome(error, probe.turn);
+                        if let Some(end) =
+                            self.probe_finished(&mut seen, &mut started, &error).await?
+                        {
+                            return end;
                         }
-                        started |= probe.user_exists || probe.running;
                         continue;
                     }
                 }
@@ -451,11 +495,9 @@ impl TurnWaiter {
                 _ = self.state.changed() => continue,
                 () = tokio::time::sleep(self.silence) => {
                     // Silent while connected: check rather than wait on an end we missed.
-                    let probe = self.probe(&mut seen).await?;
-                    if probe.done() && (started || probe.user_exists) {
-                        return self.outcome(error, probe.turn);
+                    if let Some(end) = self.probe_finished(&mut seen, &mut started, &error).await? {
+                        return end;
                     }
-                    started |= probe.user_exists || probe.running;
                     continue;
                 }
             };
@@ -467,11 +509,9 @@ impl TurnWaiter {
                 }
                 Some(Delivery::Missed(Missed::Lagged { .. } | Missed::Reconnected)) => {
                     seen.complete = false;
-                    let probe = self.probe(&mut seen).await?;
-                    if probe.done() && (started || probe.user_exists) {
-                        return self.outcome(error, probe.turn);
+                    if let Some(end) = self.probe_finished(&mut seen, &mut started, &error).await? {
+                        return end;
                     }
-                    started |= probe.user_exists || probe.running;
                 }
                 Some(Delivery::Missed(_)) => seen.complete = false,
                 Some(Delivery::Event(raw)) => {
@@ -493,6 +533,7 @@ impl TurnWaiter {
                                 message_id: self.message.clone(),
                                 error: e,
                                 messages: Vec::new(),
+                                retries: std::mem::take(&mut self.retries.seen),
                             });
                         }
                     }
@@ -502,7 +543,7 @@ impl TurnWaiter {
     }
 
     fn on_event(
-        &self,
+        &mut self,
         raw: &RawEvent,
         started: &mut bool,
         error: &mut Option<MessageError>,
@@ -526,6 +567,7 @@ impl TurnWaiter {
                 seen.record(*info, &self.message);
             }
             E::SessionStatus { status, .. } => {
+                self.retries.record(&self.session, &status);
                 let idle = status == SessionStatus::Idle;
                 if status.is_running() {
                     *started = true;
@@ -582,7 +624,7 @@ impl TurnWaiter {
     }
 
     fn deadline_error(
-        &self,
+        &mut self,
         begin: Instant,
         last_status: Option<SessionStatus>,
         pending: Option<PermissionRequest>,
@@ -593,25 +635,43 @@ impl TurnWaiter {
             waited: begin.elapsed(),
             last_status,
             pending_permission: pending.map(Box::new),
+            retries: std::mem::take(&mut self.retries.seen),
         }
     }
 
-    fn lost(&self, source: Error) -> TurnError {
+    fn lost(&mut self, source: Error) -> TurnError {
         TurnError::ServerLost {
             session_id: self.session.clone(),
             message_id: self.message.clone(),
             source,
+            retries: std::mem::take(&mut self.retries.seen),
         }
     }
 
+    /// Probes the turn over HTTP: its outcome when the probe shows it finished (idle, our
+    /// user message stored, the last assistant message final); otherwise notes whether it
+    /// has started.
+    async fn probe_finished(
+        &mut self,
+        seen: &mut Seen,
+        started: &mut bool,
+        error: &Option<MessageError>,
+    ) -> Result<Option<Result<TurnOutput, TurnError>>, TurnError> {
+        let probe = self.probe(seen).await?;
+        if probe.done() {
+            return Ok(Some(self.outcome(error.clone(), probe.turn)));
+        }
+        *started |= probe.user_exists || probe.running;
+        Ok(None)
+    }
+
     /// The session's status, then (only when it is not running) the turn's messages.
-    async fn probe(&self, seen: &mut Seen) -> Result<Probe, Error> {
-        let running = self
-            .client
-            .session_status()
-            .await?
-            .get(&self.session)
-            .is_some_and(SessionStatus::is_running);
+    async fn probe(&mut self, seen: &mut Seen) -> Result<Probe, Error> {
+        let status = self.client.session_status().await?.remove(&self.session);
+        if let Some(status) = &status {
+            self.retries.record(&self.session, status);
+        }
+        let running = status.as_ref().is_some_and(SessionStatus::is_running);
         if running {
             // Not done whatever the messages say; they are read once it is idle.
             return Ok(Probe {
@@ -831,7 +891,7 @@ impl TurnWaiter {
 
     /// Classifies a finished turn.
     fn outcome(
-        &self,
+        &mut self,
         error: Option<MessageError>,
         turn: Vec<MessageWithParts>,
     ) -> Result<TurnOutput, TurnError> {
@@ -839,17 +899,20 @@ impl TurnWaiter {
         let error = error.or(stored_error);
         let session_id = self.session.clone();
         let message_id = self.message.clone();
+        let retries = std::mem::take(&mut self.retries.seen);
         match error {
             Some(e) if e.name == ErrorName::Aborted => Err(TurnError::Aborted {
                 session_id,
                 message_id,
                 messages: turn,
+                retries,
             }),
             Some(e) => Err(TurnError::Failed {
                 session_id,
                 message_id,
                 error: e,
                 messages: turn,
+                retries,
             }),
             None => {
                 // Completed without finish and without error: aborted during a retry wait.
@@ -861,9 +924,10 @@ impl TurnWaiter {
                         session_id,
                         message_id,
                         messages: turn,
+                        retries,
                     });
                 }
-                Ok(TurnOutput::new(session_id, message_id, turn))
+                Ok(TurnOutput::new(session_id, message_id, turn, retries))
             }
         }
     }
@@ -963,6 +1027,66 @@ mod tests {
     }
 
     #[test]
+    fn each_retry_is_recorded_and_sent_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut retries = Retries {
+            notify: Some(tx),
+            ..Retries::default()
+        };
+        let session = SessionId::new("ses_1");
+        let retry = |attempt, next| SessionStatus::Retry {
+            attempt,
+            message: "Rate limit exceeded".into(),
+            next,
+        };
+        retries.record(&session, &SessionStatus::Busy);
+        retries.record(&session, &retry(1, 10));
+        // The same status again (an event and a poll both saw it).
+        retries.record(&session, &retry(1, 10));
+        retries.record(&session, &retry(2, 20));
+        let attempts: Vec<u32> = retries.seen.iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts, [1, 2]);
+        assert_eq!(rx.try_recv().unwrap().attempt, 1);
+        assert_eq!(rx.try_recv().unwrap().next_at_ms, 20);
+        assert!(rx.try_recv().is_err());
+        // A caller that stopped listening does not stop the recording.
+        drop(rx);
+        retries.record(&session, &retry(3, 30));
+        assert_eq!(retries.seen.len(), 3);
+    }
+
+    #[test]
+    fn retry_after_prefers_the_providers_header_then_the_last_retry() {
+        let error: MessageError = serde_json::from_value(serde_json::json!({
+            "name": "APIError",
+            "data": {"message": "Rate limit exceeded", "statusCode": 429,
+                     "responseHeaders": {"retry-after": "7", "x-odd": 1}}
+        }))
+        .unwrap();
+        let notice = RetryNotice::new("ses_1".into(), 5, "Rate limit exceeded".into(), 0);
+        let failed = |error: MessageError| TurnError::Failed {
+            session_id: "ses_1".into(),
+            message_id: "msg_1".into(),
+            error,
+            messages: Vec::new(),
+            retries: vec![notice.clone()],
+        };
+        assert_eq!(
+            failed(error.clone()).retry_after(),
+            Some(Duration::from_secs(7))
+        );
+        let mut bare = error;
+        bare.data.response_headers = None;
+        assert_eq!(failed(bare).retry_after(), Some(notice.wait));
+        let deleted = TurnError::Deleted {
+            session_id: "ses_1".into(),
+            message_id: "msg_1".into(),
+        };
+        assert_eq!(deleted.retry_after(), None);
+        assert!(deleted.retries().is_empty());
+    }
+
+    #[test]
     fn output_sums_tokens_and_cost() {
         let a = msg(
             r#"{"info":{"id":"msg_2","sessionID":"ses_1","role":"assistant","parentID":"msg_1","cost":0.5,"tokens":{"input":10,"output":5,"reasoning":0,"cache":{"read":1,"write":0}},"time":{"created":1,"completed":2},"finish":"tool-calls"},"parts":[]}"#,
@@ -970,7 +1094,7 @@ mod tests {
         let b = msg(
             r#"{"info":{"id":"msg_3","sessionID":"ses_1","role":"assistant","parentID":"msg_1","cost":0.25,"tokens":{"input":20,"output":7,"reasoning":1,"cache":{"read":0,"write":2}},"time":{"created":3,"completed":4},"finish":"stop"},"parts":[]}"#,
         );
-        let out = TurnOutput::new("ses_1".into(), "msg_1".into(), vec![a, b]);
+        let out = TurnOutput::new("ses_1".into(), "msg_1".into(), vec![a, b], Vec::new());
         assert_eq!(out.tokens.input, 30);
         assert_eq!(out.tokens.output, 12);
         assert_eq!(out.tokens.cache.read, 1);

@@ -287,7 +287,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
-    fn install_preserves_the_users_keys_and_uninstall_restores_them(
+    fn install_preserves_the_users_keys_and_uninstall_restores_the_bytes(
         value in user_value(),
         seed in proptest::collection::vec(any::<u8>(), 1..16),
     ) {
@@ -308,6 +308,115 @@ proptest! {
             }
         }
         installer.uninstall(&spec()).unwrap();
-        prop_assert_eq!(parse(&read(dir.path(), "opencode.jsonc")), value);
+        // Uninstall removes exactly what install added: the original bytes come back.
+        prop_assert_eq!(read(dir.path(), "opencode.jsonc"), text);
     }
+}
+
+// Regression tests of issue 16 (config installer edges).
+
+#[test]
+fn uninstall_keeps_a_comment_that_install_put_next_to_the_new_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = r#"{"agent": {"build": {"model": "x"} /* keep me */ }}"#;
+    write(dir.path(), "opencode.json", original);
+    let installer = ConfigInstaller::new(dir.path());
+    let worker = InstallSpec::new().agent("orch-worker", json!({"mode": "primary"}));
+    installer.install(&worker).unwrap();
+    let installed = read(dir.path(), "opencode.json");
+    assert!(installed.contains("/* keep me */"), "{installed}");
+    assert_eq!(parse(&installed)["agent"]["orch-worker"]["mode"], "primary");
+    let report = installer.uninstall(&worker).unwrap();
+    assert!(report.changed);
+    assert_eq!(read(dir.path(), "opencode.json"), original);
+}
+
+/// A path `k0.k1.….k{depth-1}` holding `{"v": 1}`.
+fn deep_spec(depth: usize) -> (InstallSpec, Value) {
+    let path: Vec<String> = (0..depth).map(|i| format!("k{i}")).collect();
+    let value = json!({"v": 1});
+    let nested = path
+        .iter()
+        .rev()
+        .fold(value.clone(), |inner, key| json!({ key.clone(): inner }));
+    (InstallSpec::new().entry(path, value), nested)
+}
+
+#[test]
+fn a_deep_entry_under_an_indented_root_grows_linearly() {
+    for root in [" {}\n", "  \n  {\n    \"a\": 1\n  }\n", "\t{\"a\": 1}"] {
+        let mut sizes = Vec::new();
+        for depth in [10, 20, 40] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), "opencode.json", root);
+            let (spec, nested) = deep_spec(depth);
+            let installer = ConfigInstaller::new(dir.path());
+            installer.install(&spec).unwrap();
+            let installed = read(dir.path(), "opencode.json");
+            // No larger than the entry pretty-printed at its depth, plus the original.
+            let pretty = serde_json::to_string_pretty(&nested).unwrap();
+            assert!(
+                installed.len() <= root.len() + 2 * pretty.len() + 64,
+                "depth {depth}: {} bytes for a {}-byte entry",
+                installed.len(),
+                pretty.len()
+            );
+            let mut expected = parse(root);
+            for (k, v) in nested.as_object().unwrap() {
+                expected[k] = v.clone();
+            }
+            assert_eq!(parse(&installed), expected);
+            installer.uninstall(&spec).unwrap();
+            assert_eq!(read(dir.path(), "opencode.json"), root, "depth {depth}");
+            sizes.push(installed.len() - root.len());
+        }
+        // Twice the depth, at most four times the bytes (indentation is quadratic in the
+        // depth; the bug grew by 3× every two levels).
+        assert!(sizes[2] <= 4 * sizes[1] + 64, "{sizes:?}");
+    }
+}
+
+#[test]
+fn a_utf8_bom_is_accepted_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = "\u{feff}{\n  // settings\n  \"model\": \"fake/fake-model\"\n}\n";
+    write(dir.path(), "opencode.jsonc", original);
+    let installer = ConfigInstaller::new(dir.path());
+    let report = installer.install(&spec()).unwrap();
+    assert!(report.changed);
+    let installed = read(dir.path(), "opencode.jsonc");
+    assert!(installed.starts_with('\u{feff}'), "the BOM was dropped");
+    let value = parse(installed.trim_start_matches('\u{feff}'));
+    assert_eq!(value["model"], "fake/fake-model");
+    assert_eq!(value["agent"]["orch-reviewer"]["mode"], "subagent");
+    // Idempotent, and uninstall gives the original bytes back, BOM included.
+    assert!(!installer.install(&spec()).unwrap().changed);
+    installer.uninstall(&spec()).unwrap();
+    assert_eq!(read(dir.path(), "opencode.jsonc"), original);
+}
+
+#[test]
+fn a_repeated_key_is_edited_at_its_last_occurrence_like_json_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = "{\n  \"mcp\": {\"old\": {\"enabled\": false}},\n  \"mcp\": {\n    \"live\": {\"enabled\": true}\n  }\n}\n";
+    write(dir.path(), "opencode.json", original);
+    let installer = ConfigInstaller::new(dir.path());
+    let spec = InstallSpec::new().entry(["mcp", "orch"], json!({"enabled": true}));
+    let dry = installer.dry_run(&spec).unwrap();
+    let installed = installer.install(&spec).unwrap();
+    assert_eq!(dry.diff, installed.diff, "dry run and install disagree");
+    let text = read(dir.path(), "opencode.json");
+    // What a JavaScript reader sees (the last `mcp`, as serde_json's map also keeps) holds
+    // the entry; the first `mcp` is untouched.
+    let seen: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        seen["mcp"],
+        json!({"live": {"enabled": true}, "orch": {"enabled": true}})
+    );
+    assert!(text.starts_with("{\n  \"mcp\": {\"old\": {\"enabled\": false}},\n"));
+    // Installed once: a second install sees it (in the last occurrence) and changes nothing.
+    assert!(!installer.install(&spec).unwrap().changed);
+    let report = installer.uninstall(&spec).unwrap();
+    assert!(report.changed && report.kept.is_empty());
+    assert_eq!(read(dir.path(), "opencode.json"), original);
 }

@@ -13,8 +13,9 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use orch_opencode::{
     Client, ConfigInstaller, CreateSession, Delivery, ErrorName, Event, EventKind, EventRouter,
     Finish, InstallSpec, ListSessions, MessageId, ModelRef, OpencodeServer, PartKind,
-    PermissionAction, PermissionReply, PermissionRule, Prompt, RouterConfig, ServerBuilder,
-    SessionId, SessionStatus, Toast, ToastVariant, ToolStatus, TurnError, UpdateSession,
+    PermissionAction, PermissionReply, PermissionRule, Prompt, RetryNotice, RouterConfig,
+    ServerBuilder, Session, SessionId, SessionStatus, Toast, ToastVariant, ToolStatus, TurnError,
+    TurnOutput, UpdateSession,
 };
 use orch_testkit::opencode::{IsolatedHome, TestProject, fake_provider_config, merge_json};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
@@ -46,12 +47,47 @@ impl Env {
         project_for(&self.model)
     }
 
+    /// Runs `test` on a runtime of its own with a fresh project directory and a client
+    /// scoped to it. The directory lives until the test ends, whether the test's future
+    /// holds it or not.
+    fn run<F, Fut>(&self, test: F) -> Result<(), Failed>
+    where
+        F: FnOnce(Arc<TestProject>, Client) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Failed>>,
+    {
+        let project = Arc::new(self.project());
+        let client = self.client(project.path());
+        rt().block_on(test(Arc::clone(&project), client))
+    }
+
     fn client(&self, dir: &Path) -> Client {
         client_for(&self.server, dir)
     }
 
     fn rule(&self, rule: Rule) {
         self.model.add_rule(rule).expect("valid rule");
+    }
+
+    /// The model answers every call of `session` with `reply`.
+    fn reply(&self, session: &SessionId, name: impl Into<String>, reply: Reply) {
+        self.rule(Rule::new(name).session(session.as_str()).reply(reply));
+    }
+
+    /// A scripted tool turn in `session`: a call without a tool result yet is answered with
+    /// `call` (a tool call), the call after the tool's result with `then`.
+    fn tool_turn(&self, session: &SessionId, name: &str, call: Reply, then: Reply) {
+        self.rule(
+            Rule::new(format!("{name}-call"))
+                .session(session.as_str())
+                .tool_result(false)
+                .reply(call),
+        );
+        self.rule(
+            Rule::new(format!("{name}-then"))
+                .session(session.as_str())
+                .tool_result(true)
+                .reply(then),
+        );
     }
 }
 
@@ -86,6 +122,11 @@ fn fake() -> ModelRef {
 
 fn prompt(text: &str) -> Prompt {
     Prompt::text(text).agent("build").model(fake())
+}
+
+/// A session titled `title`.
+async fn titled(client: &Client, title: &str) -> Result<Session, Failed> {
+    Ok(client.create_session(&CreateSession::titled(title)).await?)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -166,6 +207,14 @@ fn main() {
             polling_fallback,
         ),
         (
+            "opencode_retries_reach_the_caller_live_and_are_counted",
+            retries_live_and_counted,
+        ),
+        (
+            "a_rate_limited_turn_reports_the_providers_retry_after",
+            rate_limit_retry_after,
+        ),
+        (
             "a_silent_connected_stream_is_probed_after_the_silence_interval",
             silence_probe,
         ),
@@ -192,9 +241,7 @@ fn main() {
 }
 
 fn session_crud(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let rules = vec![PermissionRule::new("bash", "*", PermissionAction::Ask)];
         let parent = client
             .create_session(&CreateSession::titled("parent").permission(rules.clone()))
@@ -249,26 +296,16 @@ fn session_crud(env: &Env) -> Result<(), Failed> {
 }
 
 fn prompt_with_tool_call(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
-        let s = client
-            .create_session(&CreateSession::titled("tool"))
-            .await?;
-        env.rule(
-            Rule::new("write-step")
-                .session(s.id.as_str())
-                .tool_result(false)
-                .reply(Reply::tool_call(
-                    "write",
-                    json!({"filePath": "hello.txt", "content": "hello from the model\n"}),
-                )),
-        );
-        env.rule(
-            Rule::new("after-write")
-                .session(s.id.as_str())
-                .tool_result(true)
-                .reply(Reply::text("Wrote it.").usage(30, 4)),
+    env.run(|project, client| async move {
+        let s = titled(&client, "tool").await?;
+        env.tool_turn(
+            &s.id,
+            "write-step",
+            Reply::tool_call(
+                "write",
+                json!({"filePath": "hello.txt", "content": "hello from the model\n"}),
+            ),
+            Reply::text("Wrote it.").usage(30, 4),
         );
         let last = client.prompt(&s.id, &prompt("create hello.txt")).await?;
         ensure!(last.info.error.is_none(), "error {:?}", last.info.error);
@@ -306,17 +343,13 @@ async fn router_for(client: &Client) -> Result<EventRouter, Failed> {
 }
 
 fn prompt_async_wait_idle(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("async"))
-            .await?;
-        env.rule(
-            Rule::new("async-text")
-                .session(s.id.as_str())
-                .reply(Reply::text("async answer").usage(11, 3)),
+        let s = titled(&client, "async").await?;
+        env.reply(
+            &s.id,
+            "async-text",
+            Reply::text("async answer").usage(11, 3),
         );
         let p = prompt("say something");
         let waiter = router.turn(&s.id, &p.message_id);
@@ -353,21 +386,19 @@ fn prompt_async_wait_idle(env: &Env) -> Result<(), Failed> {
 }
 
 fn events_in_order(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let a = client.create_session(&CreateSession::titled("a")).await?;
-        let b = client.create_session(&CreateSession::titled("b")).await?;
-        env.rule(
-            Rule::new("a")
-                .session(a.id.as_str())
-                .reply(Reply::text("from a, in several chunks").chunk_chars(4)),
+        let a = titled(&client, "a").await?;
+        let b = titled(&client, "b").await?;
+        env.reply(
+            &a.id,
+            "a",
+            Reply::text("from a, in several chunks").chunk_chars(4),
         );
-        env.rule(
-            Rule::new("b")
-                .session(b.id.as_str())
-                .reply(Reply::text("from b").delay(Duration::from_millis(200))),
+        env.reply(
+            &b.id,
+            "b",
+            Reply::text("from b").delay(Duration::from_millis(200)),
         );
         let mut sub_a = router.subscribe_session(a.id.as_str());
         let pa = prompt("a");
@@ -410,20 +441,14 @@ fn events_in_order(env: &Env) -> Result<(), Failed> {
 }
 
 fn twenty_sessions(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
         let mut sessions = Vec::new();
         for i in 0..20 {
             let s = client
                 .create_session(&CreateSession::titled(format!("s{i}")))
                 .await?;
-            env.rule(
-                Rule::new(format!("s{i}"))
-                    .session(s.id.as_str())
-                    .reply(Reply::text(format!("answer {i}"))),
-            );
+            env.reply(&s.id, format!("s{i}"), Reply::text(format!("answer {i}")));
             sessions.push(s.id);
         }
         let mut subs: Vec<_> = sessions
@@ -469,17 +494,13 @@ fn twenty_sessions(env: &Env) -> Result<(), Failed> {
 }
 
 fn abort_slow_reply(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("abort"))
-            .await?;
-        env.rule(
-            Rule::new("slow")
-                .session(s.id.as_str())
-                .reply(Reply::text("too late").delay(Duration::from_secs(30))),
+        let s = titled(&client, "abort").await?;
+        env.reply(
+            &s.id,
+            "slow",
+            Reply::text("too late").delay(Duration::from_secs(30)),
         );
         let p = prompt("take your time");
         let waiter = router.turn(&s.id, &p.message_id);
@@ -509,26 +530,20 @@ fn abort_slow_reply(env: &Env) -> Result<(), Failed> {
 }
 
 fn model_http_errors(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let s500 = client
-            .create_session(&CreateSession::titled("e500"))
-            .await?;
-        let s429 = client
-            .create_session(&CreateSession::titled("e429"))
-            .await?;
+        let s500 = titled(&client, "e500").await?;
+        let s429 = titled(&client, "e429").await?;
         // Retry-After: 1 keeps OpenCode's 5 retries to ≈5 s.
-        env.rule(
-            Rule::new("e500")
-                .session(s500.id.as_str())
-                .reply(Reply::error(500, "scripted internal error").retry_after(1)),
+        env.reply(
+            &s500.id,
+            "e500",
+            Reply::error(500, "scripted internal error").retry_after(1),
         );
-        env.rule(
-            Rule::new("e429")
-                .session(s429.id.as_str())
-                .reply(Reply::error(429, "Rate limit exceeded").retry_after(1)),
+        env.reply(
+            &s429.id,
+            "e429",
+            Reply::error(429, "Rate limit exceeded").retry_after(1),
         );
         let (px, py) = (prompt("x"), prompt("y"));
         let (r500, r429) = tokio::join!(
@@ -560,28 +575,20 @@ fn model_http_errors(env: &Env) -> Result<(), Failed> {
 }
 
 fn permission_flow(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
         let rules = vec![PermissionRule::new("bash", "*", PermissionAction::Ask)];
         let s = client
             .create_session(&CreateSession::titled("perm").permission(rules))
             .await?;
-        env.rule(
-            Rule::new("bash")
-                .session(s.id.as_str())
-                .tool_result(false)
-                .reply(Reply::tool_call(
-                    "bash",
-                    json!({"command": "echo hi-from-bash", "description": "say hi"}),
-                )),
-        );
-        env.rule(
-            Rule::new("after-bash")
-                .session(s.id.as_str())
-                .tool_result(true)
-                .reply(Reply::text("bash done")),
+        env.tool_turn(
+            &s.id,
+            "bash",
+            Reply::tool_call(
+                "bash",
+                json!({"command": "echo hi-from-bash", "description": "say hi"}),
+            ),
+            Reply::text("bash done"),
         );
         let mut sub = router.subscribe_session(s.id.as_str());
         let p = prompt("run bash");
@@ -653,21 +660,19 @@ fn permission_flow(env: &Env) -> Result<(), Failed> {
 }
 
 fn close_with_pending_permission(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
         let rules = vec![PermissionRule::new("bash", "*", PermissionAction::Ask)];
         let s = client
             .create_session(&CreateSession::titled("close").permission(rules))
             .await?;
-        env.rule(
-            Rule::new("bash-close")
-                .session(s.id.as_str())
-                .reply(Reply::tool_call(
-                    "bash",
-                    json!({"command": "echo never", "description": "never runs"}),
-                )),
+        env.reply(
+            &s.id,
+            "bash-close",
+            Reply::tool_call(
+                "bash",
+                json!({"command": "echo never", "description": "never runs"}),
+            ),
         );
         let p = prompt("run bash");
         let waiter = router.turn(&s.id, &p.message_id);
@@ -731,13 +736,11 @@ fn server_killed(env: &Env) -> Result<(), Failed> {
     let client = client_for(&server, project.path());
     rt().block_on(async {
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("doomed"))
-            .await?;
-        env.rule(
-            Rule::new("doomed")
-                .session(s.id.as_str())
-                .reply(Reply::text("never").delay(Duration::from_secs(60))),
+        let s = titled(&client, "doomed").await?;
+        env.reply(
+            &s.id,
+            "doomed",
+            Reply::text("never").delay(Duration::from_secs(60)),
         );
         let p = prompt("wait forever");
         let waiter = router.turn(&s.id, &p.message_id);
@@ -760,9 +763,7 @@ fn server_killed(env: &Env) -> Result<(), Failed> {
 }
 
 fn misc_endpoints(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
         let mut all = router.subscribe_all();
         ensure!(
@@ -797,23 +798,12 @@ fn misc_endpoints(env: &Env) -> Result<(), Failed> {
         let config = client.config().await?;
         ensure!(config["model"] == "fake/fake-model", "config model {}", config["model"]);
 
-        let s = client.create_session(&CreateSession::titled("misc")).await?;
+        let s = titled(&client, "misc").await?;
         ensure!(client.todo(&s.id).await?.is_empty(), "todo not empty");
-        env.rule(
-            Rule::new("misc-todo")
-                .session(s.id.as_str())
-                .tool_result(false)
-                .reply(Reply::tool_call(
+        env.tool_turn(&s.id, "misc-todo", Reply::tool_call(
                     "todowrite",
                     json!({"todos": [{"content": "Write hello.txt", "status": "in_progress", "priority": "high"}]}),
-                )),
-        );
-        env.rule(
-            Rule::new("misc-after")
-                .session(s.id.as_str())
-                .tool_result(true)
-                .reply(Reply::text("listed")),
-        );
+                ), Reply::text("listed"));
         env.rule(
             Rule::new("misc-compact")
                 .kind(RequestKind::Compaction)
@@ -838,18 +828,10 @@ fn misc_endpoints(env: &Env) -> Result<(), Failed> {
 }
 
 fn late_wait_idle(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("late"))
-            .await?;
-        env.rule(
-            Rule::new("late")
-                .session(s.id.as_str())
-                .reply(Reply::text("early bird")),
-        );
+        let s = titled(&client, "late").await?;
+        env.reply(&s.id, "late", Reply::text("early bird"));
         let id = MessageId::generate();
         client
             .prompt(&s.id, &prompt("hi").message_id(id.clone()))
@@ -861,13 +843,9 @@ fn late_wait_idle(env: &Env) -> Result<(), Failed> {
 }
 
 fn unknown_agent(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("noagent"))
-            .await?;
+        let s = titled(&client, "noagent").await?;
         let p = Prompt::text("hi").agent("no-such-agent").model(fake());
         let started = std::time::Instant::now();
         match router.run_turn(&s.id, &p, deadline(30)).await {
@@ -912,9 +890,7 @@ fn installed_agent(env: &Env) -> Result<(), Failed> {
             })?;
         ensure!(worker.mode == "primary", "mode {:?}", worker.mode);
         let router = router_for(&client).await?;
-        let s = client
-            .create_session(&CreateSession::titled("worker"))
-            .await?;
+        let s = titled(&client, "worker").await?;
         env.rule(
             Rule::new("worker-agent")
                 .agent("orch-worker")
@@ -1020,18 +996,14 @@ fn edit_only(env: &Env) -> Result<(), Failed> {
 }
 
 fn polling_fallback(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|_project, client| async move {
         // A router with no stream at all: the waiter can only poll.
         let router = EventRouter::detached(RouterConfig::default());
-        let s = client
-            .create_session(&CreateSession::titled("poll"))
-            .await?;
-        env.rule(
-            Rule::new("poll")
-                .session(s.id.as_str())
-                .reply(Reply::text("polled").delay(Duration::from_millis(500))),
+        let s = titled(&client, "poll").await?;
+        env.reply(
+            &s.id,
+            "poll",
+            Reply::text("polled").delay(Duration::from_millis(500)),
         );
         let p = prompt("poll me");
         let waiter = router.turn_with_client(&client, &s.id, &p.message_id);
@@ -1057,14 +1029,8 @@ fn silence_probe(env: &Env) -> Result<(), Failed> {
         // A connected router whose stream belongs to another directory: no event of this
         // session ever arrives, so only the silence probe can see the turn end.
         let router = router_for(&env.client(elsewhere.path())).await?;
-        let s = client
-            .create_session(&CreateSession::titled("silent"))
-            .await?;
-        env.rule(
-            Rule::new("silent")
-                .session(s.id.as_str())
-                .reply(Reply::text("answered in silence")),
-        );
+        let s = titled(&client, "silent").await?;
+        env.reply(&s.id, "silent", Reply::text("answered in silence"));
         let p = prompt("anyone there?");
         let waiter = router
             .turn_with_client(&client, &s.id, &p.message_id)
@@ -1095,23 +1061,12 @@ fn silence_probe(env: &Env) -> Result<(), Failed> {
 /// way), so that a read of the whole history is easy to tell from a read of one turn.
 async fn long_session(env: &Env, client: &Client, title: &str) -> Result<SessionId, Failed> {
     let s = client.create_session(&CreateSession::titled(title)).await?;
-    env.rule(
-        Rule::new(format!("{title}-write"))
-            .session(s.id.as_str())
-            .tool_result(false)
-            .reply(
-                Reply::tool_call(
-                    "write",
-                    json!({"filePath": format!("{title}.txt"), "content": "x\n"}),
-                )
-                .usage(5, 1),
-            ),
-    );
-    env.rule(
-        Rule::new(format!("{title}-after"))
-            .session(s.id.as_str())
-            .tool_result(true)
-            .reply(Reply::text("wrote it").usage(7, 2)),
+    let write = json!({"filePath": format!("{title}.txt"), "content": "x\n"});
+    env.tool_turn(
+        &s.id,
+        title,
+        Reply::tool_call("write", write).usage(5, 1),
+        Reply::text("wrote it").usage(7, 2),
     );
     for i in 0..2 {
         client
@@ -1126,9 +1081,7 @@ async fn long_session(env: &Env, client: &Client, title: &str) -> Result<Session
 }
 
 fn long_history_turns(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|project, client| async move {
         let router = router_for(&client).await?;
         let id = long_session(env, &client, "long").await?;
         let history = client.stats();
@@ -1187,13 +1140,11 @@ fn long_history_turns(env: &Env) -> Result<(), Failed> {
         );
 
         // A failing turn (HTTP 400, no retry): its error is finalised after the first idle.
-        let failing = client
-            .create_session(&CreateSession::titled("long-400"))
-            .await?;
-        env.rule(
-            Rule::new("long-400")
-                .session(failing.id.as_str())
-                .reply(Reply::error(400, "scripted bad request")),
+        let failing = titled(&client, "long-400").await?;
+        env.reply(
+            &failing.id,
+            "long-400",
+            Reply::error(400, "scripted bad request"),
         );
         let before = counted.stats();
         let p = prompt("fail please");
@@ -1245,9 +1196,7 @@ fn long_history_turns(env: &Env) -> Result<(), Failed> {
 }
 
 fn long_history_polling(env: &Env) -> Result<(), Failed> {
-    let project = env.project();
-    let client = env.client(project.path());
-    rt().block_on(async {
+    env.run(|project, client| async move {
         let id = long_session(env, &client, "longpoll").await?;
         let history = client.stats();
         client.messages(&id).await?;
@@ -1303,6 +1252,123 @@ fn long_history_polling(env: &Env) -> Result<(), Failed> {
             used.requests
         );
         ensure!(tiny.stats().dropped > 0, "nothing was dropped");
+        Ok(())
+    })
+}
+
+/// Waits for the turn of `waiter`, collecting the retry notices it sends while it runs.
+async fn wait_collecting_retries(
+    waiter: orch_opencode::TurnWaiter,
+    deadline: Instant,
+) -> (Result<TurnOutput, TurnError>, Vec<RetryNotice>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let wait = waiter.notify_retries(tx).wait(deadline);
+    tokio::pin!(wait);
+    let mut live = Vec::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            Some(notice) = rx.recv() => live.push(notice),
+            result = &mut wait => break result,
+        }
+    };
+    (result, live)
+}
+
+fn retries_live_and_counted(env: &Env) -> Result<(), Failed> {
+    env.run(|_project, client| async move {
+        let router = router_for(&client).await?;
+        let s = titled(&client, "flaky").await?;
+        // Two 500s (OpenCode retries each after the 1 s Retry-After), then an answer.
+        env.rule(
+            Rule::new("flaky")
+                .session(s.id.as_str())
+                .reply(Reply::error(500, "scripted outage").retry_after(1).times(2))
+                .reply(Reply::text("recovered")),
+        );
+        let p = prompt("try hard");
+        let waiter = router.turn(&s.id, &p.message_id);
+        client.prompt_async(&s.id, &p).await?;
+        let (result, live) = wait_collecting_retries(waiter, deadline(60)).await;
+        let out = result?;
+        ensure!(out.text() == "recovered", "text {:?}", out.text());
+        // Seen live, while the turn ran, one per absorbed error.
+        let attempts: Vec<u32> = live.iter().map(|n| n.attempt).collect();
+        ensure!(attempts == [1, 2], "live notices {live:?}");
+        for n in &live {
+            ensure!(n.session_id == s.id, "session of {n:?}");
+            ensure!(
+                n.message.contains("scripted outage"),
+                "message {:?}",
+                n.message
+            );
+            ensure!(
+                n.wait <= Duration::from_millis(1100),
+                "OpenCode waits the Retry-After (1 s), not {:?}",
+                n.wait
+            );
+            ensure!(!n.is_rate_limit(), "a 500 is not a rate limit: {n:?}");
+        }
+        // Counted in the output although the turn succeeded.
+        ensure!(
+            out.retries == live,
+            "output {:?} vs live {live:?}",
+            out.retries
+        );
+        let calls = env.model.requests_for_session(s.id.as_str()).len();
+        ensure!(calls == 3, "{calls} model calls");
+        Ok(())
+    })
+}
+
+fn rate_limit_retry_after(env: &Env) -> Result<(), Failed> {
+    env.run(|_project, client| async move {
+        let router = router_for(&client).await?;
+        let s = titled(&client, "limited").await?;
+        env.reply(
+            &s.id,
+            "limited",
+            Reply::error(429, "Rate limit exceeded").retry_after(3),
+        );
+        let p = prompt("again and again");
+        let waiter = router.turn(&s.id, &p.message_id);
+        client.prompt_async(&s.id, &p).await?;
+        let started = std::time::Instant::now();
+        let (result, live) = wait_collecting_retries(waiter, deadline(90)).await;
+        let e = match result {
+            Err(e @ TurnError::Failed { .. }) => e,
+            other => return Err(format!("expected Failed, got {other:?}").into()),
+        };
+        // OpenCode 1.18.33 retries a 429 five times, waiting the Retry-After each time,
+        // then fails the turn with the provider's error and headers.
+        ensure!(e.upstream_status() == Some(429), "status of {e}");
+        ensure!(
+            e.retry_after() == Some(Duration::from_secs(3)),
+            "retry_after {:?} of {e:?}",
+            e.retry_after()
+        );
+        let attempts: Vec<u32> = live.iter().map(|n| n.attempt).collect();
+        ensure!(attempts == [1, 2, 3, 4, 5], "live notices {live:?}");
+        ensure!(
+            e.retries() == live.as_slice(),
+            "failure retries {:?}",
+            e.retries()
+        );
+        for n in &live {
+            ensure!(n.is_rate_limit(), "not seen as a rate limit: {n:?}");
+            ensure!(
+                n.wait > Duration::from_secs(2) && n.wait <= Duration::from_secs(3),
+                "wait {:?}",
+                n.wait
+            );
+        }
+        ensure!(
+            started.elapsed() >= Duration::from_secs(15),
+            "five 3 s waits took {:?}",
+            started.elapsed()
+        );
+        let calls = env.model.requests_for_session(s.id.as_str()).len();
+        ensure!(calls == 6, "{calls} model calls");
         Ok(())
     })
 }

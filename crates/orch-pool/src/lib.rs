@@ -69,6 +69,7 @@
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 
 mod buffer;
 mod interner;

@@ -1,0 +1,738 @@
+//! Reading an event's envelope (`type`, `id`, `properties` and `properties.sessionID`)
+//! without a JSON parser.
+//!
+//! The router needs only an event's type and session to deliver it, so this module walks the
+//! top level of the event object (and the top level of its `properties` object) and skips
+//! every other value structurally: strings are jumped over with `memchr`, containers by
+//! bracket matching. Nothing is allocated unless an envelope string carries an escape.
+//!
+//! The result equals what a JSON parser reads on every valid JSON object, whatever the key
+//! order, whitespace, escapes and extra fields: when a key repeats, the **last** occurrence
+//! wins (as in `JSON.parse` and `serde_json::Value`), and the `properties` range ends at the
+//! value's own closing bracket (a field after it is another member, not part of it). The
+//! top level is checked strictly (members, colons, commas, nothing after the object); the
+//! values it skips are only checked for balanced brackets (counted, not matched by kind) and
+//! closed strings, and are validated when a subscriber decodes them.
+
+use std::sync::Arc;
+
+/// Where an envelope string is: a range of the event text, or (when the JSON string had
+/// escapes) its decoded copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Slice {
+    /// Absent, or not a string.
+    None,
+    /// Byte range of the event text (a string without escapes).
+    Range(u32, u32),
+    /// The decoded string (it had escapes).
+    Owned(Arc<str>),
+}
+
+impl Slice {
+    pub(crate) fn get<'a>(&'a self, text: &'a str) -> Option<&'a str> {
+        match self {
+            Slice::None => None,
+            Slice::Range(a, b) => text.get(*a as usize..*b as usize),
+            Slice::Owned(s) => Some(s),
+        }
+    }
+}
+
+/// The envelope of one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    /// `type` (always a string; an envelope without one is an error).
+    pub(crate) kind: Slice,
+    /// `id`, when it is a string.
+    pub(crate) id: Slice,
+    /// Byte range of the `properties` value, when present.
+    pub(crate) props: Option<(u32, u32)>,
+    /// `properties.sessionID`, when `properties` is an object holding a string there.
+    pub(crate) session: Slice,
+}
+
+/// Why a text is not an event envelope.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ScanError {
+    pub(crate) message: &'static str,
+    pub(crate) at: usize,
+}
+
+type Scan<T> = Result<T, ScanError>;
+
+fn fail<T>(message: &'static str, at: usize) -> Scan<T> {
+    Err(ScanError { message, at })
+}
+
+/// A JSON string's content: `start..end` between the quotes, and whether it has escapes.
+#[derive(Clone, Copy)]
+struct Str {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+/// What an envelope member's value was.
+enum Value {
+    String(Str),
+    Other,
+}
+
+/// Reads the envelope of `text`.
+pub(crate) fn scan(text: &str) -> Scan<Envelope> {
+    if text.len() > u32::MAX as usize {
+        return fail("event larger than 4 GiB", 0);
+    }
+    if let Some(env) = opencode_layout(text)? {
+        return Ok(env);
+    }
+    let b = text.as_bytes();
+    let mut kind: Option<Value> = None;
+    let mut id: Option<Value> = None;
+    let mut props: Option<(usize, usize, Option<Value>)> = None;
+    let start = skip_ws(b, 0);
+    let end = walk_object(b, start, |key, at| {
+        let field = match key_bytes(text, key) {
+            Some(k) if k == "type" => &mut kind,
+            Some(k) if k == "id" => &mut id,
+            Some(k) if k == "properties" => {
+                let (end, session) = if b.get(at) == Some(&b'{') {
+                    properties(text, at)?
+                } else {
+                    (skip_value(text, at)?, None)
+                };
+                props = Some((at, end, session));
+                return Ok(end);
+            }
+            _ => return skip_value(text, at),
+        };
+        let (end, value) = string_or_skip(text, at)?;
+        *field = Some(value);
+        Ok(end)
+    })?;
+    if skip_ws(b, end) != b.len() {
+        return fail(
+            "trailing characters after the event object",
+            skip_ws(b, end),
+        );
+    }
+    let kind = match kind {
+        Some(Value::String(s)) => slice(text, s)?,
+        Some(Value::Other) => return fail("`type` is not a string", 0),
+        None => return fail("no `type` field", 0),
+    };
+    let id = match id {
+        Some(Value::String(s)) => slice(text, s)?,
+        _ => Slice::None,
+    };
+    let (props, session) = match props {
+        Some((a, b, session)) => (
+            Some((a as u32, b as u32)),
+            match session {
+                Some(Value::String(s)) => slice(text, s)?,
+                _ => Slice::None,
+            },
+        ),
+        None => (None, Slice::None),
+    };
+    Ok(Envelope {
+        kind,
+        id,
+        props,
+        session,
+    })
+}
+
+/// The layout OpenCode writes (`JSON.stringify` of `{id, type, properties}`): the prefix is
+/// matched as bytes and only the properties are scanned. `None` when the text has another
+/// layout (or a member after the properties), which the general walk then reads; nothing
+/// before the properties can repeat a key, and nothing may follow them.
+fn opencode_layout(text: &str) -> Scan<Option<Envelope>> {
+    const ID: &[u8] = b"{\"id\":\"";
+    const TYPE: &[u8] = b"\",\"type\":\"";
+    const PROPS: &[u8] = b"\",\"properties\":{";
+    let b = text.as_bytes();
+    let plain = |from: usize| -> Option<usize> {
+        let k = memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
+        (b[from + k] == b'"').then_some(from + k)
+    };
+    if !b.starts_with(ID) {
+        return Ok(None);
+    }
+    let id_start = ID.len();
+    let Some(id_end) = plain(id_start) else {
+        return Ok(None);
+    };
+    if b.get(id_end..id_end + TYPE.len()) != Some(TYPE) {
+        return Ok(None);
+    }
+    let kind_start = id_end + TYPE.len();
+    let Some(kind_end) = plain(kind_start) else {
+        return Ok(None);
+    };
+    if b.get(kind_end..kind_end + PROPS.len()) != Some(PROPS) {
+        return Ok(None);
+    }
+    let props_start = kind_end + PROPS.len() - 1;
+    let (props_end, session) = properties(text, props_start)?;
+    if skip_ws(b, props_end) >= b.len() || b[skip_ws(b, props_end)] != b'}' {
+        return Ok(None);
+    }
+    let end = skip_ws(b, props_end) + 1;
+    if skip_ws(b, end) != b.len() {
+        return fail(
+            "trailing characters after the event object",
+            skip_ws(b, end),
+        );
+    }
+    let session = match session {
+        Some(Value::String(s)) => slice(text, s)?,
+        _ => Slice::None,
+    };
+    Ok(Some(Envelope {
+        kind: Slice::Range(kind_start as u32, kind_end as u32),
+        id: Slice::Range(id_start as u32, id_end as u32),
+        props: Some((props_start as u32, props_end as u32)),
+        session,
+    }))
+}
+
+/// Skips the `properties` object at `at` (its `{`), remembering its last `sessionID`.
+fn properties(text: &str, at: usize) -> Scan<(usize, Option<Value>)> {
+    let mut session = None;
+    let end = skip_container(text, at, Some(&mut session))?;
+    Ok((end, session))
+}
+
+/// The key's text for comparison: borrowed when it has no escape; a decoded copy otherwise
+/// (rare, and only for keys that could be an envelope key once decoded).
+fn key_bytes(text: &str, key: Str) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = &text[key.start..key.end];
+    if !key.escaped {
+        return Some(raw.into());
+    }
+    serde_json::from_str::<String>(&text[key.start - 1..key.end + 1])
+        .ok()
+        .map(Into::into)
+}
+
+fn slice(text: &str, s: Str) -> Scan<Slice> {
+    if !s.escaped {
+        return Ok(Slice::Range(s.start as u32, s.end as u32));
+    }
+    match serde_json::from_str::<String>(&text[s.start - 1..s.end + 1]) {
+        Ok(decoded) => Ok(Slice::Owned(Arc::from(decoded))),
+        Err(_) => fail("invalid escape in a string", s.start),
+    }
+}
+
+fn string_or_skip(text: &str, at: usize) -> Scan<(usize, Value)> {
+    let b = text.as_bytes();
+    if b.get(at) == Some(&b'"') {
+        let s = string(b, at)?;
+        Ok((s.end + 1, Value::String(s)))
+    } else {
+        Ok((skip_value(text, at)?, Value::Other))
+    }
+}
+
+/// Calls `member(key, value_start)` for each member of the object whose `{` is at `at`;
+/// `member` returns where the value ends. Returns the index after the closing `}`.
+fn walk_object(
+    b: &[u8],
+    at: usize,
+    mut member: impl FnMut(Str, usize) -> Scan<usize>,
+) -> Scan<usize> {
+    if b.get(at) != Some(&b'{') {
+        return fail("expected `{`", at);
+    }
+    let mut i = skip_ws(b, at + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return fail("expected a key", i);
+        }
+        let key = string(b, i)?;
+        i = skip_ws(b, key.end + 1);
+        if b.get(i) != Some(&b':') {
+            return fail("expected `:`", i);
+        }
+        i = skip_ws(b, i + 1);
+        i = skip_ws(b, member(key, i)?);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return fail("expected `,` or `}`", i),
+        }
+    }
+}
+
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(c) = b.get(i) {
+        if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// A 256-entry membership table of `bytes`.
+const fn table(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Where a string ends or escapes.
+static STRING_STOP: [bool; 256] = table(b"\"\\");
+
+/// The string whose opening quote is at `at`.
+#[inline]
+fn string(b: &[u8], at: usize) -> Scan<Str> {
+    let start = at + 1;
+    let mut i = start;
+    let mut escaped = false;
+    loop {
+        let rest = b.get(i..).unwrap_or_default();
+        // Most keys and ids are short: a table scan of their first bytes beats a call to
+        // memchr, which takes over for long strings.
+        let head = &rest[..rest.len().min(24)];
+        let found = match head.iter().position(|&c| STRING_STOP[c as usize]) {
+            Some(k) => Some(k),
+            None if rest.len() > head.len() => {
+                memchr::memchr2(b'"', b'\\', &rest[head.len()..]).map(|k| head.len() + k)
+            }
+            None => None,
+        };
+        let Some(k) = found else {
+            return fail("unterminated string", at);
+        };
+        let at_stop = i + k;
+        if b[at_stop] == b'"' {
+            return Ok(Str {
+                start,
+                end: at_stop,
+                escaped,
+            });
+        }
+        escaped = true;
+        // Skip the backslash and the escaped byte (`\uXXXX` digits need no care).
+        i = at_stop + 2;
+    }
+}
+
+/// Skips the value starting at `at`; returns the index after it.
+fn skip_value(text: &str, at: usize) -> Scan<usize> {
+    let b = text.as_bytes();
+    match b.get(at) {
+        Some(b'"') => Ok(string(b, at)?.end + 1),
+        Some(b'{' | b'[') => skip_container(text, at, None),
+        Some(b't') => literal(b, at, b"true"),
+        Some(b'f') => literal(b, at, b"false"),
+        Some(b'n') => literal(b, at, b"null"),
+        Some(b'-' | b'0'..=b'9') => {
+            let mut i = at + 1;
+            while let Some(c) = b.get(i) {
+                if !matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                    break;
+                }
+                i += 1;
+            }
+            Ok(i)
+        }
+        _ => fail("expected a value", at),
+    }
+}
+
+fn literal(b: &[u8], at: usize, word: &[u8]) -> Scan<usize> {
+    if b.get(at..at + word.len()) == Some(word) {
+        Ok(at + word.len())
+    } else {
+        fail("expected a value", at)
+    }
+}
+
+/// Skips the object or array at `at` by bracket matching, strings excluded. With `session`,
+/// records the last top-level `sessionID` member of the object (its string value, or "not a
+/// string").
+///
+/// The text is classified 64 bytes at a time with word-parallel (SWAR) bit masks, as simdjson
+/// does with SIMD: quotes, backslashes and brackets become 64-bit masks, escaped quotes are
+/// removed with the odd-backslash-run carry trick, and a prefix XOR of the quotes gives the
+/// in-string mask. A byte-by-byte scan of JSON this dense mispredicts a branch at every
+/// token; here only brackets (and, with `session`, the strings directly inside the object)
+/// are visited one by one. Brackets are matched by count, not by kind.
+fn skip_container(text: &str, at: usize, mut session: Option<&mut Option<Value>>) -> Scan<usize> {
+    let b = text.as_bytes();
+    let mut depth: u64 = 0;
+    let mut in_string: u64 = 0;
+    let mut odd_backslash: u64 = 0;
+    let mut pos = at;
+    while pos < b.len() {
+        let m = match b.get(pos..pos + 64) {
+            Some(block) => Masks::of(block),
+            // The last, partial block: the text's last 64 bytes, shifted (no copy).
+            None if b.len() >= 64 => Masks::of(&b[b.len() - 64..]).shifted(pos + 64 - b.len()),
+            None => {
+                let mut block = [b' '; 64];
+                block[..b.len() - pos].copy_from_slice(&b[pos..]);
+                Masks::of(&block)
+            }
+        };
+        let escaped = if m.backslash == 0 && odd_backslash == 0 {
+            0
+        } else {
+            odd_backslash_ends(m.backslash, &mut odd_backslash)
+        };
+        let quotes = m.quote & !escaped;
+        let inside = prefix_xor(quotes) ^ in_string;
+        in_string = ((inside as i64) >> 63) as u64;
+        let opens = m.open & !inside;
+        let closes = m.close & !inside;
+        // Deep inside (the depth stays above 1 whatever the order of the brackets): count.
+        let closing = u64::from(closes.count_ones());
+        if depth > closing + 1 {
+            depth = depth + u64::from(opens.count_ones()) - closing;
+            pos += 64;
+            continue;
+        }
+        // Opening quotes of strings directly inside the tracked object (depth 1).
+        let mut members: u64 = 0;
+        let starts = quotes & inside;
+        let mut brackets = opens | closes;
+        let mut from = 0u32;
+        let mut end = None;
+        // Branch-free per bracket (its kind is data): only the end of the container branches.
+        while brackets != 0 {
+            let bit = brackets.trailing_zeros();
+            members |= starts & span(from, bit) & all_if(depth == 1);
+            depth = (depth + 2 * ((opens >> bit) & 1)).wrapping_sub(1);
+            if depth == 0 {
+                end = Some(pos + bit as usize + 1);
+                break;
+            }
+            from = bit + 1;
+            brackets &= brackets - 1;
+        }
+        if end.is_none() {
+            members |= starts & span(from, 64) & all_if(depth == 1);
+        }
+        if let Some(slot) = session.as_deref_mut() {
+            while members != 0 {
+                let bit = members.trailing_zeros();
+                members &= members - 1;
+                // The member's closing quote and escapes, when they are in this block.
+                let later = quotes & !span(0, bit + 1);
+                let key = if later != 0 {
+                    let close = later.trailing_zeros();
+                    Some((close, m.backslash & span(bit + 1, close) != 0))
+                } else {
+                    None
+                };
+                session_member(text, pos + bit as usize, key, slot)?;
+            }
+        }
+        if let Some(end) = end {
+            return Ok(end);
+        }
+        pos += 64;
+    }
+    fail("unterminated object or array", at)
+}
+
+/// The string at `at` is directly inside the tracked object: when it is the key
+/// `sessionID`, records its value. `block_end` is the bit of its closing quote and whether
+/// it has escapes, when the block's masks tell.
+fn session_member(
+    text: &str,
+    at: usize,
+    block_end: Option<(u32, bool)>,
+    slot: &mut Option<Value>,
+) -> Scan<()> {
+    const KEY: &[u8] = b"sessionID";
+    let b = text.as_bytes();
+    let key = match block_end {
+        // Unescaped: only a 9-byte `sessionID` matches, compared in place.
+        Some((_, false)) if b.get(at + 1..at + 1 + KEY.len()) != Some(KEY) => return Ok(()),
+        Some((_, false)) if b.get(at + 1 + KEY.len()) != Some(&b'"') => return Ok(()),
+        Some((_, false)) => Str {
+            start: at + 1,
+            end: at + 1 + KEY.len(),
+            escaped: false,
+        },
+        _ => string(b, at)?,
+    };
+    if !is_session_key(text, key) {
+        return Ok(());
+    }
+    let colon = skip_ws(b, key.end + 1);
+    if b.get(colon) != Some(&b':') {
+        // A string value, not a key.
+        return Ok(());
+    }
+    let (_, value) = string_or_skip(text, skip_ws(b, colon + 1))?;
+    *slot = Some(value);
+    Ok(())
+}
+
+/// All ones when `cond` holds, else zero.
+#[inline]
+fn all_if(cond: bool) -> u64 {
+    0u64.wrapping_sub(u64::from(cond))
+}
+
+/// Bits `from..to` (`to` ≤ 64).
+fn span(from: u32, to: u32) -> u64 {
+    let upper = if to >= 64 { u64::MAX } else { (1u64 << to) - 1 };
+    let lower = if from >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << from) - 1
+    };
+    upper & !lower
+}
+
+/// Bit masks of one 64-byte block: bit `i` is byte `i`.
+struct Masks {
+    quote: u64,
+    backslash: u64,
+    /// `{` or `[`.
+    open: u64,
+    /// `}` or `]`.
+    close: u64,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+impl Masks {
+    /// `block` holds 64 bytes.
+    #[inline]
+    fn of(block: &[u8]) -> Masks {
+        let mut m = Masks {
+            quote: 0,
+            backslash: 0,
+            open: 0,
+            close: 0,
+        };
+        for (k, word) in block.chunks_exact(8).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            let w = u64::from_le_bytes(bytes);
+            // `[` and `{` differ only in bit 5 (0x20), as do `]` and `}`.
+            let folded = w | (0x20 * ONES);
+            let shift = 8 * k;
+            m.quote |= pack(equal_bytes(w, b'"')) << shift;
+            m.open |= pack(equal_bytes(folded, b'{')) << shift;
+            m.close |= pack(equal_bytes(folded, b'}')) << shift;
+            m.backslash |= pack(equal_bytes(w, b'\\')) << shift;
+        }
+        m
+    }
+}
+
+impl Masks {
+    /// The masks of the block starting `by` bytes later (the bytes past the end read as
+    /// nothing).
+    fn shifted(self, by: usize) -> Masks {
+        Masks {
+            quote: self.quote >> by,
+            backslash: self.backslash >> by,
+            open: self.open >> by,
+            close: self.close >> by,
+        }
+    }
+}
+
+/// The high bit of each byte of `w` that equals `c` (exact: no borrow crosses bytes).
+#[inline]
+fn equal_bytes(w: u64, c: u8) -> u64 {
+    const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let t = w ^ (u64::from(c) * ONES);
+    !(((t & LOW7).wrapping_add(LOW7)) | t) & !LOW7
+}
+
+/// Packs the high bit of each byte into the low 8 bits (byte `i` to bit `i`): the product
+/// puts byte `i`'s bit 7 at bit `56 + i`, and no two partial products share a bit.
+#[inline]
+fn pack(high_bits: u64) -> u64 {
+    high_bits.wrapping_mul(0x0002_0408_1020_4081) >> 56
+}
+
+/// Each bit becomes the XOR of itself and every lower bit (in-string mask from quotes).
+#[inline]
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+/// The bytes escaped by an odd-length run of backslashes (simdjson's
+/// `find_odd_backslash_sequences`); `carry` tells whether the previous block ended in one.
+#[inline]
+fn odd_backslash_ends(backslash: u64, carry: &mut u64) -> u64 {
+    const EVEN: u64 = 0x5555_5555_5555_5555;
+    const ODD: u64 = !EVEN;
+    let starts = backslash & !(backslash << 1);
+    let even_start_mask = EVEN ^ *carry;
+    let even_starts = starts & even_start_mask;
+    let odd_starts = starts & !even_start_mask;
+    let even_carries = backslash.wrapping_add(even_starts);
+    let (mut odd_carries, overflow) = backslash.overflowing_add(odd_starts);
+    odd_carries |= *carry;
+    *carry = u64::from(overflow);
+    let even_carry_ends = even_carries & !backslash;
+    let odd_carry_ends = odd_carries & !backslash;
+    (even_carry_ends & ODD) | (odd_carry_ends & EVEN)
+}
+
+fn is_session_key(text: &str, s: Str) -> bool {
+    const KEY: &str = "sessionID";
+    if s.escaped {
+        key_bytes(text, s).is_some_and(|k| k == KEY)
+    } else {
+        &text.as_bytes()[s.start..s.end] == KEY.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(
+        text: &str,
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) {
+        let e = scan(text).unwrap();
+        (
+            e.kind.get(text).map(str::to_owned),
+            e.id.get(text).map(str::to_owned),
+            e.props
+                .map(|(a, b)| text[a as usize..b as usize].to_owned()),
+            e.session.get(text).map(str::to_owned),
+        )
+    }
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_owned())
+    }
+
+    #[test]
+    fn a_field_after_the_properties_is_not_part_of_them() {
+        let (kind, id, props, session) = env(
+            r#"{"id":"evt_1","type":"session.idle","properties":{"sessionID":"ses_a"},"extra":{"sessionID":"ses_b"}}"#,
+        );
+        assert_eq!(kind, s("session.idle"));
+        assert_eq!(id, s("evt_1"));
+        assert_eq!(props, s(r#"{"sessionID":"ses_a"}"#));
+        assert_eq!(session, s("ses_a"));
+    }
+
+    #[test]
+    fn escapes_are_decoded() {
+        let (kind, id, _, session) = env(
+            r#"{"id":"evt_\"1","type":"session.idl\u0065","properties":{"session\u0049D":"ses_\u0041"}}"#,
+        );
+        assert_eq!(kind, s("session.idle"));
+        assert_eq!(id, s("evt_\"1"));
+        assert_eq!(session, s("ses_A"));
+    }
+
+    #[test]
+    fn the_last_duplicate_wins() {
+        let (kind, id, props, session) = env(
+            r#"{"type":"a","id":"1","properties":{"sessionID":"x","sessionID":"y"},"type":"b","properties":{"sessionID":"z"},"id":2}"#,
+        );
+        assert_eq!(kind, s("b"));
+        assert_eq!(id, None, "the last id is not a string");
+        assert_eq!(props, s(r#"{"sessionID":"z"}"#));
+        assert_eq!(session, s("z"));
+    }
+
+    #[test]
+    fn braces_and_quotes_inside_strings_do_not_count() {
+        let (_, _, props, session) = env(
+            r#" { "properties" : { "a" : "}\"{]" , "b":[{"c":"\\"}], "sessionID" : "s" } , "type" : "t" } "#,
+        );
+        assert_eq!(
+            props,
+            s(r#"{ "a" : "}\"{]" , "b":[{"c":"\\"}], "sessionID" : "s" }"#)
+        );
+        assert_eq!(session, s("s"));
+    }
+
+    #[test]
+    fn block_masks_equal_a_byte_by_byte_classification() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let block: Vec<u8> = (0..64)
+                .map(|_| b"\"\\{}[]ab ,:z]^~\x7f\x80\xff;"[rng.usize(..18)])
+                .collect();
+            let m = Masks::of(&block);
+            let mask = |f: &dyn Fn(u8) -> bool| {
+                block
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (i, &c)| acc | (u64::from(f(c)) << i))
+            };
+            assert_eq!(m.quote, mask(&|c| c == b'"'));
+            assert_eq!(m.backslash, mask(&|c| c == b'\\'));
+            assert_eq!(m.open, mask(&|c| c == b'{' || c == b'['));
+            assert_eq!(m.close, mask(&|c| c == b'}' || c == b']'));
+        }
+    }
+
+    #[test]
+    fn escaped_quotes_across_block_boundaries() {
+        for pad in 0..70 {
+            for slashes in 0..5 {
+                let text = format!(
+                    r#"{{"type":"t","properties":{{"a":"{}{}\"","sessionID":"s"}}}}"#,
+                    "x".repeat(pad),
+                    "\\".repeat(slashes)
+                );
+                if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+                    assert!(scan(&text).is_err() || slashes % 2 == 1, "{text}");
+                    continue;
+                }
+                let (_, _, _, session) = env(&text);
+                assert_eq!(session, s("s"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_envelopes_are_errors() {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            r#"{"type":1}"#,
+            r#"{"id":"x"}"#,
+            r#"{"type":"x",}"#,
+            r#"{"type":"x"} x"#,
+            r#"{"type":"x","properties":{"a":"}"#,
+            r#"{"type" "x"}"#,
+            r#"{"type":"x" "id":"y"}"#,
+            r#"{"type":"x","properties":nul}"#,
+            r#"{"type":"\ud800"}"#,
+        ] {
+            assert!(scan(bad).is_err(), "{bad}");
+        }
+    }
+}
