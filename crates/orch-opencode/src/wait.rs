@@ -245,6 +245,10 @@ pub struct TurnWaiter {
     complete: bool,
     silence: Duration,
     retries: Retries,
+    /// The session was seen running (a busy or retry status, from an event or a probe) since
+    /// the wait began: until then an idle session with our user message and no assistant
+    /// message may simply not have started the turn yet (a busy server takes a while).
+    went_busy: bool,
 }
 
 /// The retry statuses seen during the turn, and where to send them live.
@@ -302,6 +306,7 @@ impl TurnWaiter {
             complete,
             silence: DEFAULT_SILENCE_PROBE,
             retries: Retries::default(),
+            went_busy: false,
         }
     }
 
@@ -334,6 +339,12 @@ impl Probe {
             self.turn.last().and_then(|m| m.info.time.completed),
         )
     }
+}
+
+/// [`TurnWaiter::ended`]: a probe shows the turn over when it is done and the turn has an
+/// assistant message or the session went busy since the wait began.
+fn turn_ended(probe: &Probe, went_busy: bool) -> bool {
+    probe.done() && (went_busy || !probe.turn.is_empty())
 }
 
 /// Whether the last message of a turn is final (`time.completed` or an error). A turn with
@@ -571,6 +582,7 @@ impl TurnWaiter {
                 let idle = status == SessionStatus::Idle;
                 if status.is_running() {
                     *started = true;
+                    self.went_busy = true;
                 }
                 *last_status = Some(status);
                 if idle && *started {
@@ -658,11 +670,19 @@ impl TurnWaiter {
         error: &Option<MessageError>,
     ) -> Result<Option<Result<TurnOutput, TurnError>>, TurnError> {
         let probe = self.probe(seen).await?;
-        if probe.done() {
+        if self.ended(&probe) {
             return Ok(Some(self.outcome(error.clone(), probe.turn)));
         }
         *started |= probe.user_exists || probe.running;
         Ok(None)
+    }
+
+    /// Whether a probe shows the turn over: [`Probe::done`], and either an assistant message
+    /// of the turn exists or the session was seen running since the wait began. An idle
+    /// session whose turn has no message yet may not have started it: OpenCode stores our user
+    /// message at once but starts the loop later, seconds later on a busy new server.
+    fn ended(&self, probe: &Probe) -> bool {
+        turn_ended(probe, self.went_busy)
     }
 
     /// The session's status, then (only when it is not running) the turn's messages.
@@ -672,6 +692,7 @@ impl TurnWaiter {
             self.retries.record(&self.session, status);
         }
         let running = status.as_ref().is_some_and(SessionStatus::is_running);
+        self.went_busy |= running;
         if running {
             // Not done whatever the messages say; they are read once it is idle.
             return Ok(Probe {
@@ -759,7 +780,7 @@ impl TurnWaiter {
                 Ok(probe) => {
                     failures = 0;
                     let fp = probe.fingerprint();
-                    if probe.done() {
+                    if self.ended(&probe) {
                         stable = if last_fp == Some(fp) { stable + 1 } else { 1 };
                         if stable >= STABLE_POLLS {
                             return Ok(PollEnd::Done(probe.turn));
@@ -963,6 +984,11 @@ mod tests {
         assert!(!p(true, true, vec![done.clone()]).done());
         assert!(!p(false, false, vec![]).done());
         assert!(!p(false, true, vec![open]).done());
+        // Idle with our message and nothing else: over only once the session was seen busy
+        // (a busy new server stores the prompt long before it starts the turn).
+        assert!(!turn_ended(&p(false, true, vec![]), false));
+        assert!(turn_ended(&p(false, true, vec![]), true));
+        assert!(turn_ended(&p(false, true, vec![done]), false));
     }
 
     fn info(
