@@ -97,6 +97,7 @@ mod client;
 mod envelope;
 mod error;
 mod event;
+mod generation;
 mod ids;
 mod install;
 mod jsonc_edit;
@@ -110,6 +111,7 @@ mod wait;
 pub use client::{Client, ClientBuilder, ClientStats, DEFAULT_USERNAME};
 pub use error::Error;
 pub use event::{Event, EventKind, EventParseError, KindSet, RawEvent};
+pub use generation::{FindError, Generation, OpencodeBinary, find_opencode, installed_binary};
 pub use ids::{EventId, MessageId, PartId, PermissionId, QuestionId, SessionId};
 pub use install::{
     CONFIG_FILES, ConfigInstaller, InstallEntry, InstallError, InstallReport, InstallSpec,
@@ -119,7 +121,7 @@ pub use router::{
     Delivery, DisconnectReason, EventRouter, Missed, RouterConfig, RouterStats, StreamState,
     Subscription,
 };
-pub use server::{OpencodeServer, ServerBuilder, ServerError, find_opencode};
+pub use server::{OpencodeServer, ServerBuilder, ServerError};
 pub use sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError, SseEvent};
 pub use types::{
     Agent, ArchiveTime, CacheTokens, CreateSession, ErrorData, ErrorName, Finish, Health,

@@ -15,7 +15,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientBuilder, DEFAULT_USERNAME};
 use crate::error::Error;
+use crate::generation::{FindError, find_opencode};
 
 const LOG_LIMIT: usize = 256 * 1024;
 const LISTENING: &str = "opencode server listening on ";
@@ -31,12 +32,9 @@ const LISTENING: &str = "opencode server listening on ";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// No `opencode` binary was found.
-    #[error("opencode binary not found (looked at: {}); run scripts/install-opencode.sh or set OPENCODE_BIN", searched.join(", "))]
-    BinaryNotFound {
-        /// Where we looked.
-        searched: Vec<String>,
-    },
+    /// No usable `opencode` binary was found.
+    #[error(transparent)]
+    NotFound(#[from] FindError),
     /// The process could not be spawned.
     #[error("cannot spawn {binary}: {source}")]
     Spawn {
@@ -65,47 +63,6 @@ pub enum ServerError {
     /// Building the client failed.
     #[error(transparent)]
     Client(#[from] Error),
-}
-
-/// Finds the `opencode` binary: `OPENCODE_BIN`, then the project-local install
-/// (`.tools/opencode/node_modules/.bin/opencode` in the current directory or an ancestor, or
-/// an ancestor of this crate's source), then `PATH`.
-///
-/// # Errors
-/// [`ServerError::BinaryNotFound`] listing the places searched.
-pub fn find_opencode() -> Result<PathBuf, ServerError> {
-    let mut searched = Vec::new();
-    if let Some(bin) = std::env::var_os("OPENCODE_BIN") {
-        let p = PathBuf::from(bin);
-        if p.is_file() {
-            return Ok(p);
-        }
-        searched.push(format!("OPENCODE_BIN={}", p.display()));
-    }
-    let local = Path::new(".tools/opencode/node_modules/.bin/opencode");
-    let starts = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            let candidate = dir.join(local);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-        searched.push(format!("{}/**/{}", start.display(), local.display()));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("opencode");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    searched.push("$PATH".into());
-    Err(ServerError::BinaryNotFound { searched })
 }
 
 /// Configures and starts an `opencode serve` process.
@@ -144,7 +101,7 @@ impl Default for ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// Defaults: binary from [`find_opencode`], current directory, inherited `HOME`, random
+    /// Defaults: binary from [`find_opencode`](crate::find_opencode), current directory, inherited `HOME`, random
     /// password, 30 s ready timeout, 3 s stop grace.
     pub fn new() -> Self {
         Self {
@@ -223,7 +180,7 @@ impl ServerBuilder {
     pub fn start(self) -> Result<OpencodeServer, ServerError> {
         let binary = match self.binary.clone() {
             Some(b) => b,
-            None => find_opencode()?,
+            None => find_opencode(None)?.path,
         };
         let password = self.password.clone().unwrap_or_else(random_password);
         let args = ["serve", "--hostname", "127.0.0.1", "--port", "0"];

@@ -1,6 +1,7 @@
 //! Helpers for tests that run a real `opencode serve` against the scripted model.
 //!
-//! - [`find_binary`] / [`require_binary`]: the one way tests find OpenCode.
+//! - [`require_opencode`] / [`require_binary`]: the one way tests find OpenCode (through
+//!   [`orch_opencode::find_opencode`]; `OPENCODE_BIN` picks the generation under test).
 //! - [`fake_provider_config`]: an `opencode.json` whose only model is the scripted one.
 //! - [`TestProject`]: a temporary project directory with that config.
 //! - [`IsolatedHome`]: a temporary `HOME` and XDG directories, so a test server shares no state
@@ -11,10 +12,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use orch_opencode::{OpencodeBinary, find_opencode};
 use serde_json::{Value, json};
-
-/// The OpenCode version this project pins and tests against.
-pub const OPENCODE_VERSION: &str = "1.18.33";
 
 /// The command that installs the pinned OpenCode into the project.
 pub const INSTALL_COMMAND: &str = "scripts/install-opencode.sh";
@@ -25,80 +24,15 @@ pub const PROVIDER_ID: &str = "fake";
 /// The model id of the scripted model in [`fake_provider_config`].
 pub const MODEL_ID: &str = "fake-model";
 
-/// Where the project-local install puts the binary, relative to the repository root.
-const LOCAL_BIN: &str = ".tools/opencode/node_modules/.bin/opencode";
-
-/// The OpenCode binary was not found.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpencodeNotFound {
-    /// `OPENCODE_BIN` names a file that does not exist.
-    #[error(
-        "OPENCODE_BIN is set to {0}, which does not exist; unset it or run `{INSTALL_COMMAND}`"
-    )]
-    BadEnv(PathBuf),
-    /// Nothing found anywhere.
-    #[error(
-        "opencode {OPENCODE_VERSION} not found (looked at OPENCODE_BIN, {looked}, and PATH); \
-         install it with `{INSTALL_COMMAND}` from the repository root, or set OPENCODE_BIN",
-        looked = .looked_at.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-    )]
-    Missing {
-        /// The project-local paths tried.
-        looked_at: Vec<PathBuf>,
-    },
-}
-
-/// Finds the OpenCode binary: `OPENCODE_BIN`, then the project-local install
-/// (`.tools/opencode/…` in the current directory or an ancestor, or beside this crate's
-/// workspace), then `opencode` on `PATH`.
-///
-/// # Errors
-/// [`OpencodeNotFound`] naming where it looked and the install command.
-pub fn find_binary() -> Result<PathBuf, OpencodeNotFound> {
-    if let Some(bin) = std::env::var_os("OPENCODE_BIN").filter(|v| !v.is_empty()) {
-        let bin = PathBuf::from(bin);
-        return if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(OpencodeNotFound::BadEnv(bin))
-        };
-    }
-    let mut looked_at = Vec::new();
-    let starts = [
-        std::env::current_dir().ok(),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
-    ];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
-            let candidate = dir.join(LOCAL_BIN);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            if !looked_at.contains(&candidate) {
-                looked_at.push(candidate);
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("opencode");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(OpencodeNotFound::Missing { looked_at })
-}
-
-/// [`find_binary`] for tests: panics with the install instructions when OpenCode is missing.
-///
-/// A test that needs OpenCode fails rather than skips, with or without `CI` set.
+/// The OpenCode the tests use: [`orch_opencode::find_opencode`] (an explicit `OPENCODE_BIN`
+/// wins, its generation read from `--version`). Panics with the install instructions when
+/// OpenCode is missing: a test that needs OpenCode fails rather than skips, with or without
+/// `CI` set.
 ///
 /// # Panics
 /// When OpenCode cannot be found.
-pub fn require_binary() -> PathBuf {
-    match find_binary() {
+pub fn require_opencode() -> OpencodeBinary {
+    match find_opencode(None) {
         Ok(bin) => bin,
         Err(e) => panic!(
             "{e}{}",
@@ -109,6 +43,14 @@ pub fn require_binary() -> PathBuf {
             }
         ),
     }
+}
+
+/// The path of [`require_opencode`].
+///
+/// # Panics
+/// When OpenCode cannot be found.
+pub fn require_binary() -> PathBuf {
+    require_opencode().path
 }
 
 /// An `opencode.json` whose provider `fake` serves the model `fake-model` from `base_url`
@@ -282,6 +224,7 @@ pub fn process_tree_cpu(root: u32) -> Option<std::time::Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orch_opencode::Generation;
 
     #[test]
     fn merge_is_recursive_for_objects_and_replaces_the_rest() {
@@ -320,14 +263,18 @@ mod tests {
 
     #[test]
     fn not_found_message_names_the_install_command() {
-        let e = OpencodeNotFound::Missing {
+        let e = orch_opencode::FindError::Missing {
+            wanted: Some(Generation::V2),
             looked_at: vec![PathBuf::from(
-                "/x/.tools/opencode/node_modules/.bin/opencode",
+                "/x/.tools/opencode2/node_modules/.bin/opencode",
             )],
         };
         let text = e.to_string();
         assert!(text.contains(INSTALL_COMMAND), "{text}");
-        assert!(text.contains("/x/.tools"), "{text}");
+        assert!(
+            text.contains("/x/.tools") && text.contains("@opencode/cli 2.1.2"),
+            "{text}"
+        );
     }
 
     #[test]

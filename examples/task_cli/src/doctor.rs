@@ -6,12 +6,12 @@ use std::time::Duration;
 use orch_agents::{AgentSet, Journal};
 use orch_mvcc::{TODO_FILE, TodoStore};
 use orch_opencode::{CONFIG_FILES, Client, ConfigInstaller, InstallError};
-use orch_testkit::opencode::OPENCODE_VERSION;
 use serde_json::json;
 
 use crate::config::FileConfig;
 use crate::failure::code;
 use crate::opencode_env;
+use crate::opencode_env::OPENCODE_VERSION;
 use crate::output::{Mode, Ui};
 use crate::runner::agents_spec;
 

@@ -5,10 +5,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use orch_opencode::{Client, OpencodeServer};
-use orch_testkit::opencode::OPENCODE_VERSION;
 
 use crate::failure::Failure;
 use crate::output::Ui;
+
+/// The OpenCode version `demo` installs when none is found.
+pub(crate) const OPENCODE_VERSION: &str = orch_opencode::Generation::V1.pinned_version();
 
 /// The project's installer, embedded so `demo` works outside the repository too.
 const INSTALL_SCRIPT: &str = include_str!("../../../scripts/install-opencode.sh");
@@ -57,8 +59,8 @@ pub(crate) fn install_dir() -> Option<PathBuf> {
 /// Finds OpenCode: `OPENCODE_BIN`, the project-local install, `PATH`, then the user cache
 /// install made by `demo` outside a repository.
 pub(crate) fn find() -> Result<PathBuf, String> {
-    match orch_testkit::opencode::find_binary() {
-        Ok(bin) => Ok(bin),
+    match orch_opencode::find_opencode(None) {
+        Ok(bin) => Ok(bin.path),
         Err(e) => cache_install_dir()
             .map(|dir| installed_bin(&dir))
             .filter(|bin| bin.is_file())
