@@ -95,6 +95,26 @@ pub enum MissionEvent {
         /// The error retried.
         error: String,
     },
+    /// The server failed a model call and retries it by itself (OpenCode does, for 429 and
+    /// 5xx answers); the error counts toward the model's breaker.
+    UpstreamRetry {
+        /// Whose turn.
+        role: AgentRole,
+        /// The item, if any.
+        item: Option<String>,
+        /// The model (breaker key).
+        model: String,
+        /// The server's attempt counter (1 for the first retry).
+        attempt: u32,
+        /// How long until the server tries again.
+        wait_ms: u64,
+        /// The provider's error message.
+        message: String,
+        /// The upstream HTTP status, when known.
+        status: Option<u16>,
+        /// Whether the provider is rate limiting.
+        rate_limited: bool,
+    },
     /// A permission request was answered by policy.
     Permission {
         /// The item whose Worker asked.
@@ -284,6 +304,9 @@ pub struct MissionReport {
     pub rounds: u32,
     /// Retries of transient errors, over every run.
     pub retries: u64,
+    /// Failed model calls the server retried by itself, over every run.
+    #[serde(default)]
+    pub upstream_retries: u64,
     /// Engine figures of the last run: scheduling, pools, breakers (`name → value`).
     pub engine: BTreeMap<String, f64>,
     /// Wall time, over every run (not the time between runs).

@@ -73,8 +73,8 @@ pub use backend::opencode::{
 };
 pub use backend::simulated::{Latency, SimulatedBackend, SimulatedBackendBuilder};
 pub use backend::{
-    AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,
-    TurnReport, TurnRequest,
+    AgentBackend, BackendError, NoticeSink, PermissionDecision, SessionSpec, TokenUsage,
+    ToolCallRecord, TurnNotice, TurnReport, TurnRequest, ignore_notices,
 };
 pub use events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
 pub use hooks::{HookEvent, MissionHooks};

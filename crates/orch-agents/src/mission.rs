@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use crate::agents::{AgentSet, worker_session_rules};
-use crate::backend::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRequest};
+use crate::backend::{
+    AgentBackend, BackendError, SessionSpec, TurnNotice, TurnReport, TurnRequest,
+};
 use crate::events::{MissionEvent, MissionReport, MissionStatus};
 use crate::hooks::{HookEvent, MissionHooks};
 use crate::journal::{Journal, JournalContents, JournalEntry, JournalError};
@@ -456,11 +458,56 @@ impl<B: AgentBackend> Ctx<B> {
                 Ok(permit) => {
                     let deadline = Instant::now() + self.config.turn_timeout;
                     let span = info_span!("turn", role = %role, item = item.map(ItemId::as_str).unwrap_or("-"), attempt);
+                    // Errors the server absorbs by retrying count toward the model's breaker;
+                    // once it opens, the turn leaves that model when a fallback can take it.
+                    let leave_model = self.stop.child_token();
+                    let model_name = crate::policy::model_key(model.as_ref());
+                    let absorbed = std::sync::atomic::AtomicU32::new(0);
+                    let notices = |notice: TurnNotice| {
+                        let TurnNotice::UpstreamRetry {
+                            attempt,
+                            wait,
+                            message,
+                            status,
+                            rate_limited,
+                        } = notice;
+                        absorbed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.policy.absorbed_failure(&breaker);
+                        self.emit(MissionEvent::UpstreamRetry {
+                            role,
+                            item: item.map(ToString::to_string),
+                            model: model_name.clone(),
+                            attempt,
+                            wait_ms: wait.as_millis() as u64,
+                            message,
+                            status,
+                            rate_limited,
+                        });
+                        if self.policy.should_leave(
+                            model.as_ref(),
+                            primary.as_ref(),
+                            &self.agents.fallback_models,
+                        ) {
+                            leave_model.cancel();
+                        }
+                    };
                     let result = self
                         .backend
-                        .run_turn(session, request, deadline, &self.stop)
+                        .run_turn(session, request, deadline, &leave_model, &notices)
                         .instrument(span.clone())
                         .await;
+                    let result = match result {
+                        Err(BackendError::Stopped) if !self.stop.is_cancelled() => {
+                            Err(BackendError::Unavailable {
+                                status: None,
+                                message: format!(
+                                    "the breaker of {model_name} opened while the server retried it ({} errors); moving to a fallback model",
+                                    absorbed.load(std::sync::atomic::Ordering::Relaxed)
+                                ),
+                            })
+                        }
+                        other => other,
+                    };
                     if let Ok(report) = &result {
                         let _entered = span.enter();
                         for call in &report.tool_calls {

@@ -161,6 +161,31 @@ impl Policy {
         self.breakers.get(&model_key(model))
     }
 
+    /// Records a failed model call the server absorbed (it retries by itself) on the
+    /// model's breaker, unless the breaker is already open.
+    pub(crate) fn absorbed_failure(&self, breaker: &CircuitBreaker) {
+        if matches!(breaker.state(), BreakerState::Open { .. }) {
+            return;
+        }
+        if let Ok(permit) = breaker.try_acquire() {
+            permit.failure();
+        }
+    }
+
+    /// Whether a turn on `model` should leave it: its breaker is open and
+    /// [`pick_model`](Self::pick_model) would now choose another one.
+    pub(crate) fn should_leave(
+        &self,
+        model: Option<&ModelRef>,
+        primary: Option<&ModelRef>,
+        fallbacks: &[ModelRef],
+    ) -> bool {
+        matches!(
+            self.breakers.get(&model_key(model)).state(),
+            BreakerState::Open { .. }
+        ) && self.pick_model(primary, fallbacks).as_ref() != model
+    }
+
     /// The wait before attempt `attempt + 1`, or `None` to give up.
     pub(crate) fn retry_delay(&self, attempt: u32, error: &BackendError) -> Option<Duration> {
         match self.retry.decide(classify(error), attempt, 0) {

@@ -45,6 +45,8 @@ pub struct RunSummary {
     pub abandoned_turns: u64,
     /// Retries of transient errors.
     pub retries: u64,
+    /// Failed model calls the server retried by itself.
+    pub upstream_retries: u64,
     /// Tokens of its turns.
     pub tokens: TokenUsage,
     /// Cost of its turns.
@@ -64,6 +66,8 @@ pub struct MissionTotals {
     pub permissions: Vec<PermissionDecision>,
     /// Retries of transient errors.
     pub retries: u64,
+    /// Failed model calls the server retried by itself.
+    pub upstream_retries: u64,
     /// Every unit verdict, per item.
     pub verdicts: BTreeMap<String, Vec<Verdict>>,
 }
@@ -149,6 +153,10 @@ impl MissionTotals {
             MissionEvent::Retrying { .. } => {
                 run.retries += 1;
                 self.retries += 1;
+            }
+            MissionEvent::UpstreamRetry { .. } => {
+                run.upstream_retries += 1;
+                self.upstream_retries += 1;
             }
             MissionEvent::Permission { decision, .. } => {
                 self.permissions.push(decision.clone());
@@ -238,6 +246,7 @@ pub(crate) fn report(
         plan_version: version,
         rounds: totals.rounds(),
         retries: totals.retries,
+        upstream_retries: totals.upstream_retries,
         engine,
         elapsed: totals.elapsed(),
         runs: totals.runs.clone(),

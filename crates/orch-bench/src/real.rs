@@ -199,6 +199,7 @@ pub async fn one_turn<B: AgentBackend>(backend: &B, n: u64) -> Result<Duration, 
             ping(n),
             Instant::now() + Duration::from_secs(30),
             &stop,
+            &orch_agents::ignore_notices,
         )
         .await;
     backend
@@ -240,6 +241,7 @@ pub async fn turns_per_second<B: AgentBackend>(
                         ping(c as u64 * 1_000_000 + n),
                         Instant::now() + Duration::from_secs(30),
                         &stop,
+                        &orch_agents::ignore_notices,
                     )
                     .await;
                 match r {
@@ -298,6 +300,7 @@ async fn timed_turn(backend: &OpencodeBackend, n: u64) -> Result<(Duration, Dura
             ping(n),
             Instant::now() + Duration::from_secs(30),
             &stop,
+            &orch_agents::ignore_notices,
         )
         .await;
     backend

@@ -142,13 +142,17 @@ impl<B: AgentBackend> AgentBackend for Recorder<B> {
         turn: TurnRequest,
         deadline: Instant,
         stop: &CancellationToken,
+        notices: orch_agents::NoticeSink<'_>,
     ) -> Result<TurnReport, BackendError> {
         let role = turn.role;
         let item = item_of(&turn.prompt);
         let id = self.inner.session_id(session);
         bump_peak(&self.in_flight, &self.peak_in_flight);
         let start = self.t0.elapsed();
-        let result = self.inner.run_turn(session, turn, deadline, stop).await;
+        let result = self
+            .inner
+            .run_turn(session, turn, deadline, stop, notices)
+            .await;
         let end = self.t0.elapsed();
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.log.lock().push(TurnRecord {

@@ -419,6 +419,27 @@ impl Progress {
                     secs(Duration::from_millis(*delay_ms))
                 ));
             }
+            MissionEvent::UpstreamRetry {
+                role,
+                item,
+                model,
+                attempt,
+                wait_ms,
+                message,
+                status,
+                rate_limited,
+            } => {
+                self.ui.note(upstream_retry_line(
+                    *role,
+                    item.as_deref(),
+                    model,
+                    *attempt,
+                    Duration::from_millis(*wait_ms),
+                    message,
+                    *status,
+                    *rate_limited,
+                ));
+            }
             MissionEvent::Permission { item, decision } if !decision.allowed => {
                 self.ui.note(format!(
                     "⊘ {} asked for `{}` on {} — rejected by policy",
@@ -568,6 +589,32 @@ impl Progress {
     }
 }
 
+/// The progress line of a model call the server retries by itself:
+/// `⏳ worker T3: rate-limited by fake/m (HTTP 429); OpenCode retries in 8.0 s, attempt 3`.
+#[allow(clippy::too_many_arguments)]
+fn upstream_retry_line(
+    role: AgentRole,
+    item: Option<&str>,
+    model: &str,
+    attempt: u32,
+    wait: Duration,
+    message: &str,
+    status: Option<u16>,
+    rate_limited: bool,
+) -> String {
+    let what = if rate_limited {
+        "rate-limited"
+    } else {
+        "model call failed"
+    };
+    let status = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    format!(
+        "⏳ {role}{}: {what} by {model}{status}; OpenCode retries in {}, attempt {attempt} — {message}",
+        item.map(|i| format!(" {i}")).unwrap_or_default(),
+        secs(wait)
+    )
+}
+
 /// A duration for people: `850 ms`, `5.0 s`, `2 min 5 s`, `1 h 3 min`.
 pub(crate) fn secs(d: Duration) -> String {
     let ms = d.as_millis();
@@ -667,13 +714,21 @@ pub(crate) fn totals_lines(report: &MissionReport) -> String {
     let turns: u64 = report.usage.values().map(|u| u.turns).sum();
     let runs = report.runs.len().max(1);
     out.push_str(&format!(
-        "  {status} in {} over {runs} run{} — {turns} turns, {} tokens, cost {}, {} rounds, {} retries\n",
+        "  {status} in {} over {runs} run{} — {turns} turns, {} tokens, cost {}, {} rounds, {} retries{}\n",
         secs(report.elapsed),
         if runs == 1 { "" } else { "s" },
         human(report.total_tokens().total()),
         money(report.total_cost()),
         report.rounds,
-        report.retries
+        report.retries,
+        if report.upstream_retries > 0 {
+            format!(
+                ", {} model errors retried by OpenCode",
+                report.upstream_retries
+            )
+        } else {
+            String::new()
+        }
     ));
     for (role, usage) in &report.usage {
         let mut extra = Vec::new();
@@ -852,6 +907,7 @@ mod tests {
             plan_version: 3,
             rounds: 7,
             retries: 0,
+            upstream_retries: 0,
             engine: BTreeMap::new(),
             elapsed: Duration::from_secs(3),
             runs: vec![
@@ -871,6 +927,24 @@ mod tests {
         assert!(
             text.contains("run 2: after server replacement 1, completed"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn an_upstream_retry_says_who_what_and_when() {
+        let line = upstream_retry_line(
+            AgentRole::Worker,
+            Some("T3"),
+            "fake/m",
+            3,
+            Duration::from_secs(8),
+            "Too Many Requests",
+            Some(429),
+            true,
+        );
+        assert_eq!(
+            line,
+            "⏳ worker T3: rate-limited by fake/m (HTTP 429); OpenCode retries in 8.0 s, attempt 3 — Too Many Requests"
         );
     }
 

@@ -111,6 +111,32 @@ pub struct TurnReport {
     pub elapsed: Duration,
 }
 
+/// Something a backend reports while a turn runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TurnNotice {
+    /// The server failed a model call and will retry it by itself (OpenCode does, for 429
+    /// and 5xx answers): an outage the turn may still survive.
+    UpstreamRetry {
+        /// The server's attempt counter (1 for the first retry).
+        attempt: u32,
+        /// How long until the next attempt.
+        wait: Duration,
+        /// The provider's error message.
+        message: String,
+        /// The upstream HTTP status, when known.
+        status: Option<u16>,
+        /// Whether the provider is rate limiting.
+        rate_limited: bool,
+    },
+}
+
+/// Receives a turn's [`TurnNotice`]s as they happen.
+pub type NoticeSink<'a> = &'a (dyn Fn(TurnNotice) + Send + Sync);
+
+/// A [`NoticeSink`] that drops every notice.
+pub fn ignore_notices(_: TurnNotice) {}
+
 /// Why a turn or a session operation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -216,12 +242,14 @@ pub trait AgentBackend: Send + Sync + 'static {
     /// Runs one turn to its end: sends it, answers permission requests by `turn.allowed_edits`,
     /// and waits until the turn is over, `deadline` passes (the turn is aborted:
     /// [`BackendError::Timeout`]) or `stop` fires (aborted: [`BackendError::Stopped`]).
+    /// What happens on the way (the server retrying a failed model call) goes to `notices`.
     fn run_turn(
         &self,
         session: &Self::Session,
         turn: TurnRequest,
         deadline: Instant,
         stop: &CancellationToken,
+        notices: NoticeSink<'_>,
     ) -> impl Future<Output = Result<TurnReport, BackendError>> + Send;
 
     /// Aborts whatever the session is running.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use orch_core::AgentRole;
 
+use crate::backend::NoticeSink;
 use crate::{
     AgentBackend, BackendError, OpencodeBackend, SessionSpec, TurnReport, TurnRequest,
     backend::opencode::OpencodeSession,
@@ -298,13 +299,14 @@ impl AgentBackend for MultiBackend {
         turn: TurnRequest,
         deadline: Instant,
         stop: &CancellationToken,
+        notices: NoticeSink<'_>,
     ) -> Result<TurnReport, BackendError> {
         let started = Instant::now();
         loop {
             let (server, current) = session.current();
             let result = self.members[server]
                 .backend
-                .run_turn(&current, turn.clone(), deadline, stop)
+                .run_turn(&current, turn.clone(), deadline, stop, notices)
                 .await;
             drop(current);
             match result {

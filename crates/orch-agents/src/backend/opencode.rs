@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{
-    AgentBackend, BackendError, PermissionDecision, SessionSpec, TokenUsage, ToolCallRecord,
-    TurnReport, TurnRequest,
+    AgentBackend, BackendError, NoticeSink, PermissionDecision, SessionSpec, TokenUsage,
+    ToolCallRecord, TurnNotice, TurnReport, TurnRequest,
 };
 
 /// What the pool does with a session that ran turns before it is handed out again.
@@ -502,10 +502,11 @@ fn client_error(e: orch_opencode::Error) -> BackendError {
 
 fn turn_error(e: TurnError, stopped: bool) -> BackendError {
     let status = e.upstream_status();
+    let retry_after = e.retry_after();
     match e {
         TurnError::Failed { error, .. } => match status {
             Some(429) => BackendError::RateLimited {
-                retry_after: None,
+                retry_after,
                 message: error.message().to_owned(),
             },
             Some(s) if s >= 500 => BackendError::Unavailable {
@@ -586,9 +587,11 @@ impl AgentBackend for OpencodeBackend {
         turn: TurnRequest,
         deadline: Instant,
         stop: &CancellationToken,
+        notices: NoticeSink<'_>,
     ) -> Result<TurnReport, BackendError> {
         let started = Instant::now();
         let id = session.id().clone();
+        let (retries_tx, mut retries) = tokio::sync::mpsc::unbounded_channel();
         let message_id = MessageId::generate();
         // Subscribe before prompting (no replay on OpenCode's event stream).
         let mut asks = self.router.subscribe_session_filtered(
@@ -598,7 +601,8 @@ impl AgentBackend for OpencodeBackend {
         let waiter = self
             .router
             .turn(&id, &message_id)
-            .probe_after(self.silence_probe);
+            .probe_after(self.silence_probe)
+            .notify_retries(retries_tx);
         let mut prompt = Prompt::text(turn.prompt)
             .message_id(message_id)
             .agent(turn.agent);
@@ -615,6 +619,13 @@ impl AgentBackend for OpencodeBackend {
         let result = loop {
             tokio::select! {
                 result = &mut wait => break result,
+                Some(retry) = retries.recv() => notices(TurnNotice::UpstreamRetry {
+                    attempt: retry.attempt,
+                    wait: retry.wait,
+                    rate_limited: retry.is_rate_limit(),
+                    status: retry.status,
+                    message: retry.message,
+                }),
                 delivery = asks.recv() => {
                     let Some(orch_opencode::Delivery::Event(raw)) = delivery else { continue };
                     match raw.decode() {

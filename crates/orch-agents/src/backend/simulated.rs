@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AgentBackend, BackendError, SessionSpec, TokenUsage, TurnReport, TurnRequest};
+use super::{
+    AgentBackend, BackendError, NoticeSink, SessionSpec, TokenUsage, TurnReport, TurnRequest,
+};
 
 /// A latency distribution for simulated turns.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -291,6 +293,7 @@ impl AgentBackend for SimulatedBackend {
         turn: TurnRequest,
         deadline: Instant,
         stop: &CancellationToken,
+        _notices: NoticeSink<'_>,
     ) -> Result<TurnReport, BackendError> {
         let started = Instant::now();
         let (latency, fails) = {
@@ -434,6 +437,7 @@ mod tests {
                 turn(AgentRole::Reviewer),
                 Instant::now() + Duration::from_secs(5),
                 &stop,
+                &crate::backend::ignore_notices,
             )
             .await
             .unwrap();
@@ -457,6 +461,7 @@ mod tests {
                 turn(AgentRole::Worker),
                 Instant::now() + Duration::from_secs(1),
                 &stop,
+                &crate::backend::ignore_notices,
             )
             .await
             .unwrap_err();
@@ -477,6 +482,7 @@ mod tests {
                 turn(AgentRole::Worker),
                 Instant::now() + Duration::from_secs(60),
                 &stop,
+                &crate::backend::ignore_notices,
             )
             .await
             .unwrap_err();
@@ -495,7 +501,13 @@ mod tests {
         for _ in 0..200 {
             let deadline = Instant::now() + Duration::from_secs(1);
             if let Err(e) = backend
-                .run_turn(&session, turn(AgentRole::Worker), deadline, &stop)
+                .run_turn(
+                    &session,
+                    turn(AgentRole::Worker),
+                    deadline,
+                    &stop,
+                    &crate::backend::ignore_notices,
+                )
                 .await
             {
                 assert!(e.is_transient());
