@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use orch_core::AgentRole;
-use orch_opencode::{ModelRef, PermissionAction, PermissionRule};
+
+use crate::backend::ModelSpec;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
 
 /// The name of the overrides file inside a project's `.orchestrator/` directory.
 pub const AGENTS_FILE: &str = "agents.json";
@@ -21,16 +21,6 @@ pub enum Action {
     Ask,
     /// Not offered to the model.
     Deny,
-}
-
-impl From<Action> for PermissionAction {
-    fn from(action: Action) -> Self {
-        match action {
-            Action::Allow => PermissionAction::Allow,
-            Action::Ask => PermissionAction::Ask,
-            Action::Deny => PermissionAction::Deny,
-        }
-    }
 }
 
 /// One permission, as in `opencode.json`: an action for every pattern, or an action per pattern.
@@ -58,32 +48,10 @@ pub struct AgentDef {
     /// Permissions by key (`edit`, `bash`, `read`, `task`, `question`, `webfetch`, …).
     pub permission: BTreeMap<String, Permission>,
     /// The model, when not the mission's default.
-    pub model: Option<ModelRef>,
+    pub model: Option<ModelSpec>,
 }
 
 impl AgentDef {
-    /// The agent's entry for the `agent` section of `opencode.json`.
-    pub fn opencode_entry(&self) -> Value {
-        let permission: serde_json::Map<String, Value> = self
-            .permission
-            .iter()
-            .map(|(key, value)| {
-                let value = serde_json::to_value(value).unwrap_or(Value::Null);
-                (key.clone(), value)
-            })
-            .collect();
-        let mut entry = json!({
-            "description": self.description,
-            "mode": "primary",
-            "prompt": self.prompt,
-            "permission": permission,
-        });
-        if let Some(model) = &self.model {
-            entry["model"] = json!(model.to_string());
-        }
-        entry
-    }
-
     /// Whether the agent may call `permission` on anything (not denied outright).
     pub fn may(&self, permission: &str) -> bool {
         match self.permission.get(permission) {
@@ -247,21 +215,21 @@ pub enum ConfigError {
     },
 }
 
-fn model_ref<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ModelRef>, D::Error> {
+fn model_ref<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ModelSpec>, D::Error> {
     let text = Option::<String>::deserialize(deserializer)?;
     text.map(|t| {
-        ModelRef::parse(&t).ok_or_else(|| {
+        ModelSpec::parse(&t).ok_or_else(|| {
             serde::de::Error::custom(format!("model {t:?} is not of the form provider/model"))
         })
     })
     .transpose()
 }
 
-fn model_refs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ModelRef>, D::Error> {
+fn model_refs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ModelSpec>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .into_iter()
         .map(|t| {
-            ModelRef::parse(&t).ok_or_else(|| {
+            ModelSpec::parse(&t).ok_or_else(|| {
                 serde::de::Error::custom(format!("model {t:?} is not of the form provider/model"))
             })
         })
@@ -289,7 +257,7 @@ pub struct AgentOverride {
     pub permission: BTreeMap<String, Permission>,
     /// The model for this agent (`provider/model`).
     #[serde(default, deserialize_with = "model_ref")]
-    pub model: Option<ModelRef>,
+    pub model: Option<ModelSpec>,
 }
 
 /// The agents file: `.orchestrator/agents.json`.
@@ -310,10 +278,10 @@ pub struct AgentOverride {
 pub struct AgentsFile {
     /// The default model of every role (`provider/model`).
     #[serde(default, deserialize_with = "model_ref")]
-    pub model: Option<ModelRef>,
+    pub model: Option<ModelSpec>,
     /// Models to try, in order, when a role's model stays unavailable.
     #[serde(default, deserialize_with = "model_refs")]
-    pub fallback_models: Vec<ModelRef>,
+    pub fallback_models: Vec<ModelSpec>,
     /// Overrides of the built-in agents (keyed `commander`, `planner`, `worker`, `reviewer`)
     /// and additional agents (any other name; `role` and `prompt` required).
     #[serde(default)]
@@ -363,9 +331,9 @@ pub struct AgentSet {
     agents: BTreeMap<String, AgentDef>,
     roles: BTreeMap<AgentRole, String>,
     /// The default model (`None`: OpenCode's configured default).
-    pub model: Option<ModelRef>,
+    pub model: Option<ModelSpec>,
     /// Fallback models, in order.
-    pub fallback_models: Vec<ModelRef>,
+    pub fallback_models: Vec<ModelSpec>,
 }
 
 impl Default for AgentSet {
@@ -503,7 +471,7 @@ impl AgentSet {
     }
 
     /// The model for `role`: the agent's own, else the set's default.
-    pub fn model_for(&self, role: AgentRole) -> Option<ModelRef> {
+    pub fn model_for(&self, role: AgentRole) -> Option<ModelSpec> {
         self.for_role(role)
             .model
             .clone()
@@ -514,72 +482,6 @@ impl AgentSet {
     pub fn agents(&self) -> impl Iterator<Item = &AgentDef> {
         self.agents.values()
     }
-
-    /// What `orch_opencode::ConfigInstaller` installs for these agents (one `agent` entry
-    /// each).
-    pub fn install_spec(&self) -> orch_opencode::InstallSpec {
-        self.agents
-            .values()
-            .fold(orch_opencode::InstallSpec::new(), |spec, a| {
-                spec.agent(a.name.clone(), a.opencode_entry())
-            })
-    }
-
-    /// The `agent` section to install into `opencode.json`.
-    pub fn opencode_agents(&self) -> Value {
-        Value::Object(
-            self.agents
-                .values()
-                .map(|a| (a.name.clone(), a.opencode_entry()))
-                .collect(),
-        )
-    }
-}
-
-/// The patterns under which OpenCode may report an edit of `file` (relative to the project
-/// `dir`): OpenCode gives edit patterns relative to the project's worktree root, which is the
-/// git root, or `/` outside a repository, so every ancestor-relative form is listed.
-pub fn edit_patterns(dir: &Path, file: &str) -> Vec<String> {
-    let file = file.trim_start_matches("./");
-    let mut patterns = vec![file.to_owned()];
-    let mut prefix = Vec::new();
-    for component in dir.components().rev() {
-        if let std::path::Component::Normal(name) = component {
-            prefix.insert(0, name.to_string_lossy().into_owned());
-            patterns.push(format!("{}/{file}", prefix.join("/")));
-        }
-    }
-    patterns
-}
-
-/// Whether an edit request for `pattern` (or the absolute `filepath` OpenCode reports in its
-/// metadata) targets one of `files` of the project at `dir`.
-pub fn edit_allowed(dir: &Path, files: &[String], pattern: &str, filepath: Option<&str>) -> bool {
-    files.iter().any(|f| {
-        filepath.is_some_and(|abs| Path::new(abs) == dir.join(f.trim_start_matches("./")))
-            || edit_patterns(dir, f).iter().any(|p| p == pattern)
-    })
-}
-
-/// Session rules for a Worker of the project at `dir` whose item owns `files`: edits of those
-/// files are allowed, every other edit asks (and the orchestrator rejects it), and sub-agents
-/// and questions are denied. OpenCode applies the last matching rule, and `PATCH` appends, so
-/// the same list also re-scopes a reused session: the leading `edit *` rule cancels the
-/// previous item's files.
-pub fn worker_session_rules(dir: &Path, files: &[String]) -> Vec<PermissionRule> {
-    let mut rules = vec![
-        PermissionRule::new("edit", "*", PermissionAction::Ask),
-        PermissionRule::new("task", "*", PermissionAction::Deny),
-        PermissionRule::new("question", "*", PermissionAction::Deny),
-    ];
-    for file in files {
-        rules.extend(
-            edit_patterns(dir, file)
-                .into_iter()
-                .map(|p| PermissionRule::new("edit", p, PermissionAction::Allow)),
-        );
-    }
-    rules
 }
 
 #[cfg(test)]
@@ -602,9 +504,6 @@ mod tests {
         assert!(!set.for_role(AgentRole::Reviewer).may("edit"));
         assert!(set.for_role(AgentRole::Reviewer).may("bash"));
         assert!(set.for_role(AgentRole::Worker).may("edit"));
-        let entry = set.for_role(AgentRole::Worker).opencode_entry();
-        assert_eq!(entry["permission"]["edit"], "ask");
-        assert_eq!(entry["mode"], "primary");
     }
 
     #[test]
@@ -624,15 +523,15 @@ mod tests {
         assert!(worker.prompt.ends_with("Use tabs."));
         assert!(worker.prompt.starts_with("[orch-agent:worker]"));
         assert_eq!(worker.permission["bash"], Permission::All(Action::Allow));
-        assert_eq!(set.model_for(AgentRole::Worker), ModelRef::parse("p/w"));
+        assert_eq!(set.model_for(AgentRole::Worker), ModelSpec::parse("p/w"));
         assert_eq!(
             set.model_for(AgentRole::Planner),
-            ModelRef::parse("p/default")
+            ModelSpec::parse("p/default")
         );
         let reviewer = set.for_role(AgentRole::Reviewer);
         assert_eq!(reviewer.name, "sec");
         assert_eq!(reviewer.prompt, "[orch-agent:reviewer]\nAudit security.");
-        assert_eq!(set.fallback_models, vec![ModelRef::new("p", "backup")]);
+        assert_eq!(set.fallback_models, vec![ModelSpec::new("p", "backup")]);
         assert_eq!(set.agents().count(), 5);
     }
 
@@ -694,38 +593,5 @@ mod tests {
                 "{text}: {err:?}"
             );
         }
-    }
-
-    #[test]
-    fn worker_rules_allow_every_root_relative_form_of_the_owned_files() {
-        let dir = Path::new("/tmp/proj");
-        let rules = worker_session_rules(dir, &["src/a.rs".into()]);
-        assert_eq!(
-            rules[0],
-            PermissionRule::new("edit", "*", PermissionAction::Ask)
-        );
-        let allowed: Vec<&str> = rules
-            .iter()
-            .filter(|r| r.action == PermissionAction::Allow)
-            .map(|r| r.pattern.as_str())
-            .collect();
-        assert_eq!(allowed, ["src/a.rs", "proj/src/a.rs", "tmp/proj/src/a.rs"]);
-    }
-
-    #[test]
-    fn edit_allowed_matches_patterns_and_absolute_paths_only_for_owned_files() {
-        let dir = Path::new("/tmp/proj");
-        let files = vec!["calc.py".to_owned()];
-        assert!(edit_allowed(dir, &files, "calc.py", None));
-        assert!(edit_allowed(dir, &files, "tmp/proj/calc.py", None));
-        assert!(edit_allowed(dir, &files, "x", Some("/tmp/proj/calc.py")));
-        assert!(!edit_allowed(
-            dir,
-            &files,
-            "other.py",
-            Some("/tmp/proj/other.py")
-        ));
-        assert!(!edit_allowed(dir, &files, "tmp/proj/sub/calc.py", None));
-        assert!(!edit_allowed(dir, &[], "calc.py", None));
     }
 }

@@ -66,24 +66,26 @@ mod totals;
 
 pub use agents::{
     AGENTS_FILE, Action, AgentDef, AgentOverride, AgentSet, AgentsFile, ConfigError, Permission,
-    builtin, edit_allowed, edit_patterns, role_marker, worker_session_rules,
+    builtin, role_marker,
 };
+pub use backend::guard::{GuardConfig, Guarded};
+pub use backend::hooks::Hooked;
 pub use backend::opencode::{
     OpencodeBackend, OpencodeBackendConfig, SessionManager, SessionPoolStats, SessionReset,
 };
 pub use backend::simulated::{Latency, SimulatedBackend, SimulatedBackendBuilder};
 pub use backend::{
-    AgentBackend, BackendError, NoticeSink, PermissionDecision, SessionSpec, TokenUsage,
-    ToolCallRecord, TurnNotice, TurnReport, TurnRequest, ignore_notices,
+    AgentBackend, BackendError, Disposition, EditScope, ModelSpec, NoticeSink, PermissionDecision,
+    SessionSpec, TokenUsage, ToolCallRecord, TurnNotice, TurnReport, TurnRequest, ignore_notices,
 };
 pub use events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
 pub use hooks::{HookEvent, MissionHooks};
 pub use journal::{
     JOURNAL_FILE, Journal, JournalContents, JournalEntry, JournalError, JournalRecord,
 };
-pub use mission::{Mission, MissionConfig, MissionError};
+pub use mission::item::{IllegalChange, ItemChange, apply as apply_item_change};
+pub use mission::{Mission, MissionConfig, MissionError, MissionSpec};
 pub use orch_core::{AgentRole, HookDecision, HookPhase, HookRegistry, HookSpec};
-pub use orch_opencode::{ModelRef, PermissionRule};
 pub use policy::PolicyConfig;
 pub use protocol::{FixUp, ProtocolError, Verdict};
 pub use run_lock::{Holder, PID_FILE, RUN_LOCK_FILE, RunInfo, RunLock, RunLockError, RunState};

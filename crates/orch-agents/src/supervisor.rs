@@ -1,19 +1,14 @@
 //! Runs a mission through server loss: reconnect (or restart), then resume.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::agents::AgentSet;
 use crate::backend::{AgentBackend, BackendError};
 use crate::events::{MissionEvent, MissionReport, MissionStatus};
-use crate::hooks::MissionHooks;
-use crate::mission::{Mission, MissionConfig, MissionError, MissionSettings};
+use crate::mission::{Mission, MissionError, MissionSpec};
 
 /// Runs a mission and, when the OpenCode server goes away, gets a new backend from `connect`
 /// and resumes the mission from its `TODO.md` and journal, at most `max_restarts` times.
@@ -24,7 +19,7 @@ use crate::mission::{Mission, MissionConfig, MissionError, MissionSettings};
 /// the mission ends with a failed status saying so.
 pub struct Supervisor<B: AgentBackend> {
     /// What every run gets (its stop signal as a child of this one).
-    settings: MissionSettings,
+    spec: MissionSpec,
     max_restarts: u32,
     reconnect_timeout: Duration,
     _backend: std::marker::PhantomData<fn() -> B>,
@@ -33,43 +28,21 @@ pub struct Supervisor<B: AgentBackend> {
 impl<B: AgentBackend> std::fmt::Debug for Supervisor<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("request", &self.settings.request)
-            .field("dir", &self.settings.dir)
+            .field("spec", &self.spec)
             .field("max_restarts", &self.max_restarts)
             .finish_non_exhaustive()
     }
 }
 
 impl<B: AgentBackend> Supervisor<B> {
-    /// A supervisor with 3 restarts and a 60 s reconnection window.
-    pub fn new(request: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+    /// A supervisor of `spec` with 3 restarts and a 60 s reconnection window.
+    pub fn new(spec: MissionSpec) -> Self {
         Supervisor {
-            settings: MissionSettings::new(request, dir),
+            spec,
             max_restarts: 3,
             reconnect_timeout: Duration::from_secs(60),
             _backend: std::marker::PhantomData,
         }
-    }
-
-    /// Uses these agents.
-    #[must_use]
-    pub fn agents(mut self, agents: AgentSet) -> Self {
-        self.settings.agents = agents;
-        self
-    }
-
-    /// Uses these limits.
-    #[must_use]
-    pub fn config(mut self, config: MissionConfig) -> Self {
-        self.settings.config = config;
-        self
-    }
-
-    /// Runs these hooks in every mission it runs (see [`Mission::hooks`]).
-    #[must_use]
-    pub fn hooks(mut self, hooks: Arc<MissionHooks>) -> Self {
-        self.settings.hooks = Some(hooks);
-        self
     }
 
     /// How many times a lost server is replaced.
@@ -86,28 +59,9 @@ impl<B: AgentBackend> Supervisor<B> {
         self
     }
 
-    /// Uses this stop signal.
-    #[must_use]
-    pub fn stop_token(mut self, stop: CancellationToken) -> Self {
-        self.settings.stop = stop;
-        self
-    }
-
-    /// The stop signal.
-    pub fn stop_handle(&self) -> CancellationToken {
-        self.settings.stop.clone()
-    }
-
-    /// Publishes the events of every run on `sender` (see [`Mission::event_sender`]).
-    #[must_use]
-    pub fn event_sender(mut self, sender: broadcast::Sender<MissionEvent>) -> Self {
-        self.settings.events = sender;
-        self
-    }
-
-    /// Events of every run, in one stream.
-    pub fn subscribe(&self) -> broadcast::Receiver<MissionEvent> {
-        self.settings.events.subscribe()
+    /// The mission it runs (its stop signal, its events).
+    pub fn spec(&self) -> &MissionSpec {
+        &self.spec
     }
 
     /// Runs the mission to its end. The report is the last run's; `restarts` says how many
@@ -131,18 +85,15 @@ impl<B: AgentBackend> Supervisor<B> {
                 Ok(backend) => backend,
                 Err(reason) => return self.unreachable(reason).await.map(|r| (r, restarts)),
             };
-            let mut settings = self.settings.clone();
-            settings.stop = self.settings.stop.child_token();
-            settings.restart = restarts;
-            let mission = Mission::with_settings(backend, settings);
+            let mission = Mission::new(backend, self.spec.for_restart(restarts));
             let report = mission.run().await?;
             match &report.status {
                 MissionStatus::ServerLost { reason }
-                    if restarts < self.max_restarts && !self.settings.stop.is_cancelled() =>
+                    if restarts < self.max_restarts && !self.spec.stop_handle().is_cancelled() =>
                 {
                     restarts += 1;
                     last_error.clone_from(reason);
-                    let _ = self.settings.events.send(MissionEvent::Reconnecting {
+                    self.spec.publish(MissionEvent::Reconnecting {
                         attempt: restarts,
                         reason: reason.clone(),
                     });
@@ -163,17 +114,19 @@ impl<B: AgentBackend> Supervisor<B> {
         Fut: Future<Output = Result<Arc<B>, BackendError>>,
     {
         let deadline = Instant::now() + self.reconnect_timeout;
+        let stop = self.spec.stop_handle();
         let mut delay = Duration::from_millis(500);
         loop {
             match connect(attempt).await {
                 Ok(backend) => return Ok(backend),
                 Err(e)
-                    if Instant::now() + delay < deadline && !self.settings.stop.is_cancelled() =>
+                    if Instant::now() + delay < deadline
+                        && !self.spec.stop_handle().is_cancelled() =>
                 {
                     tracing::warn!(error = %e, "OpenCode server not reachable yet; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.settings.stop.cancelled() => return Err("stopped while reconnecting".into()),
+                        () = stop.cancelled() => return Err("stopped while reconnecting".into()),
                     }
                     delay = (delay * 2).min(Duration::from_secs(8));
                 }
@@ -195,17 +148,17 @@ impl<B: AgentBackend> Supervisor<B> {
     /// figures of every earlier run from the journal.
     async fn unreachable(&self, reason: String) -> Result<MissionReport, MissionError> {
         let status = MissionStatus::Failed { reason };
-        let _ = self.settings.events.send(MissionEvent::Finished {
+        self.spec.publish(MissionEvent::Finished {
             status: status.clone(),
             rounds: 0,
         });
-        let state = self.settings.state_dir();
+        let state = self.spec.state_dir();
         let store = orch_mvcc::TodoStore::open(&state)?;
         let (version, plan) = store.snapshot()?;
         let journal = crate::journal::Journal::read(&state)?;
         let totals = crate::totals::MissionTotals::from_records(&journal.records);
-        Ok(crate::totals::report(
-            self.settings.request.clone(),
+        Ok(crate::mission::report_of(
+            self.spec.request().to_owned(),
             status,
             &plan,
             version,

@@ -425,8 +425,8 @@ fn server_errors_open_the_breaker_and_move_to_the_fallback() -> Result<(), Faile
         )?;
         rules.module_work_and_reviews()?;
         let mut agents = orch_agents::AgentSet::builtin();
-        agents.model = Some(orch_agents::ModelRef::new("fake", "fake-model"));
-        agents.fallback_models = vec![orch_agents::ModelRef::new("fake", "fake-backup")];
+        agents.model = Some(orch_agents::ModelSpec::new("fake", "fake-model"));
+        agents.fallback_models = vec![orch_agents::ModelSpec::new("fake", "fake-backup")];
         let mut config = mission_config();
         config.policy.breaker.failure_threshold = 2;
         let started = std::time::Instant::now();
@@ -453,11 +453,17 @@ fn server_errors_open_the_breaker_and_move_to_the_fallback() -> Result<(), Faile
             .count();
         ensure(
             announced >= 2 && report.upstream_retries == announced as u64,
-            || format!("{announced} retries announced, {} counted", report.upstream_retries),
+            || {
+                format!(
+                    "{announced} retries announced, {} counted",
+                    report.upstream_retries
+                )
+            },
         )?;
-        ensure(started.elapsed() < std::time::Duration::from_secs(40), || {
-            format!("the storm took {:?}", started.elapsed())
-        })?;
+        ensure(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            || format!("the storm took {:?}", started.elapsed()),
+        )?;
         ensure(
             report.engine.get("breaker.fake/fake-model.trips") == Some(&1.0),
             || format!("engine: {:?}", report.engine),

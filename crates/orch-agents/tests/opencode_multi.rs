@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Rules, connect, ensure, mission_config, project, run, shared};
 use libtest_mimic::{Failed, Trial};
 use orch_agents::backend::multi::MultiBackend;
-use orch_agents::{AgentSet, Mission};
+use orch_agents::{AgentSet, Mission, MissionSpec};
 use orch_agents::{MissionEvent, MissionStatus};
 use orch_opencode::OpencodeServer;
 use orch_testkit::opencode::{IsolatedHome, require_binary};
@@ -84,10 +84,13 @@ async fn run_multi(
     request: &str,
     on_event: impl Fn(&MissionEvent) + Send + 'static,
 ) -> Result<orch_agents::MissionReport, String> {
-    let mission = Mission::new(Arc::clone(&multi), request, dir)
-        .config(mission_config())
-        .agents(AgentSet::builtin());
-    let mut rx = mission.subscribe();
+    let mission = Mission::new(
+        Arc::clone(&multi),
+        MissionSpec::new(request, dir)
+            .config(mission_config())
+            .agents(AgentSet::builtin()),
+    );
+    let mut rx = mission.spec().subscribe();
     let watcher = tokio::spawn(async move {
         while let Ok(event) = rx.recv().await {
             on_event(&event);
@@ -149,18 +152,27 @@ fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
         // Worker turns take 1.5 s: both Workers are mid-turn when the server dies.
         wide_mission(&rules, 4, Duration::from_millis(1500))?;
         let multi = two_servers(&shared, &extra.server, dir.path()).await?;
-        // Kill the second server 500 ms after the second item started.
+        // Kill the second server while a Worker turn runs on it: once it holds a session
+        // (a busy machine may take a while to open it), 300 ms into the 1.5 s turn.
         let victim = Arc::new(parking_lot::Mutex::new(Some(extra)));
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (kill_victim, kill_started) = (Arc::clone(&victim), Arc::clone(&started));
+        let watched = Arc::clone(&multi);
         let handle = tokio::runtime::Handle::current();
         let report = run_multi(Arc::clone(&multi), dir.path(), &rules.tag, move |event| {
             if matches!(event, MissionEvent::ItemStarted { .. })
                 && kill_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
             {
                 let victim = Arc::clone(&kill_victim);
+                let multi = Arc::clone(&watched);
                 handle.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    for _ in 0..200 {
+                        if multi.open_sessions().get(1).copied().unwrap_or(0) > 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     drop(victim.lock().take());
                 });
             }

@@ -20,7 +20,8 @@ use common::{
 use libtest_mimic::{Failed, Trial};
 use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
 use orch_agents::{
-    AgentRole, Journal, JournalEntry, Mission, MissionConfig, MissionEvent, MissionStatus, ModelRef,
+    AgentRole, Journal, JournalEntry, Mission, MissionConfig, MissionEvent, MissionSpec,
+    MissionStatus, ModelSpec,
 };
 use orch_mvcc::{ItemState, TodoStore};
 use orch_opencode::Client;
@@ -203,10 +204,12 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
                 .await
                 .map_err(|e| e.to_string())?,
         );
-        let mission =
-            Mission::new(Arc::clone(&backend), &rules.tag, dir.path()).config(mission_config());
-        let stop = mission.stop_handle();
-        let mut events = mission.subscribe();
+        let mission = Mission::new(
+            Arc::clone(&backend),
+            MissionSpec::new(&rules.tag, dir.path()).config(mission_config()),
+        );
+        let stop = mission.spec().stop_handle();
+        let mut events = mission.spec().subscribe();
         let handle = tokio::spawn(mission.run());
         loop {
             match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
@@ -259,7 +262,7 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
 
 fn backend_config() -> OpencodeBackendConfig {
     OpencodeBackendConfig {
-        default_model: Some(ModelRef::new("fake", "fake-model")),
+        default_model: Some(ModelSpec::new("fake", "fake-model")),
         silence_probe: Duration::from_secs(1),
         settle: Duration::from_secs(2),
         toasts: false,
@@ -402,10 +405,11 @@ fn server_killed_mid_turn_is_restarted() -> Result<(), Failed> {
         let home = orch_testkit::opencode::IsolatedHome::new().map_err(|e| e.to_string())?;
         let servers: Arc<std::sync::Mutex<Vec<Arc<orch_opencode::OpencodeServer>>>> =
             Arc::default();
-        let supervisor = orch_agents::Supervisor::new(tag, dir.path())
-            .config(mission_config())
-            .max_restarts(2);
-        let mut events = supervisor.subscribe();
+        let supervisor = orch_agents::Supervisor::new(
+            MissionSpec::new(tag, dir.path()).config(mission_config()),
+        )
+        .max_restarts(2);
+        let mut events = supervisor.spec().subscribe();
         let started_servers = Arc::clone(&servers);
         let home_path = home.path().to_owned();
         let project_dir = dir.path().to_owned();
@@ -584,12 +588,14 @@ fn child_main() -> ! {
         let Ok(backend) = OpencodeBackend::connect(client, backend_config()).await else {
             return 3;
         };
-        let mission = Mission::new(Arc::new(backend), env("ORCH_CHILD_REQUEST"), &dir)
-            .config(mission_config());
+        let mission = Mission::new(
+            Arc::new(backend),
+            MissionSpec::new(env("ORCH_CHILD_REQUEST"), &dir).config(mission_config()),
+        );
         // SIGINT (Ctrl-C) cancels the one stop token every loop and wait watches. The handler
         // is installed before the mission starts (a lazily polled `ctrl_c()` would leave a
         // window in which SIGINT still kills the process).
-        let stop = mission.stop_handle();
+        let stop = mission.spec().stop_handle();
         let Ok(mut interrupt) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         else {

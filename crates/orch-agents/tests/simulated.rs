@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use orch_agents::{
     AgentRole, BackendError, Latency, Mission, MissionConfig, MissionEvent, MissionReport,
-    MissionStatus, PolicyConfig, SimulatedBackend, TurnRequest,
+    MissionSpec, MissionStatus, PolicyConfig, SimulatedBackend, TurnRequest,
 };
 use orch_core::RetryPolicy;
 use orch_mvcc::{ItemState, TodoStore};
@@ -82,8 +82,11 @@ async fn run(
     config: MissionConfig,
 ) -> (tempfile::TempDir, MissionReport, Vec<MissionEvent>) {
     let dir = tempfile::tempdir().unwrap();
-    let mission = Mission::new(Arc::new(backend), "build a thing", dir.path()).config(config);
-    let mut events = mission.subscribe();
+    let mission = Mission::new(
+        Arc::new(backend),
+        MissionSpec::new("build a thing", dir.path()).config(config),
+    );
+    let mut events = mission.spec().subscribe();
     let report = mission.run().await.unwrap();
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {
@@ -187,7 +190,7 @@ async fn dependencies_and_file_ownership_order_the_work() {
         .iter()
         .find(|t| t.role == AgentRole::Worker && t.prompt.contains("Your item: T2"))
         .unwrap();
-    assert_eq!(t2.allowed_edits, vec!["feature.txt".to_owned()]);
+    assert_eq!(t2.scope.as_slice(), ["feature.txt".to_owned()]);
 }
 
 #[tokio::test]
@@ -433,9 +436,12 @@ async fn stop_ends_the_mission_quickly_and_resume_finishes_it() {
             .plan(PLAN)
             .build(),
     );
-    let mission = Mission::new(Arc::clone(&backend), "build a thing", dir.path()).config(config());
-    let stop = mission.stop_handle();
-    let mut events = mission.subscribe();
+    let mission = Mission::new(
+        Arc::clone(&backend),
+        MissionSpec::new("build a thing", dir.path()).config(config()),
+    );
+    let stop = mission.spec().stop_handle();
+    let mut events = mission.spec().subscribe();
     let handle = tokio::spawn(mission.run());
     // Stop once the first Worker is running.
     loop {
@@ -461,9 +467,11 @@ async fn stop_ends_the_mission_quickly_and_resume_finishes_it() {
     );
     let worker_turns_before = report.usage.get(&AgentRole::Worker).map_or(0, |u| u.turns);
 
-    let resumed =
-        Mission::new(Arc::new(fast().build()), "build a thing", dir.path()).config(config());
-    let mut events = resumed.subscribe();
+    let resumed = Mission::new(
+        Arc::new(fast().build()),
+        MissionSpec::new("build a thing", dir.path()).config(config()),
+    );
+    let mut events = resumed.spec().subscribe();
     let report = resumed.run().await.unwrap();
     assert_eq!(report.status, MissionStatus::Completed);
     assert!(matches!(
@@ -492,8 +500,11 @@ async fn an_item_added_to_todo_md_mid_mission_is_merged_and_run() {
             .latency(Latency::Fixed(Duration::from_millis(30)))
             .plan(PLAN),
     );
-    let mission = Mission::new(Arc::new(backend), "build a thing", dir.path()).config(config());
-    let mut events = mission.subscribe();
+    let mission = Mission::new(
+        Arc::new(backend),
+        MissionSpec::new("build a thing", dir.path()).config(config()),
+    );
+    let mut events = mission.spec().subscribe();
     let state = dir.path().join(".orchestrator");
     let editor = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {
@@ -583,11 +594,13 @@ async fn resume_rebuilds_from_the_journal_what_the_store_had_not_written() {
     drop(journal);
     let log = Log::default();
     let backend = log.passing(fast());
-    let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
-        .config(config())
-        .run()
-        .await
-        .unwrap();
+    let report = Mission::new(
+        Arc::new(backend),
+        MissionSpec::new("build a thing", dir.path()).config(config()),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(report.status, MissionStatus::Completed, "{report:#?}");
     let workers = log.prompts(AgentRole::Worker);
     assert_eq!(workers.len(), 1, "{workers:?}");
@@ -620,10 +633,8 @@ async fn a_crash_at_any_point_resumes_without_redoing_finished_work() {
                     .plan(PLAN)
                     .build(),
             ),
-            "build a thing",
-            dir.path(),
-        )
-        .config(config());
+            MissionSpec::new("build a thing", dir.path()).config(config()),
+        );
         // The crashed run gets a runtime of its own, dropped at the crash point like a dying
         // process: every task stops, and no blocking store write outlives it into the
         // resumed run (a dropped future alone would leave its spawn_blocking work running).
@@ -648,8 +659,10 @@ async fn a_crash_at_any_point_resumes_without_redoing_finished_work() {
         }
         crashes += 1;
         let backend = Arc::new(fast().build());
-        let resumed =
-            Mission::new(Arc::clone(&backend), "build a thing", dir.path()).config(config());
+        let resumed = Mission::new(
+            Arc::clone(&backend),
+            MissionSpec::new("build a thing", dir.path()).config(config()),
+        );
         let report = resumed.run().await.unwrap();
         assert_eq!(
             report.status,
@@ -707,10 +720,12 @@ async fn the_supervisor_resumes_after_server_loss() {
     // (attempt, prompt marked) of every turn.
     let seen: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
     let record = Arc::clone(&seen);
-    let supervisor = orch_agents::Supervisor::new("build a thing", dir.path())
-        .config(config())
-        .hooks(Arc::new(hooks));
-    let mut events = supervisor.subscribe();
+    let supervisor = orch_agents::Supervisor::new(
+        MissionSpec::new("build a thing", dir.path())
+            .config(config())
+            .hooks(Arc::new(hooks)),
+    );
+    let mut events = supervisor.spec().subscribe();
     let (report, restarts) = supervisor
         .run(move |attempt| {
             let flag = Arc::clone(&flag);
@@ -771,15 +786,18 @@ async fn the_supervisor_resumes_after_server_loss() {
 async fn the_supervisor_gives_up_when_the_server_stays_away() {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let (report, _) = orch_agents::Supervisor::<SimulatedBackend>::new("build a thing", dir.path())
-        .reconnect_timeout(Duration::from_secs(2))
-        .run(|_| async {
-            Err(BackendError::ServerLost {
-                message: "connection refused".into(),
-            })
+    let (report, _) = orch_agents::Supervisor::<SimulatedBackend>::new(MissionSpec::new(
+        "build a thing",
+        dir.path(),
+    ))
+    .reconnect_timeout(Duration::from_secs(2))
+    .run(|_| async {
+        Err(BackendError::ServerLost {
+            message: "connection refused".into(),
         })
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     match report.status {
         MissionStatus::Failed { reason } => assert!(reason.contains("cannot reach"), "{reason}"),
         other => panic!("{other:?}"),
@@ -832,12 +850,15 @@ async fn hooks_modify_prompts_and_veto_verdicts() {
     let log = Log::default();
     let backend = log.passing(fast());
     let dir = tempfile::tempdir().unwrap();
-    let report = Mission::new(Arc::new(backend), "build a thing", dir.path())
-        .config(config())
-        .hooks(Arc::new(hooks))
-        .run()
-        .await
-        .unwrap();
+    let report = Mission::new(
+        Arc::new(backend),
+        MissionSpec::new("build a thing", dir.path())
+            .config(config())
+            .hooks(Arc::new(hooks)),
+    )
+    .run()
+    .await
+    .unwrap();
     assert_eq!(report.status, MissionStatus::Completed);
     assert!(*vetoed.lock());
     let workers = log.prompts(AgentRole::Worker);

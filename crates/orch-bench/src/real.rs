@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use orch_agents::backend::opencode::install_spec;
 use orch_agents::{
-    AgentBackend, AgentRole, AgentSet, Mission, MissionConfig, MissionEvent, MissionStatus,
-    ModelRef, OpencodeBackend, OpencodeBackendConfig, SessionPoolStats, SessionReset, SessionSpec,
-    TurnRequest,
+    AgentBackend, AgentRole, AgentSet, Disposition, EditScope, Mission, MissionConfig,
+    MissionEvent, MissionSpec, MissionStatus, ModelSpec, OpencodeBackend, OpencodeBackendConfig,
+    SessionPoolStats, SessionReset, SessionSpec, TurnRequest,
 };
 use orch_opencode::{ConfigInstaller, CreateSession, OpencodeServer};
 use orch_testkit::opencode::{
@@ -117,7 +118,7 @@ pub fn project_for(model_url: &str, snapshot: bool) -> Result<tempfile::TempDir,
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("README.md"), "# bench project\n").map_err(|e| e.to_string())?;
     ConfigInstaller::new(dir.path())
-        .install(&AgentSet::builtin().install_spec())
+        .install(&install_spec(&AgentSet::builtin()))
         .map_err(|e| e.to_string())?;
     if snapshot {
         for args in [
@@ -148,7 +149,7 @@ pub fn backend_config(max_per_role: usize, max_reuse: u32) -> OpencodeBackendCon
     OpencodeBackendConfig {
         max_per_role,
         max_reuse,
-        default_model: Some(ModelRef::new("fake", "fake-model")),
+        default_model: Some(ModelSpec::new("fake", "fake-model")),
         settle: Duration::from_millis(200),
         toasts: false,
         ..OpencodeBackendConfig::default()
@@ -173,7 +174,9 @@ fn ping(n: u64) -> TurnRequest {
         agent: "orch-commander".into(),
         model: None,
         prompt: format!("{PING} {n}"),
-        allowed_edits: Vec::new(),
+        scope: EditScope::none(),
+        item: None,
+        attempt: 1,
     }
 }
 
@@ -181,7 +184,7 @@ fn spec(role: AgentRole) -> SessionSpec {
     SessionSpec {
         role,
         title: format!("bench {role}"),
-        rules: Vec::new(),
+        scope: EditScope::none(),
     }
 }
 
@@ -203,7 +206,14 @@ pub async fn one_turn<B: AgentBackend>(backend: &B, n: u64) -> Result<Duration, 
         )
         .await;
     backend
-        .close(session, result.is_err())
+        .close(
+            session,
+            if result.is_err() {
+                Disposition::Broken
+            } else {
+                Disposition::Reusable
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     result.map_err(|e| e.to_string())?;
@@ -252,7 +262,7 @@ pub async fn turns_per_second<B: AgentBackend>(
                     }
                 };
             }
-            let _ = backend.close(session, false).await;
+            let _ = backend.close(session, Disposition::Reusable).await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -304,7 +314,14 @@ async fn timed_turn(backend: &OpencodeBackend, n: u64) -> Result<(Duration, Dura
         )
         .await;
     backend
-        .close(session, result.is_err())
+        .close(
+            session,
+            if result.is_err() {
+                Disposition::Broken
+            } else {
+                Disposition::Reusable
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     result.map_err(|e| e.to_string())?;
@@ -350,7 +367,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
         .await
         .map_err(|e| e.to_string())?;
     pooled
-        .close(first, false)
+        .close(first, Disposition::Reusable)
         .await
         .map_err(|e| e.to_string())?;
     let mut acquire = Vec::new();
@@ -361,7 +378,10 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
             .await
             .map_err(|e| e.to_string())?;
         acquire.push(t.elapsed());
-        pooled.close(s, false).await.map_err(|e| e.to_string())?;
+        pooled
+            .close(s, Disposition::Reusable)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let (c, a) = (median(create), median(acquire));
     let ratio = c.as_secs_f64() / a.as_secs_f64().max(1e-9);
@@ -612,15 +632,15 @@ async fn speedup_mission(
 ) -> Result<SpeedupRun, String> {
     let compactions0 = compactions(model);
     let requests0 = backend.inner().client().stats();
-    let mission =
-        Mission::new(Arc::clone(backend), "speed-up benchmark", project).config(MissionConfig {
-            workers,
-            reviewers: workers,
-            integration_review: false,
-            turn_timeout: Duration::from_secs(60),
-            ..MissionConfig::default()
-        });
-    let mut rx = mission.subscribe();
+    let spec = MissionSpec::new("speed-up benchmark", project).config(MissionConfig {
+        workers,
+        reviewers: workers,
+        integration_review: false,
+        turn_timeout: Duration::from_secs(60),
+        ..MissionConfig::default()
+    });
+    let mut rx = spec.subscribe();
+    let mission = Mission::new(Arc::clone(backend), spec);
     let cpu = move || {
         (
             process_tree_cpu(server_pid).unwrap_or_default(),

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use orch_agents::{
-    AgentBackend, AgentRole, BackendError, PermissionRule, SessionSpec, TurnReport, TurnRequest,
+    AgentBackend, AgentRole, BackendError, Disposition, EditScope, SessionSpec, TurnReport,
+    TurnRequest,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -122,6 +123,10 @@ impl<B> Recorder<B> {
 impl<B: AgentBackend> AgentBackend for Recorder<B> {
     type Session = B::Session;
 
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        self.inner.provision(role, sessions);
+    }
+
     async fn open(&self, spec: SessionSpec) -> Result<Self::Session, BackendError> {
         let s = self.inner.open(spec).await?;
         bump_peak(&self.open, &self.peak_open);
@@ -131,9 +136,9 @@ impl<B: AgentBackend> AgentBackend for Recorder<B> {
     async fn rescope(
         &self,
         session: &Self::Session,
-        rules: Vec<PermissionRule>,
+        scope: &EditScope,
     ) -> Result<(), BackendError> {
-        self.inner.rescope(session, rules).await
+        self.inner.rescope(session, scope).await
     }
 
     async fn run_turn(
@@ -170,13 +175,13 @@ impl<B: AgentBackend> AgentBackend for Recorder<B> {
         self.inner.abort(session).await
     }
 
-    async fn reset(&self, session: &Self::Session) -> Result<(), BackendError> {
-        self.inner.reset(session).await
-    }
-
-    async fn close(&self, session: Self::Session, broken: bool) -> Result<(), BackendError> {
+    async fn close(
+        &self,
+        session: Self::Session,
+        disposition: Disposition,
+    ) -> Result<(), BackendError> {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        self.inner.close(session, broken).await
+        self.inner.close(session, disposition).await
     }
 
     fn session_id(&self, session: &Self::Session) -> String {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orch_agents::{
-    AgentRole, Latency, Mission, MissionConfig, MissionReport, MissionStatus, PolicyConfig,
-    SimulatedBackend,
+    AgentRole, Latency, Mission, MissionConfig, MissionReport, MissionSpec, MissionStatus,
+    PolicyConfig, SimulatedBackend,
 };
 
 use crate::plans::{PlanItem, Shape, bound, dag, greedy_replay, handoff_gaps, plan_text, quantile};
@@ -89,8 +89,10 @@ pub async fn run(
         .build();
     let backend = Arc::new(Recorder::new(backend));
     let dir = tempfile::tempdir_in(root).map_err(|e| e.to_string())?;
-    let mission =
-        Mission::new(Arc::clone(&backend), "benchmark mission", dir.path()).config(config(slots));
+    let mission = Mission::new(
+        Arc::clone(&backend),
+        MissionSpec::new("benchmark mission", dir.path()).config(config(slots)),
+    );
     let cpu0 = cpu_time().unwrap_or_default();
     let started = std::time::Instant::now();
     let from = backend.clock();

@@ -9,7 +9,7 @@ use orch_testkit::Script;
 
 use crate::failure::{Failure, code};
 use crate::output::Ui;
-use crate::runner::{MissionSpec, ModelChoice, ServerChoice};
+use crate::runner::{LaunchSpec, ModelChoice, ServerChoice};
 use crate::state::{BUILTIN_DEMO, Saved};
 use crate::{opencode_env, runner};
 
@@ -93,7 +93,7 @@ pub(crate) async fn demo(
         ui,
         signals,
         lock,
-        MissionSpec {
+        LaunchSpec {
             dir: dir.clone(),
             request: DEMO_MISSION.to_owned(),
             server: ServerChoice::Own(bin),

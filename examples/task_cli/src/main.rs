@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use orch_agents::{AgentSet, ModelRef, RunLock};
+use orch_agents::{AgentSet, ModelSpec, RunLock};
 use orch_testkit::Script;
 use serde_json::json;
 
@@ -31,7 +31,7 @@ use crate::config::{FileConfig, Limits};
 use crate::failure::{EXIT_CODES_HELP, Failure, code, describe};
 use crate::lifecycle::Existing;
 use crate::output::{Mode, Ui};
-use crate::runner::{MissionSpec, ModelChoice, ServerChoice, Signals};
+use crate::runner::{LaunchSpec, ModelChoice, ServerChoice, Signals};
 use crate::state::{BUILTIN_DEMO, Saved, project_dir};
 
 /// The /task command line of the Rust OpenCode Orchestrator: a deterministic Commander
@@ -271,8 +271,8 @@ async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
     }
 }
 
-fn parse_model(model: &str) -> anyhow::Result<ModelRef> {
-    ModelRef::parse(model).ok_or_else(|| {
+fn parse_model(model: &str) -> anyhow::Result<ModelSpec> {
+    ModelSpec::parse(model).ok_or_else(|| {
         Failure::usage(
             format!("`{model}` is not a provider/model pair"),
             "pass e.g. --model anthropic/claude-sonnet-4-5",
@@ -364,7 +364,7 @@ async fn start(
         ui,
         signals,
         lock,
-        MissionSpec {
+        LaunchSpec {
             dir,
             request: mission,
             server: server_choice,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use orch_agents::{
-    AgentSet, BackendError, MissionConfig, MissionReport, MissionStatus, ModelRef, OpencodeBackend,
-    OpencodeBackendConfig, RunLock, Supervisor,
+    AgentSet, BackendError, MissionConfig, MissionReport, MissionStatus, ModelSpec,
+    OpencodeBackend, OpencodeBackendConfig, RunLock, Supervisor,
 };
 use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config};
@@ -35,14 +35,15 @@ pub(crate) enum ServerChoice {
 #[derive(Debug)]
 pub(crate) enum ModelChoice {
     /// The user's OpenCode configuration; `Some` overrides its default model.
-    User(Option<ModelRef>),
+    User(Option<ModelSpec>),
     /// The scripted model with this script (an isolated OpenCode home whose only model it is).
     Script(Script),
 }
 
-/// Everything a mission run needs.
+/// Everything a run of this command needs: the mission, where its agents run, which model
+/// answers.
 #[derive(Debug)]
-pub(crate) struct MissionSpec {
+pub(crate) struct LaunchSpec {
     pub(crate) dir: PathBuf,
     pub(crate) request: String,
     pub(crate) server: ServerChoice,
@@ -53,7 +54,7 @@ pub(crate) struct MissionSpec {
 
 /// The install spec of the orchestrator's agents.
 pub(crate) fn agents_spec(agents: &AgentSet) -> InstallSpec {
-    agents.install_spec()
+    orch_agents::backend::opencode::install_spec(agents)
 }
 
 /// Resources that must live as long as the mission.
@@ -71,7 +72,7 @@ pub(crate) async fn run(
     ui: &Ui,
     signals: Signals,
     lock: RunLock,
-    spec: MissionSpec,
+    spec: LaunchSpec,
 ) -> anyhow::Result<u8> {
     let dir = spec.dir.clone();
     let lock = Arc::new(Mutex::new(Some(lock)));
@@ -187,7 +188,7 @@ fn stopped_at_start(ui: &Ui, dir: &Path) -> u8 {
 
 async fn run_locked(
     ui: &Ui,
-    spec: MissionSpec,
+    spec: LaunchSpec,
     stop: &CancellationToken,
     server_slot: &ServerSlot,
 ) -> anyhow::Result<u8> {
@@ -214,7 +215,7 @@ async fn run_locked(
             let path = home.path().to_owned();
             keep._model = Some(model);
             keep._home = Some(home);
-            (Some(ModelRef::new("fake", "fake-model")), Some(path), true)
+            (Some(ModelSpec::new("fake", "fake-model")), Some(path), true)
         }
         ModelChoice::User(model) => {
             let report = ConfigInstaller::new(&dir)
@@ -291,11 +292,13 @@ async fn run_locked(
         },
     });
 
-    let supervisor = Supervisor::<OpencodeBackend>::new(spec.request.clone(), &dir)
-        .config(spec.config)
-        .agents(spec.agents)
-        .stop_token(stop.clone());
-    let mut events = supervisor.subscribe();
+    let supervisor = Supervisor::<OpencodeBackend>::new(
+        orch_agents::MissionSpec::new(spec.request.clone(), &dir)
+            .config(spec.config)
+            .agents(spec.agents)
+            .stop_token(stop.clone()),
+    );
+    let mut events = supervisor.spec().subscribe();
 
     // Until the supervisor is done (a lost server gives a `finished`, then `reconnecting`).
     let progress_ui = ui.clone();
@@ -481,7 +484,7 @@ impl Connector {
 fn write_isolated_config(home: &Path, base_url: &str, agents: &AgentSet) -> anyhow::Result<()> {
     let mut config = fake_provider_config(base_url);
     config["snapshot"] = json!(false);
-    config["agent"] = agents.opencode_agents();
+    config["agent"] = orch_agents::backend::opencode::config_agents(agents);
     let dir = home.join(".config/opencode");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(

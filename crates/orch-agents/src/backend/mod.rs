@@ -1,17 +1,122 @@
 //! The seam between the mission and whatever runs agent turns.
+//!
+//! [`AgentBackend`] speaks the mission's own vocabulary — a role, an [`EditScope`], a
+//! [`ModelSpec`], a [`Disposition`] — so that any runner plugs in without dragging another's
+//! types along: OpenCode ([`opencode::OpencodeBackend`]), several OpenCode servers
+//! ([`multi::MultiBackend`]), or a simulation ([`simulated::SimulatedBackend`]). Policies wrap
+//! a backend the way tower's layers wrap a service and implement the same trait:
+//! [`guard::Guarded`] (a slot per role, a breaker per model, fallback models, retries of
+//! transient errors) and [`hooks::Hooked`] (the user's hooks around each turn).
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
 use orch_core::AgentRole;
-use orch_opencode::{ModelRef, PermissionRule};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod guard;
+pub mod hooks;
 pub mod multi;
 pub mod opencode;
 pub mod simulated;
+
+/// The files a session may edit, relative to the project (empty: none). A backend enforces
+/// it its own way (OpenCode: per-session permission rules, and requests outside it rejected).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EditScope {
+    files: Vec<String>,
+}
+
+impl EditScope {
+    /// No file may be edited.
+    pub fn none() -> Self {
+        EditScope::default()
+    }
+
+    /// Exactly these files.
+    pub fn files(files: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        EditScope {
+            files: files.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The files, as given.
+    pub fn as_slice(&self) -> &[String] {
+        &self.files
+    }
+
+    /// Whether no file may be edited.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+}
+
+/// A model as `provider/model` (`anthropic/claude-sonnet-4-5`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModelSpec {
+    provider: String,
+    model: String,
+}
+
+impl ModelSpec {
+    /// `ModelSpec::new("fake", "fake-model")`.
+    pub fn new(provider: impl Into<String>, model: impl Into<String>) -> Self {
+        ModelSpec {
+            provider: provider.into(),
+            model: model.into(),
+        }
+    }
+
+    /// Parses `provider/model` (both parts non-empty; the model may contain `/`).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (provider, model) = text.split_once('/')?;
+        (!provider.is_empty() && !model.is_empty()).then(|| Self::new(provider, model))
+    }
+
+    /// The provider id.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The model id within the provider.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.provider, self.model)
+    }
+}
+
+impl TryFrom<String> for ModelSpec {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        ModelSpec::parse(&text).ok_or_else(|| format!("`{text}` is not provider/model"))
+    }
+}
+
+impl From<ModelSpec> for String {
+    fn from(spec: ModelSpec) -> String {
+        spec.to_string()
+    }
+}
+
+/// What becomes of a session given back with [`AgentBackend::close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Disposition {
+    /// It ended its turns cleanly: the backend may hand it out again (after its reset).
+    Reusable,
+    /// A turn failed or was abandoned in it: the backend tears it down safely.
+    Broken,
+}
 
 /// What a session is opened for.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +125,8 @@ pub struct SessionSpec {
     pub role: AgentRole,
     /// A title (OpenCode skips its title-generation call when one is given).
     pub title: String,
-    /// Per-session permission rules (a Worker's owned files).
-    pub rules: Vec<PermissionRule>,
+    /// What it may edit.
+    pub scope: EditScope,
 }
 
 /// One turn to run.
@@ -31,12 +136,17 @@ pub struct TurnRequest {
     pub role: AgentRole,
     /// The agent's name (`orch-worker`, or a user-defined one).
     pub agent: String,
-    /// The model; `None` for the backend's default.
-    pub model: Option<ModelRef>,
+    /// The model; `None` for the backend's default (a [`guard::Guarded`] layer fills it in
+    /// from the agents and moves it to a fallback when its breaker is open).
+    pub model: Option<ModelSpec>,
     /// The prompt text.
     pub prompt: String,
-    /// The files this turn may edit; edit requests for other files are rejected.
-    pub allowed_edits: Vec<String>,
+    /// What the turn may edit; edit requests outside it are rejected.
+    pub scope: EditScope,
+    /// The plan item the turn works on, if any (for notices and logs).
+    pub item: Option<String>,
+    /// The item's attempt (1 for a first attempt); a retry's turn gets its slot first.
+    pub attempt: u32,
 }
 
 /// Token figures of a turn, as reported by the backend.
@@ -118,6 +228,8 @@ pub enum TurnNotice {
     /// The server failed a model call and will retry it by itself (OpenCode does, for 429
     /// and 5xx answers): an outage the turn may still survive.
     UpstreamRetry {
+        /// The model that failed (`None`: the backend's default).
+        model: Option<ModelSpec>,
         /// The server's attempt counter (1 for the first retry).
         attempt: u32,
         /// How long until the next attempt.
@@ -128,6 +240,16 @@ pub enum TurnNotice {
         status: Option<u16>,
         /// Whether the provider is rate limiting.
         rate_limited: bool,
+    },
+    /// A transient error ended an attempt; the turn is tried again after `delay` (from
+    /// [`guard::Guarded`]).
+    Retrying {
+        /// The attempt about to start (2 for the first retry).
+        attempt: u32,
+        /// The wait before it.
+        delay: Duration,
+        /// The error retried.
+        error: String,
     },
 }
 
@@ -195,6 +317,73 @@ impl BackendError {
     }
 }
 
+/// A shared backend is a backend (the mission holds its backend in an `Arc`, and layers wrap
+/// it).
+impl<B: AgentBackend> AgentBackend for std::sync::Arc<B> {
+    type Session = B::Session;
+
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        (**self).provision(role, sessions);
+    }
+
+    fn open(
+        &self,
+        spec: SessionSpec,
+    ) -> impl Future<Output = Result<Self::Session, BackendError>> + Send {
+        (**self).open(spec)
+    }
+
+    fn rescope(
+        &self,
+        session: &Self::Session,
+        scope: &EditScope,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        (**self).rescope(session, scope)
+    }
+
+    fn run_turn(
+        &self,
+        session: &Self::Session,
+        turn: TurnRequest,
+        deadline: Instant,
+        stop: &CancellationToken,
+        notices: NoticeSink<'_>,
+    ) -> impl Future<Output = Result<TurnReport, BackendError>> + Send {
+        (**self).run_turn(session, turn, deadline, stop, notices)
+    }
+
+    fn abort(
+        &self,
+        session: &Self::Session,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        (**self).abort(session)
+    }
+
+    fn close(
+        &self,
+        session: Self::Session,
+        disposition: Disposition,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send {
+        (**self).close(session, disposition)
+    }
+
+    fn session_id(&self, session: &Self::Session) -> String {
+        (**self).session_id(session)
+    }
+
+    fn cleanup(&self, sessions: Vec<String>) -> impl Future<Output = ()> + Send {
+        (**self).cleanup(sessions)
+    }
+
+    fn notify(&self, message: &str) -> impl Future<Output = ()> + Send {
+        (**self).notify(message)
+    }
+
+    fn stats(&self) -> Vec<(String, f64)> {
+        (**self).stats()
+    }
+}
+
 /// A duration in messages for people: `850 ms`, `5.0 s`, `125 s`.
 pub(crate) fn seconds(d: Duration) -> String {
     if d < Duration::from_secs(1) {
@@ -231,12 +420,11 @@ pub trait AgentBackend: Send + Sync + 'static {
         spec: SessionSpec,
     ) -> impl Future<Output = Result<Self::Session, BackendError>> + Send;
 
-    /// Replaces the session's per-session permission rules (a reused Worker session moving
-    /// to a new item).
+    /// Changes what the session may edit (a reused Worker session moving to a new item).
     fn rescope(
         &self,
         session: &Self::Session,
-        rules: Vec<PermissionRule>,
+        scope: &EditScope,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Runs one turn to its end: sends it, answers permission requests by `turn.allowed_edits`,
@@ -258,17 +446,12 @@ pub trait AgentBackend: Send + Sync + 'static {
         session: &Self::Session,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Clears the session's context for reuse (OpenCode: compaction).
-    fn reset(
-        &self,
-        session: &Self::Session,
-    ) -> impl Future<Output = Result<(), BackendError>> + Send;
-
-    /// Gives the session back: reusable (`broken = false`) or to be torn down.
+    /// Gives the session back, [`Disposition::Reusable`] or [`Disposition::Broken`] (torn
+    /// down). How a reusable one is reset before its next use is the backend's business.
     fn close(
         &self,
         session: Self::Session,
-        broken: bool,
+        disposition: Disposition,
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// The backend's id of a session (for the journal).

@@ -22,14 +22,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use orch_opencode::PermissionRule;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use orch_core::AgentRole;
 
-use crate::backend::NoticeSink;
+use crate::backend::{Disposition, EditScope, NoticeSink};
 use crate::{
     AgentBackend, BackendError, OpencodeBackend, SessionSpec, TurnReport, TurnRequest,
     backend::opencode::OpencodeSession,
@@ -243,18 +242,18 @@ impl MultiBackend {
         let spec = session.spec.lock().clone();
         let placement = self.place(&spec).await?;
         let old = std::mem::replace(&mut *session.placement.lock(), placement);
-        self.release(old, true).await;
+        self.release(old, Disposition::Broken).await;
         self.migrations.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn release(&self, placement: Placement, broken: bool) {
+    async fn release(&self, placement: Placement, disposition: Disposition) {
         let member = &self.members[placement.server];
         member.open.fetch_sub(1, Ordering::Relaxed);
         // A clone may still be held by a turn that is ending; the pool guard then goes back
         // when that clone drops.
         if let Ok(session) = Arc::try_unwrap(placement.session) {
-            let _ = member.backend.close(session, broken).await;
+            let _ = member.backend.close(session, disposition).await;
         }
     }
 }
@@ -277,14 +276,10 @@ impl AgentBackend for MultiBackend {
         })
     }
 
-    async fn rescope(
-        &self,
-        session: &MultiSession,
-        rules: Vec<PermissionRule>,
-    ) -> Result<(), BackendError> {
-        session.spec.lock().rules = rules.clone();
+    async fn rescope(&self, session: &MultiSession, scope: &EditScope) -> Result<(), BackendError> {
+        session.spec.lock().scope = scope.clone();
         let (server, current) = session.current();
-        let result = self.members[server].backend.rescope(&current, rules).await;
+        let result = self.members[server].backend.rescope(&current, scope).await;
         drop(current);
         match result {
             // The new session is opened with the new rules already.
@@ -328,14 +323,13 @@ impl AgentBackend for MultiBackend {
         self.members[server].backend.abort(&current).await
     }
 
-    async fn reset(&self, session: &MultiSession) -> Result<(), BackendError> {
-        let (server, current) = session.current();
-        self.members[server].backend.reset(&current).await
-    }
-
-    async fn close(&self, session: MultiSession, broken: bool) -> Result<(), BackendError> {
+    async fn close(
+        &self,
+        session: MultiSession,
+        disposition: Disposition,
+    ) -> Result<(), BackendError> {
         let placement = session.placement.into_inner();
-        self.release(placement, broken).await;
+        self.release(placement, disposition).await;
         Ok(())
     }
 

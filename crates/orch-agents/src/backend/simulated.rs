@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use orch_core::AgentRole;
-use orch_opencode::PermissionRule;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AgentBackend, BackendError, NoticeSink, SessionSpec, TokenUsage, TurnReport, TurnRequest,
+    AgentBackend, BackendError, Disposition, EditScope, NoticeSink, SessionSpec, TokenUsage,
+    TurnReport, TurnRequest,
 };
 
 /// A latency distribution for simulated turns.
@@ -70,7 +70,7 @@ pub type Responder = Arc<dyn Fn(&TurnRequest) -> Result<String, BackendError> + 
 pub struct SimSession {
     id: u64,
     role: AgentRole,
-    rules: Mutex<Vec<PermissionRule>>,
+    scope: Mutex<EditScope>,
 }
 
 impl SimSession {
@@ -84,9 +84,9 @@ impl SimSession {
         self.role
     }
 
-    /// The permission rules in force.
-    pub fn rules(&self) -> Vec<PermissionRule> {
-        self.rules.lock().clone()
+    /// What it may edit now.
+    pub fn scope(&self) -> EditScope {
+        self.scope.lock().clone()
     }
 }
 
@@ -274,16 +274,12 @@ impl AgentBackend for SimulatedBackend {
         Ok(SimSession {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             role: spec.role,
-            rules: Mutex::new(spec.rules),
+            scope: Mutex::new(spec.scope),
         })
     }
 
-    async fn rescope(
-        &self,
-        session: &SimSession,
-        rules: Vec<PermissionRule>,
-    ) -> Result<(), BackendError> {
-        *session.rules.lock() = rules;
+    async fn rescope(&self, session: &SimSession, scope: &EditScope) -> Result<(), BackendError> {
+        session.scope.lock().clone_from(scope);
         Ok(())
     }
 
@@ -344,11 +340,11 @@ impl AgentBackend for SimulatedBackend {
         Ok(())
     }
 
-    async fn reset(&self, _session: &SimSession) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    async fn close(&self, _session: SimSession, _broken: bool) -> Result<(), BackendError> {
+    async fn close(
+        &self,
+        _session: SimSession,
+        _disposition: Disposition,
+    ) -> Result<(), BackendError> {
         self.counters.closed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -390,7 +386,9 @@ mod tests {
             agent: format!("orch-{}", role.as_str()),
             model: None,
             prompt: "p".into(),
-            allowed_edits: Vec::new(),
+            scope: EditScope::none(),
+            item: None,
+            attempt: 1,
         }
     }
 
@@ -398,7 +396,7 @@ mod tests {
         SessionSpec {
             role,
             title: "t".into(),
-            rules: Vec::new(),
+            scope: EditScope::none(),
         }
     }
 
@@ -444,7 +442,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(250));
         assert!(report.text.ends_with("VERDICT: PASS"));
         assert_eq!(report.tokens.input, 1_000);
-        backend.close(session, false).await.unwrap();
+        backend.close(session, Disposition::Reusable).await.unwrap();
         assert_eq!(backend.open_sessions(), 0);
     }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
 use orch_agents::{
-    AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, ModelRef, PolicyConfig,
+    AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, MissionSpec, ModelSpec,
+    PolicyConfig,
 };
 use orch_core::RetryPolicy;
 use orch_opencode::{ConfigInstaller, OpencodeServer};
@@ -79,7 +80,9 @@ pub fn project(shared: &Shared) -> Result<tempfile::TempDir, Failed> {
     std::fs::write(dir.path().join("opencode.json"), config.to_string())
         .map_err(|e| Failed::from(e.to_string()))?;
     ConfigInstaller::new(dir.path())
-        .install(&AgentSet::builtin().install_spec())
+        .install(&orch_agents::backend::opencode::install_spec(
+            &AgentSet::builtin(),
+        ))
         .map_err(|e| Failed::from(e.to_string()))?;
     Ok(dir)
 }
@@ -107,7 +110,7 @@ pub async fn connect(server: &OpencodeServer, dir: &Path) -> Result<OpencodeBack
     OpencodeBackend::connect(
         server.client().with_directory(dir.to_string_lossy()),
         OpencodeBackendConfig {
-            default_model: Some(ModelRef::new("fake", "fake-model")),
+            default_model: Some(ModelSpec::new("fake", "fake-model")),
             settle: Duration::from_secs(2),
             toasts: false,
             silence_probe: Duration::from_secs(2),
@@ -136,10 +139,11 @@ pub async fn run_mission_with(
     agents: AgentSet,
 ) -> Result<(MissionReport, Vec<MissionEvent>), String> {
     let backend = Arc::new(connect(&shared.server, dir).await?);
-    let mission = Mission::new(Arc::clone(&backend), request, dir)
-        .config(config)
-        .agents(agents);
-    let mut rx = mission.subscribe();
+    let mission = Mission::new(
+        Arc::clone(&backend),
+        MissionSpec::new(request, dir).config(config).agents(agents),
+    );
+    let mut rx = mission.spec().subscribe();
     let collector = tokio::spawn(async move {
         let mut events = Vec::new();
         while let Ok(event) = rx.recv().await {

@@ -13,7 +13,7 @@
 //!   compaction in the background once the session is returned; [`SessionReset::Keep`] reuses
 //!   it with its history.
 //! - Worker permissions are enforced by OpenCode itself: per-session rules ask for every edit
-//!   and allow the item's files ([`crate::worker_session_rules`]); the edit requests that
+//!   and allow the item's files ([`worker_session_rules`]); the edit requests that
 //!   still reach us are answered by policy while the turn runs (allowed inside the item's
 //!   files, rejected with a message otherwise), so no request is ever left pending.
 //! - A turn is `prompt_async` with our own message id, awaited through the event router
@@ -21,125 +21,41 @@
 //!   up on is aborted on the server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use orch_core::AgentRole;
 use orch_opencode::{
-    Client, CreateSession, EventKind, EventRouter, KindSet, MessageId, ModelRef, PermissionReply,
-    PermissionRequest, PermissionRule, Prompt, RouterConfig, SessionId, Toast, TurnError,
-    TurnOutput, UpdateSession,
+    Client, EventKind, EventRouter, KindSet, MessageId, ModelRef, PermissionReply,
+    PermissionRequest, Prompt, RouterConfig, SessionId, Toast, TurnError, TurnOutput,
+    UpdateSession,
 };
-use orch_pool::{
-    KeyedPool, Manager, Metrics, PoolError, PooledResource, RecycleMode, Replenish, TeardownReason,
-};
+use orch_pool::{KeyedPool, PoolError, PooledResource, Replenish};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::{
-    AgentBackend, BackendError, NoticeSink, PermissionDecision, SessionSpec, TokenUsage,
-    ToolCallRecord, TurnNotice, TurnReport, TurnRequest,
+    AgentBackend, BackendError, Disposition, EditScope, ModelSpec, NoticeSink, PermissionDecision,
+    SessionSpec, TokenUsage, ToolCallRecord, TurnNotice, TurnReport, TurnRequest,
 };
 
-/// What the pool does with a session that ran turns before it is handed out again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum SessionReset {
-    /// No model call: the used session is closed safely in the background (abort, wait until
-    /// idle, delete) and a clean, pre-created one takes its place. The default.
-    #[default]
-    Replace,
-    /// Compaction (`POST /session/{id}/summarize`, a model call), run in the background once
-    /// the session is returned; the session is handed out again only after it. Needs a
-    /// default model (without one, used sessions are kept as they are).
-    Compact,
-    /// Reused with its whole history (no reset at all).
-    Keep,
+mod config;
+mod permissions;
+mod pool;
+
+pub use config::{agent_entry, config_agents, install_spec};
+pub use permissions::{edit_allowed, edit_patterns, worker_session_rules};
+pub use pool::{PooledSession, SessionManager, SessionReset};
+
+/// The OpenCode form of a model.
+fn model_ref(model: &ModelSpec) -> ModelRef {
+    ModelRef::new(model.provider(), model.model())
 }
 
 /// How long the health check after a failed session request may take before the server
 /// counts as lost.
 const LOST_PROBE: Duration = Duration::from_secs(3);
-
-/// A pooled OpenCode session.
-#[derive(Debug)]
-pub struct PooledSession {
-    id: SessionId,
-    /// Whether it ran a turn since it was created or last compacted.
-    dirty: AtomicBool,
-}
-
-impl PooledSession {
-    /// The OpenCode session id.
-    pub fn id(&self) -> &SessionId {
-        &self.id
-    }
-}
-
-/// Creates, resets, checks and safely deletes OpenCode sessions for the pool.
-#[derive(Debug, Clone)]
-pub struct SessionManager {
-    client: Client,
-    compaction_model: Option<ModelRef>,
-    settle: Duration,
-    reset: SessionReset,
-    /// Sessions reset by compaction.
-    compactions: Arc<AtomicU64>,
-}
-
-impl Manager for SessionManager {
-    type Key = AgentRole;
-    type Resource = PooledSession;
-    type Error = orch_opencode::Error;
-
-    async fn create(&self, role: &AgentRole) -> Result<PooledSession, orch_opencode::Error> {
-        let session = self
-            .client
-            .create_session(&CreateSession::titled(format!("orchestrator {role}")))
-            .await?;
-        Ok(PooledSession {
-            id: session.id,
-            dirty: AtomicBool::new(false),
-        })
-    }
-
-    async fn recycle(
-        &self,
-        _role: &AgentRole,
-        session: &mut PooledSession,
-        _metrics: &Metrics,
-    ) -> Result<(), orch_opencode::Error> {
-        // Compact: the next turn starts from a summary, not the whole history (every turn
-        // carries the mission context and its item again). Replace never gets here with a
-        // used session (it is retired on return); Keep keeps the history.
-        if self.reset == SessionReset::Compact
-            && session.dirty.load(Ordering::Acquire)
-            && let Some(model) = &self.compaction_model
-        {
-            self.client.summarize(&session.id, model).await?;
-            session.dirty.store(false, Ordering::Release);
-            self.compactions.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    async fn check(
-        &self,
-        _role: &AgentRole,
-        session: &mut PooledSession,
-        _metrics: &Metrics,
-    ) -> Result<(), orch_opencode::Error> {
-        self.client.session(&session.id).await.map(|_| ())
-    }
-
-    async fn teardown(&self, role: &AgentRole, session: PooledSession, reason: TeardownReason) {
-        debug!(%role, session = %session.id, ?reason, "closing OpenCode session");
-        if let Err(e) = self.client.close_session(&session.id, self.settle).await {
-            warn!(session = %session.id, error = %e, "could not close an OpenCode session");
-        }
-    }
-}
 
 /// A session handed to the mission.
 #[derive(Debug)]
@@ -170,7 +86,7 @@ pub struct OpencodeBackendConfig {
     /// How long a session may take to become idle before it is deleted anyway.
     pub settle: Duration,
     /// The model used when a turn names none, and for compaction.
-    pub default_model: Option<ModelRef>,
+    pub default_model: Option<ModelSpec>,
     /// Show OpenCode toasts on item start, finish and mission end (best effort).
     pub toasts: bool,
     /// What happens to a session that ran turns (default [`SessionReset::Replace`]).
@@ -208,7 +124,7 @@ pub struct OpencodeBackend {
     client: Client,
     router: EventRouter,
     pool: KeyedPool<SessionManager>,
-    default_model: Option<ModelRef>,
+    default_model: Option<ModelSpec>,
     toasts: bool,
     silence_probe: Duration,
     reset: SessionReset,
@@ -262,12 +178,12 @@ impl OpencodeBackend {
             .map_err(client_error)?;
         let manager = SessionManager {
             client: client.clone(),
-            compaction_model: config.default_model.clone(),
+            compaction_model: config.default_model.as_ref().map(model_ref),
             settle: config.settle,
             reset: config.reset,
             compactions: Arc::default(),
         };
-        let recycle = recycle_mode(&config);
+        let recycle = pool::recycle_mode(&config);
         let pool = KeyedPool::builder(manager)
             // Per role: at least `max_per_role`, raised by `provision` to what the mission
             // holds at once plus the warm ones. The roles' limits bound the total.
@@ -367,40 +283,37 @@ impl OpencodeBackend {
         }
     }
 
-    fn decide(
+    /// The project directory the client is scoped to (`/` when unscoped).
+    fn dir(&self) -> &std::path::Path {
+        std::path::Path::new(self.client.directory().unwrap_or("/"))
+    }
+
+    /// Answers a permission request that reached us during a turn of `scope`, counts it, and
+    /// records the decision.
+    async fn answer(
         &self,
+        session: &SessionId,
         request: &PermissionRequest,
-        allowed_edits: &[String],
-    ) -> (PermissionReply, Option<String>) {
-        let dir = std::path::Path::new(self.client.directory().unwrap_or("/"));
-        let filepath = request.metadata.get("filepath").and_then(|v| v.as_str());
-        let allowed = request.permission == "edit"
-            && !request.patterns.is_empty()
-            && request
-                .patterns
-                .iter()
-                .all(|p| crate::agents::edit_allowed(dir, allowed_edits, p, filepath));
+        scope: &EditScope,
+    ) -> PermissionDecision {
+        let (reply, message) = permissions::decide(self.dir(), request, scope);
+        let allowed = reply == PermissionReply::Once;
         if allowed {
             self.allowed.fetch_add(1, Ordering::Relaxed);
-            (PermissionReply::Once, None)
         } else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            let message = if request.permission == "edit" {
-                format!(
-                    "The orchestrator rejected this edit: this item owns only {}. Do not edit other files.",
-                    if allowed_edits.is_empty() {
-                        "no files".to_owned()
-                    } else {
-                        allowed_edits.join(", ")
-                    }
-                )
-            } else {
-                format!(
-                    "The orchestrator does not allow `{}` for this agent.",
-                    request.permission
-                )
-            };
-            (PermissionReply::Reject, Some(message))
+        }
+        if let Err(e) = self
+            .client
+            .reply_permission_with_message(&request.id, reply, message.as_deref())
+            .await
+        {
+            warn!(%session, error = %e, "could not answer a permission request");
+        }
+        PermissionDecision {
+            permission: request.permission.clone(),
+            patterns: permissions::shown_paths(self.dir(), request),
+            allowed,
         }
     }
 
@@ -448,33 +361,6 @@ impl OpencodeBackend {
             elapsed: started.elapsed(),
         }
     }
-}
-
-/// When the pool recycles: compaction is a model call, so off the `open` path. Replace and
-/// Keep recycle nothing (nor does Compact without a model), so a returned session is idle at
-/// once.
-fn recycle_mode(config: &OpencodeBackendConfig) -> RecycleMode {
-    match config.reset {
-        SessionReset::Compact if config.default_model.is_some() => RecycleMode::Background,
-        _ => RecycleMode::OnAcquire,
-    }
-}
-
-/// The files an edit request of the project at `dir` is about, as a person reads them:
-/// relative to the project when inside it, else absolute. OpenCode's patterns are relative to
-/// the git root, or to `/` outside a repository (`tmp/x/a.txt` for `/tmp/x/a.txt`); its
-/// `filepath` metadata is the absolute path.
-fn shown_paths(dir: &std::path::Path, request: &PermissionRequest) -> Vec<String> {
-    let Some(abs) = request.metadata.get("filepath").and_then(|v| v.as_str()) else {
-        return request.patterns.clone();
-    };
-    let abs = std::path::Path::new(abs);
-    vec![
-        abs.strip_prefix(dir)
-            .unwrap_or(abs)
-            .to_string_lossy()
-            .into_owned(),
-    ]
 }
 
 /// How a client error looks to the mission.
@@ -556,8 +442,8 @@ impl AgentBackend for OpencodeBackend {
             }
         };
         let session = OpencodeSession { guard };
-        if !spec.rules.is_empty() {
-            self.rescope(&session, spec.rules).await?;
+        if !spec.scope.is_empty() {
+            self.rescope(&session, &spec.scope).await?;
         }
         Ok(session)
     }
@@ -565,9 +451,10 @@ impl AgentBackend for OpencodeBackend {
     async fn rescope(
         &self,
         session: &OpencodeSession,
-        rules: Vec<PermissionRule>,
+        scope: &EditScope,
     ) -> Result<(), BackendError> {
         // PATCH appends; the rules start with `edit *` so earlier items' files are cancelled.
+        let rules = worker_session_rules(self.dir(), scope.as_slice());
         match self
             .client
             .update_session(
@@ -606,8 +493,9 @@ impl AgentBackend for OpencodeBackend {
         let mut prompt = Prompt::text(turn.prompt)
             .message_id(message_id)
             .agent(turn.agent);
-        if let Some(model) = turn.model.or_else(|| self.default_model.clone()) {
-            prompt = prompt.model(model);
+        let model = turn.model.or_else(|| self.default_model.clone());
+        if let Some(model) = &model {
+            prompt = prompt.model(model_ref(model));
         }
         if let Err(e) = self.client.prompt_async(&id, &prompt).await {
             return Err(self.lost_or(client_error(e)).await);
@@ -620,6 +508,7 @@ impl AgentBackend for OpencodeBackend {
             tokio::select! {
                 result = &mut wait => break result,
                 Some(retry) = retries.recv() => notices(TurnNotice::UpstreamRetry {
+                    model: model.clone(),
                     attempt: retry.attempt,
                     wait: retry.wait,
                     rate_limited: retry.is_rate_limit(),
@@ -630,23 +519,7 @@ impl AgentBackend for OpencodeBackend {
                     let Some(orch_opencode::Delivery::Event(raw)) = delivery else { continue };
                     match raw.decode() {
                         Ok(orch_opencode::Event::PermissionAsked(request)) => {
-                            let (reply, message) = self.decide(&request, &turn.allowed_edits);
-                            let allowed = reply == PermissionReply::Once;
-                            if let Err(e) = self
-                                .client
-                                .reply_permission_with_message(&request.id, reply, message.as_deref())
-                                .await
-                            {
-                                warn!(session = %id, error = %e, "could not answer a permission request");
-                            }
-                            permissions.push(PermissionDecision {
-                                permission: request.permission.clone(),
-                                patterns: shown_paths(
-                                    std::path::Path::new(self.client.directory().unwrap_or("/")),
-                                    &request,
-                                ),
-                                allowed,
-                            });
+                            permissions.push(self.answer(&id, &request, &turn.scope).await);
                         }
                         Ok(orch_opencode::Event::QuestionAsked(question)) => {
                             let _ = self.client.reject_question(&question.id).await;
@@ -680,25 +553,12 @@ impl AgentBackend for OpencodeBackend {
             .map_err(client_error)
     }
 
-    async fn reset(&self, session: &OpencodeSession) -> Result<(), BackendError> {
-        let Some(model) = &self.default_model else {
-            return Ok(());
-        };
-        self.client
-            .summarize(session.id(), model)
-            .await
-            .map(|_| ())
-            .map_err(client_error)?;
-        session.guard.dirty.store(false, Ordering::Release);
-        self.pool
-            .manager()
-            .compactions
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn close(&self, mut session: OpencodeSession, broken: bool) -> Result<(), BackendError> {
-        if broken {
+    async fn close(
+        &self,
+        mut session: OpencodeSession,
+        disposition: Disposition,
+    ) -> Result<(), BackendError> {
+        if disposition == Disposition::Broken {
             session.guard.mark_broken();
         } else if self.reset == SessionReset::Replace && session.guard.dirty.load(Ordering::Acquire)
         {
@@ -759,65 +619,3 @@ impl AgentBackend for OpencodeBackend {
 
 /// Shared handle, so a CLI can keep the backend after the mission took its `Arc`.
 pub type SharedOpencodeBackend = Arc<OpencodeBackend>;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edit_requests_show_the_path_the_agent_asked_for() {
-        let request = |pattern: &str, filepath: &str| -> PermissionRequest {
-            serde_json::from_value(serde_json::json!({
-                "id": "per_1",
-                "sessionID": "ses_1",
-                "permission": "edit",
-                "patterns": [pattern],
-                "metadata": {"filepath": filepath},
-                "always": [],
-            }))
-            .expect("a permission request")
-        };
-        let dir = std::path::Path::new("/work/p");
-        // Outside a repository OpenCode drops the leading slash; the decision keeps it.
-        assert_eq!(
-            shown_paths(dir, &request("etc/passwd", "/etc/passwd")),
-            ["/etc/passwd"]
-        );
-        assert_eq!(
-            shown_paths(dir, &request("work/p/src/a.rs", "/work/p/src/a.rs")),
-            ["src/a.rs"]
-        );
-    }
-
-    #[test]
-    fn default_replaces_used_sessions_with_two_warm_ones() {
-        let config = OpencodeBackendConfig::default();
-        assert_eq!(
-            (config.reset, config.warm_sessions),
-            (SessionReset::Replace, 2)
-        );
-        assert_eq!(recycle_mode(&config), RecycleMode::OnAcquire);
-    }
-
-    #[test]
-    fn only_compaction_with_a_model_recycles_in_the_background() {
-        let model = Some(ModelRef::new("fake", "fake-model"));
-        for (reset, default_model, mode) in [
-            (
-                SessionReset::Compact,
-                model.clone(),
-                RecycleMode::Background,
-            ),
-            (SessionReset::Compact, None, RecycleMode::OnAcquire),
-            (SessionReset::Keep, model.clone(), RecycleMode::OnAcquire),
-            (SessionReset::Replace, model, RecycleMode::OnAcquire),
-        ] {
-            let config = OpencodeBackendConfig {
-                reset,
-                default_model,
-                ..OpencodeBackendConfig::default()
-            };
-            assert_eq!(recycle_mode(&config), mode, "{reset:?}");
-        }
-    }
-}

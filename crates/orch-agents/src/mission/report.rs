@@ -1,0 +1,61 @@
+//! The report of a run: the plan as it ended, and the mission's figures over every run.
+
+use std::collections::BTreeMap;
+
+use orch_mvcc::{ItemId, ItemState, Plan};
+
+use crate::events::{ItemReport, MissionReport, MissionStatus};
+use crate::totals::MissionTotals;
+
+/// The report of a mission whose run ended with `status` and `plan` (at `version`), its
+/// figures from `totals`.
+pub(crate) fn build(
+    mission: String,
+    status: MissionStatus,
+    plan: &Plan,
+    version: u64,
+    engine: BTreeMap<String, f64>,
+    totals: &MissionTotals,
+) -> MissionReport {
+    let failed: Vec<&ItemId> = plan
+        .items
+        .iter()
+        .filter(|i| i.state == ItemState::Failed)
+        .map(|i| &i.id)
+        .collect();
+    let items = plan
+        .items
+        .iter()
+        .map(|item| ItemReport {
+            id: item.id.to_string(),
+            summary: item.summary.clone(),
+            state: item.state.as_str().to_owned(),
+            attempts: item.attempts,
+            verdicts: totals
+                .verdicts
+                .get(item.id.as_str())
+                .cloned()
+                .unwrap_or_default(),
+            blocked_by: failed
+                .iter()
+                .filter(|f| super::dependants(plan, f).contains(&item.id.to_string()))
+                .map(ToString::to_string)
+                .collect(),
+        })
+        .collect();
+    MissionReport {
+        mission,
+        status,
+        items,
+        usage: totals.usage.clone(),
+        models: totals.models.clone(),
+        permissions: totals.permissions.clone(),
+        plan_version: version,
+        rounds: totals.rounds(),
+        retries: totals.retries,
+        upstream_retries: totals.upstream_retries,
+        engine,
+        elapsed: totals.elapsed(),
+        runs: totals.runs.clone(),
+    }
+}
