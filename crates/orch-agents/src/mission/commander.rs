@@ -293,7 +293,7 @@ impl<B: AgentBackend> Commander<B> {
         }
         let plan = self.current().clone();
         if !(plan.is_finished() && plan.items.iter().all(|i| i.state == ItemState::Done)) {
-            return Ok(Some(stuck_status(&plan)));
+            return Ok(Some(super::report::stuck_status(&plan)));
         }
         if !self.ctx.config.integration_review {
             return Ok(Some(MissionStatus::Completed));
@@ -356,31 +356,7 @@ impl<B: AgentBackend> Commander<B> {
     /// written yet); other items in progress (their session died with the process) go back to
     /// pending.
     async fn recover(&mut self, run: &mut Execution) -> Result<(), MissionError> {
-        // TODO.md is written behind the journal: an item can show pending in the store while
-        // the journal has its Worker turn finished, or its review passed.
-        let passed = self.history.passed();
-        let changes: Vec<(ItemId, ItemChange)> = self
-            .current()
-            .items
-            .iter()
-            .filter(|i| !i.state.is_terminal())
-            .filter_map(|i| {
-                let id = i.id.as_str();
-                let change = if passed.contains(id) {
-                    ItemChange::RecoveredPassed
-                } else if matches!(i.state, ItemState::Pending | ItemState::InProgress)
-                    && self.history.worker_finished(id)
-                {
-                    ItemChange::RecoveredForReview
-                } else if i.state == ItemState::InProgress {
-                    ItemChange::Interrupted
-                } else {
-                    return None;
-                };
-                Some((i.id.clone(), change))
-            })
-            .collect();
-        for (id, change) in changes {
+        for (id, change) in item::recovery(self.current(), &self.history) {
             self.change_item(&id, change);
         }
         self.ready.invalidate();
@@ -708,32 +684,5 @@ impl<B: AgentBackend> Commander<B> {
             engine,
             &self.ctx.totals(),
         ))
-    }
-}
-
-/// Nothing runs, yet the plan is not all done: items failed (and block others).
-fn stuck_status(plan: &Plan) -> MissionStatus {
-    let ids = |state: ItemState| -> Vec<String> {
-        plan.items
-            .iter()
-            .filter(|i| i.state == state)
-            .map(|i| i.id.to_string())
-            .collect()
-    };
-    let (failed, waiting) = (ids(ItemState::Failed), ids(ItemState::Pending));
-    MissionStatus::Failed {
-        reason: if failed.is_empty() {
-            format!("items cannot be scheduled: {}", waiting.join(", "))
-        } else {
-            format!(
-                "items failed: {}; blocked by them: {}",
-                failed.join(", "),
-                if waiting.is_empty() {
-                    "none".to_owned()
-                } else {
-                    waiting.join(", ")
-                }
-            )
-        },
     }
 }

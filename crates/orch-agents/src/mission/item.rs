@@ -14,7 +14,9 @@
 //! exactly when an attempt ends: a failure (`AttemptFailed`) or a pass (`Passed`,
 //! `RecoveredPassed`); an interruption charges nothing.
 
-use orch_mvcc::{Item, ItemState};
+use orch_mvcc::{Item, ItemId, ItemState, Plan};
+
+use crate::journal::JournalContents;
 
 /// A change to one item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +109,34 @@ pub fn apply(
     Ok(next)
 }
 
+/// What a resumed run does to the open items of `plan`, by what the journal of the earlier
+/// runs says (`TODO.md` is written behind the journal, so it may lag): an item whose last
+/// attempt passed review is done; an item whose last Worker turn finished (and was not
+/// reviewed since) goes to review, its work not redone; any other item in progress (its
+/// session died with the process) goes back to pending.
+pub(crate) fn recovery(plan: &Plan, history: &JournalContents) -> Vec<(ItemId, ItemChange)> {
+    let passed = history.passed();
+    plan.items
+        .iter()
+        .filter(|i| !i.state.is_terminal())
+        .filter_map(|i| {
+            let id = i.id.as_str();
+            let change = if passed.contains(id) {
+                ItemChange::RecoveredPassed
+            } else if matches!(i.state, ItemState::Pending | ItemState::InProgress)
+                && history.worker_finished(id)
+            {
+                ItemChange::RecoveredForReview
+            } else if i.state == ItemState::InProgress {
+                ItemChange::Interrupted
+            } else {
+                return None;
+            };
+            Some((i.id.clone(), change))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +196,63 @@ mod tests {
             Ok(ItemState::Pending)
         );
         assert_eq!(it.attempts, 0);
+    }
+
+    #[test]
+    fn a_resume_follows_the_journal_over_a_lagging_plan() {
+        use crate::events::MissionEvent;
+        use crate::journal::{JournalEntry, JournalRecord};
+        let plan = orch_mvcc::parse(
+            "# P\n- [~] A: a\n  - files: a\n- [ ] B: b\n  - files: b\n- [~] C: c\n  - files: c\n- [!] D: d\n  - files: d\n",
+        )
+        .unwrap();
+        let event = |event| JournalRecord {
+            seq: 0,
+            at_ms: 0,
+            pid: 1,
+            entry: JournalEntry::Event { event },
+        };
+        let started = |item: &str| {
+            event(MissionEvent::ItemStarted {
+                item: item.into(),
+                attempt: 1,
+                lane: 0,
+                warm: false,
+            })
+        };
+        let history = JournalContents {
+            records: vec![
+                started("A"),
+                started("B"),
+                event(MissionEvent::TurnFinished {
+                    role: orch_core::AgentRole::Worker,
+                    item: Some("B".into()),
+                    tokens: Default::default(),
+                    elapsed_ms: 1,
+                    tool_calls: 1,
+                    cost: 0.0,
+                    model: None,
+                }),
+                started("C"),
+                event(MissionEvent::ItemDone {
+                    item: "C".into(),
+                    attempts: 1,
+                }),
+            ],
+            repaired_bytes: 0,
+        };
+        let changes: Vec<(String, ItemChange)> = recovery(&plan, &history)
+            .into_iter()
+            .map(|(id, c)| (id.to_string(), c))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("A".to_owned(), ItemChange::Interrupted),
+                ("B".to_owned(), ItemChange::RecoveredForReview),
+                ("C".to_owned(), ItemChange::RecoveredPassed),
+            ]
+        );
     }
 
     proptest! {

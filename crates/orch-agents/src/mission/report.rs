@@ -59,3 +59,30 @@ pub(crate) fn build(
         runs: totals.runs.clone(),
     }
 }
+
+/// Nothing runs, yet the plan is not all done: items failed (and block others).
+pub(crate) fn stuck_status(plan: &Plan) -> MissionStatus {
+    let ids = |state: ItemState| -> Vec<String> {
+        plan.items
+            .iter()
+            .filter(|i| i.state == state)
+            .map(|i| i.id.to_string())
+            .collect()
+    };
+    let (failed, waiting) = (ids(ItemState::Failed), ids(ItemState::Pending));
+    MissionStatus::Failed {
+        reason: if failed.is_empty() {
+            format!("items cannot be scheduled: {}", waiting.join(", "))
+        } else {
+            format!(
+                "items failed: {}; blocked by them: {}",
+                failed.join(", "),
+                if waiting.is_empty() {
+                    "none".to_owned()
+                } else {
+                    waiting.join(", ")
+                }
+            )
+        },
+    }
+}
