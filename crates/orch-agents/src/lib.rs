@@ -88,6 +88,7 @@ pub use mission::{Mission, MissionConfig, MissionError, MissionSpec};
 pub use orch_core::{AgentRole, HookDecision, HookPhase, HookRegistry, HookSpec};
 pub use policy::PolicyConfig;
 pub use protocol::{FixUp, ProtocolError, Verdict};
+pub use ready::ReadyIndex;
 pub use run_lock::{Holder, PID_FILE, RUN_LOCK_FILE, RunInfo, RunLock, RunLockError, RunState};
 pub use supervisor::Supervisor;
 pub use totals::{MissionTotals, RunSummary};

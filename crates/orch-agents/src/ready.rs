@@ -13,8 +13,10 @@ use std::collections::{BTreeSet, HashMap};
 
 use orch_mvcc::{Item, ItemState, Plan};
 
+/// The items whose readiness may have changed since the last scheduling pass (see the module
+/// docs).
 #[derive(Debug, Default)]
-pub(crate) struct ReadyIndex {
+pub struct ReadyIndex {
     /// Set by [`invalidate`](Self::invalidate): the next pass rebuilds.
     stale: bool,
     /// Item id → position in `plan.items`.
@@ -34,7 +36,7 @@ pub(crate) struct ReadyIndex {
 
 impl ReadyIndex {
     /// An index that builds itself from the plan on the first pass.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         ReadyIndex {
             stale: true,
             ..ReadyIndex::default()
@@ -42,13 +44,13 @@ impl ReadyIndex {
     }
 
     /// The plan's structure changed: the next pass rebuilds the index.
-    pub(crate) fn invalidate(&mut self) {
+    pub fn invalidate(&mut self) {
         self.stale = true;
     }
 
     /// `id` changed state: it, its dependants and the items sharing a file with it become
     /// candidates.
-    pub(crate) fn touch(&mut self, id: &str) {
+    pub fn touch(&mut self, id: &str) {
         if self.stale {
             return;
         }
@@ -115,7 +117,7 @@ impl ReadyIndex {
     /// The ready candidates, in plan order, skipping any that shares a file with one picked
     /// before it: what [`Plan::ready_batch`] returns, computed from the candidates only, and
     /// cut at `limit` items (the rest stay candidates for the next pass).
-    pub(crate) fn batch<'p>(&mut self, plan: &'p Plan, limit: usize) -> Vec<&'p Item> {
+    pub fn batch<'p>(&mut self, plan: &'p Plan, limit: usize) -> Vec<&'p Item> {
         if self.stale || self.pos.len() != plan.items.len() {
             self.rebuild(plan);
         }

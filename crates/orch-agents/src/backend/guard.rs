@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use orch_core::{
-    AgentRole, BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers, ConcurrencyController,
-    ErrorClass, LimitConfig, Priority, RetryDecision, RetryPolicy,
+    AcquireError, AgentRole, BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers,
+    ConcurrencyController, ErrorClass, LimitConfig, MemoryReader, Priority, RetryDecision,
+    RetryPolicy,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,7 @@ use super::{
 };
 
 /// What a [`Guarded`] backend enforces.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct GuardConfig {
     /// Worker slots (parallel Worker turns).
     pub workers: usize,
@@ -43,6 +44,9 @@ pub struct GuardConfig {
     pub autoscale: bool,
     /// Models a turn moves to, in order, when its own model's breaker is open.
     pub fallbacks: Vec<ModelSpec>,
+    /// Where memory readings come from (`None`: no gate). Above 80 % in use, low-priority
+    /// turns (the Commander agent's diagnoses) are refused rather than run.
+    pub memory: Option<Arc<dyn MemoryReader>>,
 }
 
 /// The breaker key of a model (`default` for the backend's default model).
@@ -84,12 +88,15 @@ impl<B: AgentBackend> Guarded<B> {
                 limit.with_floor(cap)
             }
         };
-        let controller = ConcurrencyController::builder()
+        let mut controller = ConcurrencyController::builder()
             .limit(AgentRole::Commander, LimitConfig::new(1))
             .limit(AgentRole::Planner, LimitConfig::new(1))
             .limit(AgentRole::Worker, limit(config.workers))
-            .limit(AgentRole::Reviewer, limit(config.reviewers))
-            .build();
+            .limit(AgentRole::Reviewer, limit(config.reviewers));
+        if let Some(reader) = &config.memory {
+            controller = controller.memory_reader(Arc::clone(reader));
+        }
+        let controller = controller.build();
         Guarded {
             inner,
             controller,
@@ -256,15 +263,26 @@ impl<B: AgentBackend> AgentBackend for Guarded<B> {
         stop: &CancellationToken,
         notices: NoticeSink<'_>,
     ) -> Result<TurnReport, BackendError> {
-        let priority = if turn.attempt > 1 {
+        // A retry goes first; the Commander agent's diagnoses (best effort) go last, and are
+        // the work the memory gate refuses under pressure.
+        let priority = if turn.role == AgentRole::Commander {
+            Priority::Low
+        } else if turn.attempt > 1 {
             Priority::High
         } else {
             Priority::Normal
         };
         let _slot = tokio::select! {
-            token = self.controller.acquire(turn.role, priority) => {
-                token.map_err(|_| BackendError::Stopped)?
-            }
+            token = self.controller.acquire(turn.role, priority) => match token {
+                Ok(token) => token,
+                Err(e @ AcquireError::MemoryPressure { .. }) => {
+                    return Err(BackendError::Unavailable {
+                        status: None,
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => return Err(BackendError::Stopped),
+            },
             () = stop.cancelled() => return Err(BackendError::Stopped),
         };
         let budget = deadline.saturating_duration_since(Instant::now());
@@ -338,12 +356,22 @@ impl<B: AgentBackend> AgentBackend for Guarded<B> {
     /// The inner backend's figures, then `slots.<role>.*` and `breaker.<model>.*`.
     fn stats(&self) -> Vec<(String, f64)> {
         let mut out = self.inner.stats();
-        for key in self.controller.stats().keys {
+        let slots = self.controller.stats();
+        if let Some(used) = slots.memory_used {
+            out.push(("memory.used_ratio".into(), used));
+        }
+        for key in slots.keys {
             let name = key.key.to_string();
             out.push((format!("slots.{name}.limit"), key.limit as f64));
             out.push((format!("slots.{name}.cap"), key.cap as f64));
             out.push((format!("slots.{name}.scale_ups"), key.scale_ups as f64));
             out.push((format!("slots.{name}.scale_downs"), key.scale_downs as f64));
+            if key.refused_memory > 0 {
+                out.push((
+                    format!("slots.{name}.refused_memory"),
+                    key.refused_memory as f64,
+                ));
+            }
         }
         for (model, state) in self.breakers.states() {
             let breaker = self.breakers.get(&model);
@@ -381,8 +409,68 @@ mod tests {
                 },
                 autoscale: true,
                 fallbacks,
+                memory: None,
             },
         )
+    }
+
+    #[tokio::test]
+    async fn under_memory_pressure_only_the_diagnoses_are_refused() {
+        let reader = Arc::new(orch_core::FixedMemoryReader::new(0.95));
+        let g = Guarded::new(
+            SimulatedBackend::builder()
+                .latency(crate::Latency::Fixed(Duration::ZERO))
+                .build(),
+            &GuardConfig {
+                workers: 1,
+                reviewers: 1,
+                retry: RetryPolicy::default(),
+                breaker: BreakerConfig::default(),
+                autoscale: false,
+                fallbacks: Vec::new(),
+                memory: Some(reader),
+            },
+        );
+        let stop = CancellationToken::new();
+        let run = |role: AgentRole| {
+            let g = &g;
+            let stop = &stop;
+            async move {
+                let session = g
+                    .open(SessionSpec {
+                        role,
+                        title: "t".into(),
+                        scope: EditScope::none(),
+                    })
+                    .await
+                    .unwrap();
+                let turn = TurnRequest {
+                    role,
+                    agent: "a".into(),
+                    model: None,
+                    prompt: "p".into(),
+                    scope: EditScope::none(),
+                    item: None,
+                    attempt: 1,
+                };
+                g.run_turn(
+                    &session,
+                    turn,
+                    Instant::now() + Duration::from_secs(5),
+                    stop,
+                    &crate::backend::ignore_notices,
+                )
+                .await
+            }
+        };
+        assert!(run(AgentRole::Worker).await.is_ok());
+        let refused = run(AgentRole::Commander).await.unwrap_err();
+        assert!(refused.to_string().contains("memory pressure"), "{refused}");
+        let stats = g.stats();
+        assert!(
+            stats.contains(&("slots.role:commander.refused_memory".to_owned(), 1.0)),
+            "{stats:?}"
+        );
     }
 
     #[test]

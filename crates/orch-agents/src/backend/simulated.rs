@@ -298,11 +298,20 @@ impl AgentBackend for SimulatedBackend {
             (latency, rng.f64() < self.failure_rate)
         };
         let done_at = started + latency;
-        tokio::select! {
-            () = tokio::time::sleep_until(done_at.min(deadline)) => {}
-            () = stop.cancelled() => {
+        if latency.is_zero() {
+            // An instant turn: no timer (tokio's has millisecond ticks), just a yield.
+            tokio::task::yield_now().await;
+            if stop.is_cancelled() {
                 self.counters.aborts.fetch_add(1, Ordering::Relaxed);
                 return Err(BackendError::Stopped);
+            }
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep_until(done_at.min(deadline)) => {}
+                () = stop.cancelled() => {
+                    self.counters.aborts.fetch_add(1, Ordering::Relaxed);
+                    return Err(BackendError::Stopped);
+                }
             }
         }
         self.counters.turns.fetch_add(1, Ordering::Relaxed);

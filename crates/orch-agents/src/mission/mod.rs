@@ -299,6 +299,8 @@ impl<B: AgentBackend> Mission<B> {
             breaker: config.policy.breaker,
             autoscale: config.policy.autoscale,
             fallbacks: spec.agents.fallback_models.clone(),
+            // The machine's (or the cgroup's) real memory in use.
+            memory: Some(Arc::new(orch_core::SystemMemoryReader::new())),
         };
         let layered = Hooked::new(
             Guarded::new(Arc::clone(&backend), &guard),
