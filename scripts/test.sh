@@ -29,4 +29,14 @@ cargo test --workspace --all-targets --locked
 step "doc tests"
 cargo test --workspace --doc --locked
 
+# The loom model of orch-queue's one unsafe site, with bounded preemptions, in its own target
+# directory (cfg(loom) would otherwise rebuild everything). It must run at least one model.
+step "loom model of orch-queue (bounded)"
+mkdir -p target/loom
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+  cargo test -p orch-queue --lib --release --locked -- tests::loom_ 2>&1 | tee target/loom/last-run.log
+loom_ran=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' target/loom/last-run.log)
+echo "loom models run: ${loom_ran:-0}"
+[ "${loom_ran:-0}" -ge 1 ] || { echo "error: no loom model ran" >&2; exit 1; }
+
 step "all checks passed"

@@ -15,6 +15,7 @@ use orch_testkit::opencode::{IsolatedHome, fake_provider_config};
 use orch_testkit::{Script, ScriptedModel};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
+use orch_core::ShutdownManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::{Failure, code};
@@ -77,15 +78,31 @@ pub(crate) async fn run(
     let dir = spec.dir.clone();
     let lock = Arc::new(Mutex::new(Some(lock)));
     let server_slot: ServerSlot = Arc::new(Mutex::new(None));
-    let stop = CancellationToken::new();
-    let signals = signals.handle(ui, &dir, &stop, &server_slot, &lock);
-    let result = run_locked(ui, spec, &stop, &server_slot).await;
+    // One ordered, bounded teardown for every way a run ends: the mission's sessions, then
+    // the server this command owns, then what the scripted model needed, then the directory.
+    // Its token is the mission's stop signal.
+    let teardown = Arc::new(ShutdownManager::new(Duration::from_secs(10)));
+    {
+        let server = Arc::clone(&server_slot);
+        let _ = teardown.register("opencode server", 20, move || async move {
+            let server = lock_(&server).take();
+            if let Some(server) = server {
+                let _ = tokio::task::spawn_blocking(move || server.stop()).await;
+            }
+        });
+        let lock = Arc::clone(&lock);
+        let _ = teardown.register("run lock", 40, move || async move {
+            drop(lock_(&lock).take());
+        });
+    }
+    let signals = signals.handle(ui, &dir, &teardown.token(), &server_slot, &lock);
+    let result = run_locked(ui, spec, &teardown, &server_slot).await;
     signals.abort();
     let _ = signals.await;
-    if let Some(server) = lock_(&server_slot).take() {
-        server.stop();
+    let report = teardown.shutdown().await;
+    for name in report.timed_out() {
+        tracing::warn!(step = name, "a teardown step did not finish in time");
     }
-    drop(lock_(&lock).take());
     result
 }
 
@@ -189,10 +206,11 @@ fn stopped_at_start(ui: &Ui, dir: &Path) -> u8 {
 async fn run_locked(
     ui: &Ui,
     spec: LaunchSpec,
-    stop: &CancellationToken,
+    teardown: &ShutdownManager,
     server_slot: &ServerSlot,
 ) -> anyhow::Result<u8> {
     let dir = spec.dir.clone();
+    let stop = &teardown.token();
     let mut keep = Keep::default();
     let (default_model, home, scripted) = match spec.model {
         ModelChoice::Script(script) => {
@@ -326,14 +344,12 @@ async fn run_locked(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), consumer).await;
     let backend = lock_(&connector.backend).take();
-    if let Some(backend) = backend {
-        backend.shutdown().await;
-    }
-    let server = lock_(server_slot).take();
-    if let Some(server) = server {
-        server.stop();
-    }
-    drop(keep);
+    let _ = teardown.register("mission sessions", 10, move || async move {
+        if let Some(backend) = backend {
+            backend.shutdown().await;
+        }
+    });
+    let _ = teardown.register("scripted model", 30, move || async move { drop(keep) });
     ui.clear();
 
     let (report, restarts) = result.map_err(|e| {
