@@ -69,6 +69,6 @@ pub use fsio::Durability;
 pub use grammar::{is_item_line, parse, render};
 pub use plan::{Item, ItemId, ItemState, Plan, StateCounts};
 pub use store::{
-    AUDIT_FILE, Committed, EXTERNAL_WRITER, LOCK_FILE, RecoveryEvent, RetryPolicy, StoreOptions,
+    AUDIT_FILE, Committed, ConflictRetry, EXTERNAL_WRITER, LOCK_FILE, RecoveryEvent, StoreOptions,
     TODO_FILE, TodoStore, VERSION_FILE,
 };

@@ -28,9 +28,13 @@ pub const LOCK_FILE: &str = "todo.lock";
 /// The writer name recorded for edits taken in from the file.
 pub const EXTERNAL_WRITER: &str = "external";
 
-/// How [`TodoStore::update`] retries on a version conflict.
+/// How [`TodoStore::update`] retries when its compare-and-swap meets a newer version
+/// ([`StoreError::Conflict`]): attempts and exponential backoff with full jitter.
+///
+/// (Not to be confused with `orch_core::RetryPolicy`, which retries an agent turn after a
+/// transient error.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub struct ConflictRetry {
     /// Attempts in all, at least 1.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles after each conflict.
@@ -39,7 +43,7 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
 }
 
-impl Default for RetryPolicy {
+impl Default for ConflictRetry {
     fn default() -> Self {
         Self {
             max_attempts: 32,
@@ -49,7 +53,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl ConflictRetry {
     fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .base_delay
@@ -66,7 +70,7 @@ pub struct StoreOptions {
     /// Whether commits fsync (default [`Durability::Fsync`]).
     pub durability: Durability,
     /// Conflict retries of [`TodoStore::update`].
-    pub retry: RetryPolicy,
+    pub retry: ConflictRetry,
     /// How often waits re-read the files to see other processes' commits and external edits.
     pub poll_interval: Duration,
 }
@@ -75,7 +79,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             durability: Durability::Fsync,
-            retry: RetryPolicy::default(),
+            retry: ConflictRetry::default(),
             poll_interval: Duration::from_millis(100),
         }
     }
@@ -347,12 +351,12 @@ impl TodoStore {
     ///
     /// Each attempt takes a snapshot, runs `change` on a copy **outside** the lock, and
     /// compare-and-swaps; on a conflict it sleeps (exponential backoff with jitter, see
-    /// [`RetryPolicy`]) and runs `change` again on the newer plan. If `change` leaves the plan
+    /// [`ConflictRetry`]) and runs `change` again on the newer plan. If `change` leaves the plan
     /// as it was, nothing is written.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] with the current version after
-    /// [`RetryPolicy::max_attempts`]; [`StoreError::InvalidPlan`] when the changed plan fails
+    /// [`ConflictRetry::max_attempts`]; [`StoreError::InvalidPlan`] when the changed plan fails
     /// [`Plan::validate`]; the errors of [`TodoStore::snapshot`].
     pub fn update<T>(
         &self,

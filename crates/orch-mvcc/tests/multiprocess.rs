@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use orch_mvcc::{
-    Durability, Item, ItemId, Plan, RecoveryEvent, RetryPolicy, StoreError, StoreOptions,
+    ConflictRetry, Durability, Item, ItemId, Plan, RecoveryEvent, StoreError, StoreOptions,
     TodoStore, render,
 };
 
@@ -28,7 +28,7 @@ fn open(dir: &Path, durability: Durability) -> TodoStore {
         StoreOptions {
             durability,
             // Short backoff keeps four contending processes busy instead of asleep.
-            retry: RetryPolicy {
+            retry: ConflictRetry {
                 max_attempts: 64,
                 base_delay: Duration::from_micros(20),
                 max_delay: Duration::from_millis(1),

@@ -558,7 +558,7 @@ fn update_gives_up_after_max_attempts_with_the_current_version() {
         dir.path(),
         StoreOptions {
             durability: Durability::NoSync,
-            retry: orch_mvcc::RetryPolicy {
+            retry: orch_mvcc::ConflictRetry {
                 max_attempts: 3,
                 base_delay: Duration::from_micros(10),
                 max_delay: Duration::from_micros(100),

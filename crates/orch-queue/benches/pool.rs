@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use crossbeam_deque::{Injector, Stealer, Worker};
 use crossbeam_utils::Backoff;
-use orch_queue::{Priority, WorkStealingPool};
+use orch_queue::{SpawnPriority, WorkStealingPool};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -272,7 +272,7 @@ fn fine_grained(c: &mut Criterion) {
                             done.hit();
                         }
                     });
-                    pool.spawn_batch(Priority::Normal, tasks).unwrap();
+                    pool.spawn_batch(SpawnPriority::Normal, tasks).unwrap();
                     done.wait();
                 })
             });

@@ -36,11 +36,12 @@ impl fmt::Display for LaneId {
     }
 }
 
-/// Identifies a pushed task (unique per scheduler, increasing in push order).
+/// Identifies a task pushed on a [`LaneScheduler`] (unique per scheduler, increasing in push
+/// order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId(u64);
+pub struct LaneTaskId(u64);
 
-impl TaskId {
+impl LaneTaskId {
     /// The raw sequence number.
     pub fn get(self) -> u64 {
         self.0
@@ -88,7 +89,7 @@ pub enum Origin {
 #[non_exhaustive]
 pub struct Assigned<K, T> {
     /// The task's id from the push.
-    pub id: TaskId,
+    pub id: LaneTaskId,
     /// The task itself.
     pub task: T,
     /// The affinity keys it was pushed with (now recorded for this lane).
@@ -250,7 +251,7 @@ impl LaneSchedulerBuilder {
 }
 
 struct Entry<K, T> {
-    id: TaskId,
+    id: LaneTaskId,
     task: T,
     keys: Vec<K>,
     placement: Placement,
@@ -499,7 +500,7 @@ impl<K: Hash + Eq + Clone, T> LaneScheduler<K, T> {
     ///
     /// # Errors
     /// [`Rejected`] (holding `task`) after [`close`](Self::close) or when every lane closed.
-    pub fn push(&self, task: T) -> Result<TaskId, Rejected<T>> {
+    pub fn push(&self, task: T) -> Result<LaneTaskId, Rejected<T>> {
         self.push_with_affinity(std::iter::empty(), task)
     }
 
@@ -509,7 +510,7 @@ impl<K: Hash + Eq + Clone, T> LaneScheduler<K, T> {
     ///
     /// # Errors
     /// [`Rejected`] (holding `task`) after [`close`](Self::close) or when every lane closed.
-    pub fn push_with_affinity<I>(&self, keys: I, task: T) -> Result<TaskId, Rejected<T>>
+    pub fn push_with_affinity<I>(&self, keys: I, task: T) -> Result<LaneTaskId, Rejected<T>>
     where
         I: IntoIterator<Item = K>,
     {
@@ -529,7 +530,7 @@ impl<K: Hash + Eq + Clone, T> LaneScheduler<K, T> {
             let Some((lane, placement)) = st.choose(&keys) else {
                 return Err(Rejected::new(task, "every lane is closed"));
             };
-            let id = TaskId(st.next_id);
+            let id = LaneTaskId(st.next_id);
             st.next_id += 1;
             st.stats.pushed += 1;
             if !keys.is_empty() {

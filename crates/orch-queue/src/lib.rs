@@ -5,7 +5,7 @@
 //!
 //! [`WorkStealingPool`] runs closures on a fixed set of worker threads, built on
 //! `crossbeam-deque` (Chase-Lev deques). There is one global injector queue per
-//! [`Priority`] (HIGH, NORMAL, LOW) and one local deque per worker. A worker looks for work in
+//! [`SpawnPriority`] (HIGH, NORMAL, LOW) and one local deque per worker. A worker looks for work in
 //! this order:
 //!
 //! 1. its own deque, newest first (tasks spawned by the task it just ran: fork-join locality);
@@ -41,7 +41,7 @@
 //!
 //! ```
 //! use std::sync::atomic::{AtomicU64, Ordering};
-//! use orch_queue::{Priority, ShutdownPolicy, WorkStealingPool};
+//! use orch_queue::{SpawnPriority, ShutdownPolicy, WorkStealingPool};
 //!
 //! let pool = WorkStealingPool::new(2)?;
 //!
@@ -59,7 +59,7 @@
 //! assert_eq!(total.load(Ordering::Relaxed), 500_500);
 //!
 //! // Detached tasks with priorities.
-//! pool.spawn_with_priority(Priority::High, || println!("urgent"))
+//! pool.spawn_with_priority(SpawnPriority::High, || println!("urgent"))
 //!     .map_err(|e| e.reason())?;
 //! let report = pool.shutdown(ShutdownPolicy::Drain)?;
 //! assert_eq!(report.threads_joined, 2);
@@ -81,12 +81,12 @@ mod worker;
 pub use error::{Error, Rejected};
 pub use lanes::{
     Assigned, Lane, LaneCounters, LaneId, LaneOrder, LaneScheduler, LaneSchedulerBuilder, LaneSet,
-    LaneStats, Next, Origin, Placement, TaskId,
+    LaneStats, LaneTaskId, Next, Origin, Placement,
 };
 pub use pool::{
-    PanicReport, PoolBuilder, ShutdownPolicy, ShutdownReport, Spawner, WorkStealingPool,
+    PanicReport, PoolBuilder, PoolShutdownReport, ShutdownPolicy, Spawner, WorkStealingPool,
 };
-pub use priority::Priority;
+pub use priority::SpawnPriority;
 pub use scope::Scope;
 pub use stats::{PoolStats, WorkerStats};
 pub use worker::current_worker_index;

@@ -11,7 +11,7 @@ use crossbeam_deque::{Injector, Steal, Worker};
 use crossbeam_utils::{CachePadded, sync::Parker};
 
 use crate::error::{Error, Rejected};
-use crate::priority::Priority;
+use crate::priority::SpawnPriority;
 use crate::scope::{self, Scope};
 use crate::sleep::Sleep;
 use crate::stats::{PoolStats, WorkerCounters};
@@ -27,10 +27,10 @@ pub enum ShutdownPolicy {
     Discard,
 }
 
-/// What a shutdown did. Counts are totals over the pool's life.
+/// What [`WorkStealingPool::shutdown`] did. Counts are totals over the pool's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ShutdownReport {
+pub struct PoolShutdownReport {
     /// Tasks that ran (including those that panicked).
     pub completed: u64,
     /// Tasks dropped unrun because of [`ShutdownPolicy::Discard`].
@@ -107,7 +107,7 @@ impl PoolBuilder {
     }
 
     /// Starvation guard: every `interval`-th injector poll of a worker is a guard poll that
-    /// looks at LOW (or NORMAL) before HIGH; see [`Priority`]. While LOW work is queued each
+    /// looks at LOW (or NORMAL) before HIGH; see [`SpawnPriority`]. While LOW work is queued each
     /// worker takes some at least once per `2 * interval` injector polls. Must be at least 1.
     pub fn fairness_interval(mut self, interval: u32) -> Self {
         self.fairness_interval = interval;
@@ -235,7 +235,7 @@ impl fmt::Debug for Spawner {
 }
 
 impl Spawner {
-    /// Submits a task at [`Priority::Normal`].
+    /// Submits a task at [`SpawnPriority::Normal`].
     ///
     /// Called from a task running on one of this pool's workers, the task goes to that
     /// worker's own deque (run LIFO by the worker, stolen FIFO by others) and is accepted even
@@ -252,12 +252,12 @@ impl Spawner {
             ctx.push_local(Box::new(task));
             return Ok(());
         }
-        self.spawn_external(Priority::Normal, task)
+        self.spawn_external(SpawnPriority::Normal, task)
     }
 
     /// Admission-checked injector push from a thread that is not one of our workers.
     #[inline]
-    fn spawn_external<F>(&self, priority: Priority, task: F) -> Result<(), Rejected<F>>
+    fn spawn_external<F>(&self, priority: SpawnPriority, task: F) -> Result<(), Rejected<F>>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -276,7 +276,11 @@ impl Spawner {
     ///
     /// # Errors
     /// [`Rejected`] (holding `task`) when called from outside the pool after shutdown began.
-    pub fn spawn_with_priority<F>(&self, priority: Priority, task: F) -> Result<(), Rejected<F>>
+    pub fn spawn_with_priority<F>(
+        &self,
+        priority: SpawnPriority,
+        task: F,
+    ) -> Result<(), Rejected<F>>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -296,7 +300,7 @@ impl Spawner {
     /// # Errors
     /// [`Rejected`] (holding the untouched iterator) when called from outside the pool after
     /// shutdown began.
-    pub fn spawn_batch<I, F>(&self, priority: Priority, tasks: I) -> Result<usize, Rejected<I>>
+    pub fn spawn_batch<I, F>(&self, priority: SpawnPriority, tasks: I) -> Result<usize, Rejected<I>>
     where
         I: IntoIterator<Item = F>,
         F: FnOnce() + Send + 'static,
@@ -383,7 +387,7 @@ impl Spawner {
 
 /// A work-stealing thread pool.
 ///
-/// One global injector per [`Priority`], one local deque per worker thread. See the crate docs
+/// One global injector per [`SpawnPriority`], one local deque per worker thread. See the crate docs
 /// for the scheduling model. Dropping the pool performs a [`ShutdownPolicy::Drain`] shutdown
 /// (joining the threads unless dropped on one of them).
 pub struct WorkStealingPool {
@@ -438,7 +442,11 @@ impl WorkStealingPool {
     ///
     /// # Errors
     /// [`Rejected`] (holding `task`) once shutdown began.
-    pub fn spawn_with_priority<F>(&self, priority: Priority, task: F) -> Result<(), Rejected<F>>
+    pub fn spawn_with_priority<F>(
+        &self,
+        priority: SpawnPriority,
+        task: F,
+    ) -> Result<(), Rejected<F>>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -449,7 +457,7 @@ impl WorkStealingPool {
     ///
     /// # Errors
     /// [`Rejected`] (holding the untouched iterator) once shutdown began.
-    pub fn spawn_batch<I, F>(&self, priority: Priority, tasks: I) -> Result<usize, Rejected<I>>
+    pub fn spawn_batch<I, F>(&self, priority: SpawnPriority, tasks: I) -> Result<usize, Rejected<I>>
     where
         I: IntoIterator<Item = F>,
         F: FnOnce() + Send + 'static,
@@ -509,14 +517,14 @@ impl WorkStealingPool {
     ///
     /// # Errors
     /// [`Error::ShutdownFromWorker`] when called from one of this pool's own workers.
-    pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<ShutdownReport, Error> {
+    pub fn shutdown(&self, policy: ShutdownPolicy) -> Result<PoolShutdownReport, Error> {
         if let Some(ctx) = current_ctx(&self.spawner.shared) {
             return Err(Error::ShutdownFromWorker { index: ctx.index });
         }
         Ok(self.shutdown_inner(policy))
     }
 
-    fn shutdown_inner(&self, policy: ShutdownPolicy) -> ShutdownReport {
+    fn shutdown_inner(&self, policy: ShutdownPolicy) -> PoolShutdownReport {
         let shared = &*self.spawner.shared;
         shared.close(policy);
         let me = thread::current().id();
@@ -545,7 +553,7 @@ impl WorkStealingPool {
             }
         }
         let stats = shared.stats();
-        ShutdownReport {
+        PoolShutdownReport {
             completed: stats.tasks_run(),
             discarded: stats.workers.iter().map(|w| w.discarded).sum::<u64>()
                 + shared.discarded_at_shutdown.load(Ordering::Relaxed),
@@ -571,14 +579,14 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Inject(Priority),
+        Inject(SpawnPriority),
         SpawnLocal(usize),
         Run(usize),
     }
 
     fn op(workers: usize) -> impl Strategy<Value = Op> {
         prop_oneof![
-            prop::sample::select(Priority::ALL.to_vec()).prop_map(Op::Inject),
+            prop::sample::select(SpawnPriority::ALL.to_vec()).prop_map(Op::Inject),
             (0..workers).prop_map(Op::SpawnLocal),
             (0..workers).prop_map(Op::Run),
             (0..workers).prop_map(Op::Run),
@@ -653,7 +661,7 @@ mod tests {
         /// With an empty local deque and batch 1, a take follows the documented poll order.
         #[test]
         fn injector_takes_follow_the_priority_poll_order(
-            pushes in prop::collection::vec(prop::sample::select(Priority::ALL.to_vec()), 1..60),
+            pushes in prop::collection::vec(prop::sample::select(SpawnPriority::ALL.to_vec()), 1..60),
         ) {
             let ctxs = harness(1, 1);
             let ctx = &ctxs[0];

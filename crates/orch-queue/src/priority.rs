@@ -1,12 +1,18 @@
 //! Task priorities and the starvation guard that keeps LOW work moving.
 
-/// Priority of a task submitted to a [`WorkStealingPool`](crate::WorkStealingPool).
+/// The priority a task is spawned with on a [`WorkStealingPool`](crate::WorkStealingPool)
+/// ([`spawn_with_priority`](crate::WorkStealingPool::spawn_with_priority),
+/// [`spawn_batch`](crate::WorkStealingPool::spawn_batch)).
+///
+/// It picks the global injector queue the task waits in; it is a dequeue preference, not
+/// preemption. (Not to be confused with `orch_core::Priority`, the priority of a wait for a
+/// concurrency slot.)
 ///
 /// Each priority has its own global injector queue. A worker whose local deque is empty polls
 /// the injectors in the order HIGH, NORMAL, LOW, except on guard polls (see
 /// [`PoolBuilder::fairness_interval`](crate::PoolBuilder::fairness_interval)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Priority {
+pub enum SpawnPriority {
     /// Latency-sensitive work, served first.
     High,
     /// The default.
@@ -16,16 +22,16 @@ pub enum Priority {
     Low,
 }
 
-impl Priority {
+impl SpawnPriority {
     /// All priorities, highest first.
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+    pub const ALL: [SpawnPriority; 3] = [Self::High, Self::Normal, Self::Low];
 
-    /// Position in [`Priority::ALL`] (HIGH = 0, NORMAL = 1, LOW = 2).
+    /// Position in [`SpawnPriority::ALL`] (HIGH = 0, NORMAL = 1, LOW = 2).
     pub fn index(self) -> usize {
         match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
+            SpawnPriority::High => 0,
+            SpawnPriority::Normal => 1,
+            SpawnPriority::Low => 2,
         }
     }
 }
@@ -68,7 +74,7 @@ mod tests {
 
     #[test]
     fn index_matches_all_order() {
-        for (i, p) in Priority::ALL.iter().enumerate() {
+        for (i, p) in SpawnPriority::ALL.iter().enumerate() {
             assert_eq!(p.index(), i);
         }
     }

@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 
 use crate::latch::{ScopeLatch, Waiter};
-use crate::priority::Priority;
+use crate::priority::SpawnPriority;
 use crate::sync::thread;
 use crate::worker::{Job, Shared, current_ctx};
 
@@ -52,7 +52,7 @@ impl<'scope> Scope<'scope, '_> {
         let job = unsafe { erase(task, Arc::clone(&self.latch)) };
         if let Some(ctx) = current_ctx(self.shared) {
             ctx.push_local(job);
-        } else if let Err(job) = self.shared.submit(Priority::Normal, job) {
+        } else if let Err(job) = self.shared.submit(SpawnPriority::Normal, job) {
             job();
         }
     }

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::Priority;
+use crate::SpawnPriority;
 
 /// Counters written by one worker thread only (so a load + store replaces a locked RMW) and
 /// read by anyone with Relaxed loads.
@@ -77,7 +77,7 @@ pub struct WorkerStats {
 pub struct PoolStats {
     /// One entry per worker.
     pub workers: Vec<WorkerStats>,
-    /// Tasks waiting in the global injectors, indexed by [`Priority::index`].
+    /// Tasks waiting in the global injectors, indexed by [`SpawnPriority::index`].
     pub injector_depths: [usize; 3],
     /// Panics caught so far (all workers).
     pub panics: u64,
@@ -100,7 +100,7 @@ impl PoolStats {
     }
 
     /// Depth of one priority's injector.
-    pub fn injector_depth(&self, priority: Priority) -> usize {
+    pub fn injector_depth(&self, priority: SpawnPriority) -> usize {
         self.injector_depths[priority.index()]
     }
 

@@ -14,7 +14,7 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use crossbeam_utils::{Backoff, CachePadded, sync::Parker};
 
 use crate::pool::{PanicReport, ShutdownPolicy};
-use crate::priority::{Priority, poll_order};
+use crate::priority::{SpawnPriority, poll_order};
 use crate::sleep::Sleep;
 use crate::stats::{PoolStats, WorkerCounters, bump};
 
@@ -82,14 +82,14 @@ impl Shared {
 
     /// Pushes to an injector. The caller has been admitted (or is a worker).
     #[inline]
-    pub(crate) fn inject(&self, priority: Priority, job: Job) {
+    pub(crate) fn inject(&self, priority: SpawnPriority, job: Job) {
         self.injectors[priority.index()].push(job);
         self.sleep.notify_one(0);
     }
 
     /// Pushes a job from outside, or from a worker of another pool. Hands the job back when
     /// the pool is closed.
-    pub(crate) fn submit(&self, priority: Priority, job: Job) -> Result<(), Job> {
+    pub(crate) fn submit(&self, priority: SpawnPriority, job: Job) -> Result<(), Job> {
         if !self.admit() {
             return Err(job);
         }

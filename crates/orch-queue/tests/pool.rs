@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
 use orch_queue::{
-    Error, PoolBuilder, Priority, ShutdownPolicy, WorkStealingPool, current_worker_index,
+    Error, PoolBuilder, ShutdownPolicy, SpawnPriority, WorkStealingPool, current_worker_index,
 };
 
 #[test]
@@ -71,9 +71,9 @@ fn high_priority_runs_before_normal_and_low_when_queued_together() {
     // The single worker is blocked in the gate task while we queue.
     std::thread::sleep(Duration::from_millis(20));
     for (p, tag) in [
-        (Priority::Low, "low"),
-        (Priority::Normal, "normal"),
-        (Priority::High, "high"),
+        (SpawnPriority::Low, "low"),
+        (SpawnPriority::Normal, "normal"),
+        (SpawnPriority::High, "high"),
     ] {
         let order = Arc::clone(&order);
         pool.spawn_with_priority(p, move || order.lock().unwrap().push(tag))
@@ -103,7 +103,7 @@ fn low_priority_runs_while_high_keeps_arriving() {
         runs.fetch_add(1, Ordering::SeqCst);
         if !stop.load(Ordering::SeqCst) {
             let s2 = s.clone();
-            let _ = s.spawn_with_priority(Priority::High, move || high(s2, runs, stop));
+            let _ = s.spawn_with_priority(SpawnPriority::High, move || high(s2, runs, stop));
         }
     }
     let gate = Arc::new(Barrier::new(2));
@@ -117,7 +117,7 @@ fn low_priority_runs_while_high_keeps_arriving() {
     std::thread::sleep(Duration::from_millis(20));
     for _ in 0..4 {
         let (s, r, st) = (spawner.clone(), Arc::clone(&high_runs), Arc::clone(&stop));
-        pool.spawn_with_priority(Priority::High, move || high(s, r, st))
+        pool.spawn_with_priority(SpawnPriority::High, move || high(s, r, st))
             .unwrap();
     }
     {
@@ -126,7 +126,7 @@ fn low_priority_runs_while_high_keeps_arriving() {
             Arc::clone(&low_seen_after),
             Arc::clone(&stop),
         );
-        pool.spawn_with_priority(Priority::Low, move || {
+        pool.spawn_with_priority(SpawnPriority::Low, move || {
             seen.store(r.load(Ordering::SeqCst), Ordering::SeqCst);
             st.store(true, Ordering::SeqCst);
         })
@@ -324,10 +324,12 @@ fn spawn_batch_queues_every_task_once_and_is_rejected_after_shutdown() {
             hits[i].fetch_add(1, Ordering::Relaxed);
         }
     });
-    assert_eq!(pool.spawn_batch(Priority::Low, tasks).unwrap(), 5000);
+    assert_eq!(pool.spawn_batch(SpawnPriority::Low, tasks).unwrap(), 5000);
     let report = pool.shutdown(ShutdownPolicy::Drain).unwrap();
     assert_eq!(report.completed, 5000);
     assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-    let err = pool.spawn_batch(Priority::High, vec![|| ()]).unwrap_err();
+    let err = pool
+        .spawn_batch(SpawnPriority::High, vec![|| ()])
+        .unwrap_err();
     assert_eq!(err.into_inner().len(), 1);
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use orch_queue::{PoolBuilder, Priority, ShutdownPolicy, Spawner};
+use orch_queue::{PoolBuilder, ShutdownPolicy, SpawnPriority, Spawner};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -13,7 +13,7 @@ enum Kind {
     /// `spawn` from the parent task: the parent worker's local deque.
     Local,
     /// `spawn_with_priority`: an injector.
-    Injected(Priority),
+    Injected(SpawnPriority),
     /// A scoped task of a scope the parent opens.
     Scoped,
 }
@@ -21,7 +21,7 @@ enum Kind {
 fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
         Just(Kind::Local),
-        prop::sample::select(Priority::ALL.to_vec()).prop_map(Kind::Injected),
+        prop::sample::select(SpawnPriority::ALL.to_vec()).prop_map(Kind::Injected),
         Just(Kind::Scoped),
     ]
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use orch_opencode::{FindError, ServerError};
+
 /// A script that cannot be read, parsed or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -70,4 +72,33 @@ pub enum StartError {
     /// The socket, runtime or thread could not be set up.
     #[error("cannot start the scripted model server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A [`crate::opencode::TestServer`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestServerError {
+    /// No OpenCode (of the generation asked for) was found.
+    #[error(transparent)]
+    NotFound(#[from] FindError),
+    /// A directory or the config could not be written.
+    #[error("cannot write the test server's {what} at {}: {source}", path.display())]
+    Io {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `opencode serve` did not start; the launcher's error carries its output.
+    #[error("opencode {version} ({}) did not start: {source}", binary.display())]
+    Start {
+        /// The binary.
+        binary: PathBuf,
+        /// Its version.
+        version: String,
+        /// The launcher's error.
+        source: Box<ServerError>,
+    },
 }

@@ -1,8 +1,13 @@
-//! Helpers for tests that run a real `opencode serve` against the scripted model.
+//! Helpers for tests that run a real `opencode serve` (either generation) against the
+//! scripted model.
 //!
+//! - [`TestServer`]: an isolated server whose only model is the scripted one, stopped (its
+//!   whole process group) on drop.
 //! - [`require_opencode`] / [`require_binary`]: the one way tests find OpenCode (through
-//!   [`orch_opencode::find_opencode`]; `OPENCODE_BIN` picks the generation under test).
-//! - [`fake_provider_config`]: an `opencode.json` whose only model is the scripted one.
+//!   [`orch_opencode::find_opencode`]; `OPENCODE_BIN` picks the generation under test);
+//!   [`find_generation`] / [`require_generation`] for a test of one generation.
+//! - [`fake_provider_config`] / [`fake_provider_config_for`]: an `opencode.json` whose only
+//!   model is the scripted one.
 //! - [`TestProject`]: a temporary project directory with that config.
 //! - [`IsolatedHome`]: a temporary `HOME` and XDG directories, so a test server shares no state
 //!   with the user's OpenCode.
@@ -12,8 +17,13 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use orch_opencode::{OpencodeBinary, find_opencode};
+use orch_opencode::{FindError, Generation, OpencodeBinary, find_opencode, installed_binary};
 use serde_json::{Value, json};
+
+mod server;
+
+pub use crate::error::TestServerError;
+pub use server::{TestServer, TestServerBuilder};
 
 /// The command that installs the pinned OpenCode into the project.
 pub const INSTALL_COMMAND: &str = "scripts/install-opencode.sh";
@@ -45,6 +55,73 @@ pub fn require_opencode() -> OpencodeBinary {
     }
 }
 
+/// OpenCode of one generation, for tests that run each generation whatever `OPENCODE_BIN`
+/// says:
+///
+/// 1. `OPENCODE_BIN_V1` / `OPENCODE_BIN_V2`, when set (an explicit path for that
+///    generation; an error if it is the other one);
+/// 2. [`find_opencode`]`(Some(generation))` (`OPENCODE_BIN` when it is of that generation, the
+///    installer's `.tools/…` directories, `PATH`);
+/// 3. when `OPENCODE_BIN` names the other generation, the installer's directory of this one
+///    (`.tools/opencode` or `.tools/opencode2` of the repository).
+///
+/// # Errors
+/// [`FindError`], naming where it looked and the install command.
+pub fn find_generation(generation: Generation) -> Result<OpencodeBinary, FindError> {
+    let variable = match generation {
+        Generation::V1 => "OPENCODE_BIN_V1",
+        Generation::V2 => "OPENCODE_BIN_V2",
+    };
+    if let Some(path) = std::env::var_os(variable).filter(|v| !v.is_empty()) {
+        let found = OpencodeBinary::probe(path)?;
+        return if found.generation == generation {
+            Ok(found)
+        } else {
+            Err(FindError::WrongGeneration {
+                path: found.path,
+                found: found.generation,
+                wanted: generation,
+            })
+        };
+    }
+    match find_opencode(Some(generation)) {
+        Err(FindError::WrongGeneration { .. }) => {
+            // OPENCODE_BIN picks the other generation for the rest of the tests.
+            let repository = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors();
+            let mut looked_at = Vec::new();
+            for dir in repository {
+                let candidate = installed_binary(&dir.join(generation.install_dir()));
+                if candidate.is_file()
+                    && let Ok(found) = OpencodeBinary::probe(&candidate)
+                    && found.generation == generation
+                {
+                    return Ok(found);
+                }
+                looked_at.push(candidate);
+            }
+            Err(FindError::Missing {
+                wanted: Some(generation),
+                looked_at,
+            })
+        }
+        other => other,
+    }
+}
+
+/// [`find_generation`], panicking with the install instructions: a test that needs OpenCode
+/// fails rather than skips.
+///
+/// # Panics
+/// When no OpenCode of `generation` can be found.
+pub fn require_generation(generation: Generation) -> OpencodeBinary {
+    find_generation(generation).unwrap_or_else(|e| {
+        panic!(
+            "{e} (or set OPENCODE_BIN_{})",
+            generation.as_str().to_uppercase()
+        )
+    })
+}
+
 /// The path of [`require_opencode`].
 ///
 /// # Panics
@@ -72,6 +149,20 @@ pub fn fake_provider_config(base_url: &str) -> Value {
         "share": "disabled",
         "autoupdate": false
     })
+}
+
+/// [`fake_provider_config`] for `generation`, with OpenCode's snapshots off (`snapshot:
+/// false` for OpenCode 1, `snapshots: false` for OpenCode 2). OpenCode 2 reads the
+/// V1-shaped provider block (`provider`, `npm`, `options`) and normalises it (checked with
+/// 2.1.2), so one provider block serves both.
+pub fn fake_provider_config_for(base_url: &str, generation: Generation) -> Value {
+    let mut config = fake_provider_config(base_url);
+    let key = match generation {
+        Generation::V1 => "snapshot",
+        Generation::V2 => "snapshots",
+    };
+    config[key] = json!(false);
+    config
 }
 
 /// Merges `patch` into `base`: objects key by key (recursively), anything else replaced.

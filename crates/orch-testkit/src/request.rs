@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use orch_opencode::Generation;
+
+use crate::dialect::{self, V2_COMPACTION_PROMPT, V2_COMPACTION_RETRY};
 use crate::script::{RequestKind, Rule, agent_marker};
 
 /// The facts of one `POST /v1/chat/completions` request that rules match on.
@@ -30,6 +33,10 @@ pub struct RequestView {
     pub session: Option<String>,
     /// Names of the tools offered.
     pub tools: Vec<String>,
+    /// The OpenCode generation whose tools are offered (`None` when no tool tells, e.g. a
+    /// title request).
+    #[serde(default, with = "dialect::serde_generation")]
+    pub generation: Option<Generation>,
     /// A rough token count of the whole prompt (characters / 4), used for usage figures.
     pub prompt_tokens: u64,
 }
@@ -83,24 +90,29 @@ impl RequestView {
             }
             _ => (None, None),
         };
+        // OpenCode 1 compacts under a system prompt of its own; OpenCode 2 with a user
+        // message under the session agent's prompt (and a second one when the summary
+        // lacked its template).
         let kind = if system.contains("You are a title generator") {
             RequestKind::Title
-        } else if system.contains("context summarization agent") {
+        } else if system.contains("context summarization agent")
+            || last_user.starts_with(V2_COMPACTION_PROMPT)
+            || last_user.starts_with(V2_COMPACTION_RETRY)
+        {
             RequestKind::Compaction
         } else {
             RequestKind::Agent
         };
-        let tools = body
+        let offered = body
             .get("tools")
             .and_then(Value::as_array)
-            .map(|tools| {
-                tools
-                    .iter()
-                    .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(Vec::as_slice)
             .unwrap_or_default();
+        let tools = offered
+            .iter()
+            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect();
         let prompt_chars: usize = messages
             .iter()
             .map(|m| content_text(m.get("content")).len())
@@ -121,6 +133,7 @@ impl RequestView {
             step,
             session,
             tools,
+            generation: dialect::detect_generation(offered),
             prompt_tokens: (prompt_chars as u64).div_ceil(4),
         })
     }
@@ -145,10 +158,11 @@ impl RequestView {
                 .as_ref()
                 .is_none_or(|p| p.regex().is_match(&self.last_user))
             && wants_tool_result.is_none_or(|want| want == self.tool_result)
-            && rule
-                .last_tool
-                .as_ref()
-                .is_none_or(|t| self.last_tool.as_ref() == Some(t))
+            && rule.last_tool.as_ref().is_none_or(|t| {
+                self.last_tool
+                    .as_deref()
+                    .is_some_and(|last| dialect::same_tool(t, last))
+            })
             && rule.tool_output.as_ref().is_none_or(|p| {
                 self.tool_output
                     .as_deref()
@@ -288,6 +302,26 @@ mod tests {
         assert!(!view.matches(&base().kind(RequestKind::Title)));
         assert!(view.matches(&base().kind(RequestKind::Any)));
         assert!(view.matches(&base().system("opencode").unwrap()));
+    }
+
+    #[test]
+    fn the_generation_comes_from_the_offered_tools_and_last_tool_matches_either_name() {
+        let mut body = opencode_body();
+        body["tools"] = json!([{"type":"function","function":{"name":"shell","parameters":{}}}]);
+        body["messages"][2]["tool_calls"][0]["function"]["name"] = json!("shell");
+        let view = RequestView::from_body(&body, None).unwrap();
+        assert_eq!(view.generation, Some(Generation::V2));
+        assert_eq!(view.last_tool.as_deref(), Some("shell"));
+        let base = || Rule::new("r").reply(Reply::text("x"));
+        assert!(view.matches(&base().last_tool("bash")));
+        assert!(view.matches(&base().last_tool("shell")));
+        assert!(!view.matches(&base().last_tool("write")));
+        let v1 = RequestView::from_body(&opencode_body(), None).unwrap();
+        // Only `write` offered, with no parameters: nothing tells.
+        assert_eq!(v1.generation, None);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["generation"], "v2");
+        assert_eq!(serde_json::from_value::<RequestView>(json).unwrap(), view);
     }
 
     #[test]

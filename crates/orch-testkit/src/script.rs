@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::json;
 
 use crate::error::ScriptError;
 
@@ -253,6 +254,8 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_result: Option<bool>,
     /// The name of the tool whose result is the last message (implies `tool_result = true`).
+    /// Either generation's name matches both: `bash` and `shell` are the same tool, as are
+    /// `task` and `subagent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tool: Option<String>,
     /// A regex searched in the last tool result's text (implies `tool_result = true`).
@@ -443,6 +446,12 @@ impl Rule {
 }
 
 /// A tool call the scripted model asks for.
+///
+/// Write it in either generation's shape, or with the generation-neutral constructors
+/// ([`ToolCall::write_file`], [`ToolCall::run_command`], …): when the model answers an
+/// OpenCode of a known generation, the call is translated to that generation's tool name and
+/// argument keys ([`ToolCall::for_generation`]) unless it is marked
+/// [`as_written`](ToolCall::as_written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolCall {
@@ -452,10 +461,18 @@ pub struct ToolCall {
     /// (which may be deliberately malformed).
     #[serde(default = "empty_object")]
     pub arguments: serde_json::Value,
+    /// Send the call exactly as written to every generation (no translation), e.g. to see
+    /// how OpenCode 2 rejects a V1-shaped call.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub as_written: bool,
 }
 
 fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl ToolCall {
@@ -464,7 +481,61 @@ impl ToolCall {
         ToolCall {
             name: name.into(),
             arguments,
+            as_written: false,
         }
+    }
+
+    /// Writes `content` to `path` (relative paths resolve against the session's directory):
+    /// `write {filePath, content}` for OpenCode 1, `write {path, content}` for OpenCode 2.
+    pub fn write_file(path: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::new(
+            "write",
+            json!({"filePath": path.into(), "content": content.into()}),
+        )
+    }
+
+    /// Replaces `old` by `new` in `path`: `edit {filePath | path, oldString, newString}`.
+    pub fn edit_file(
+        path: impl Into<String>,
+        old: impl Into<String>,
+        new: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            "edit",
+            json!({"filePath": path.into(), "oldString": old.into(), "newString": new.into()}),
+        )
+    }
+
+    /// Reads `path`: `read {filePath}` / `read {path}`.
+    pub fn read_file(path: impl Into<String>) -> Self {
+        Self::new("read", json!({"filePath": path.into()}))
+    }
+
+    /// Runs `command` in the session's directory: `bash {command}` for OpenCode 1,
+    /// `shell {command}` for OpenCode 2. Both return the command's output (stdout and stderr)
+    /// to the model, so a `tool_output` matcher sees it.
+    pub fn run_command(command: impl Into<String>) -> Self {
+        Self::new("bash", json!({"command": command.into()}))
+    }
+
+    /// Starts a subagent: `task {subagent_type, description, prompt}` for OpenCode 1,
+    /// `subagent {agent, description, prompt}` for OpenCode 2.
+    pub fn subagent(
+        agent: impl Into<String>,
+        description: impl Into<String>,
+        prompt: impl Into<String>,
+    ) -> Self {
+        Self::new(
+            "task",
+            json!({"subagent_type": agent.into(), "description": description.into(), "prompt": prompt.into()}),
+        )
+    }
+
+    /// Marks the call to be sent exactly as written, whatever the generation.
+    #[must_use]
+    pub fn as_written(mut self) -> Self {
+        self.as_written = true;
+        self
     }
 
     /// The arguments as sent on the wire.
@@ -522,8 +593,12 @@ pub struct Usage {
 }
 
 /// One answer: text, tool calls, an HTTP error or a fault, after an optional delay.
+///
+/// In a script file a reply may also say `write_file = { path, content }` and
+/// `run_command = "…"`: generation-neutral shorthands for a [`ToolCall::write_file`] and a
+/// [`ToolCall::run_command`], placed before the `tool_calls` (in that order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ReplyFile")]
 pub struct Reply {
     /// Assistant text (may come before tool calls).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -555,6 +630,66 @@ pub struct Reply {
     /// Token usage to report; estimated from the text lengths when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// A reply as a script file spells it (with the shorthands).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplyFile {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    write_file: Option<WriteFile>,
+    #[serde(default)]
+    run_command: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    error: Option<HttpError>,
+    #[serde(default)]
+    fault: Option<Fault>,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    chunk_delay_ms: u64,
+    #[serde(default)]
+    chunk_chars: Option<usize>,
+    #[serde(default = "one")]
+    times: usize,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// `write_file = { path, content }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteFile {
+    path: String,
+    content: String,
+}
+
+impl From<ReplyFile> for Reply {
+    fn from(file: ReplyFile) -> Self {
+        let shorthand = file
+            .write_file
+            .map(|w| ToolCall::write_file(w.path, w.content))
+            .into_iter()
+            .chain(file.run_command.map(ToolCall::run_command));
+        Reply {
+            text: file.text,
+            reasoning: file.reasoning,
+            tool_calls: shorthand.chain(file.tool_calls).collect(),
+            error: file.error,
+            fault: file.fault,
+            delay_ms: file.delay_ms,
+            chunk_delay_ms: file.chunk_delay_ms,
+            chunk_chars: file.chunk_chars,
+            times: file.times,
+            usage: file.usage,
+        }
+    }
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -602,6 +737,31 @@ impl Reply {
             tool_calls: vec![ToolCall::new(name, arguments)],
             ..Reply::default()
         }
+    }
+
+    /// Writes a file, in the shape of the generation answered ([`ToolCall::write_file`]).
+    pub fn write_file(path: impl Into<String>, content: impl Into<String>) -> Self {
+        Self::tool_calls(vec![ToolCall::write_file(path, content)])
+    }
+
+    /// Edits a file, in the shape of the generation answered ([`ToolCall::edit_file`]).
+    pub fn edit_file(
+        path: impl Into<String>,
+        old: impl Into<String>,
+        new: impl Into<String>,
+    ) -> Self {
+        Self::tool_calls(vec![ToolCall::edit_file(path, old, new)])
+    }
+
+    /// Reads a file, in the shape of the generation answered ([`ToolCall::read_file`]).
+    pub fn read_file(path: impl Into<String>) -> Self {
+        Self::tool_calls(vec![ToolCall::read_file(path)])
+    }
+
+    /// Runs a command, with the generation's tool (`bash` or `shell`;
+    /// [`ToolCall::run_command`]).
+    pub fn run_command(command: impl Into<String>) -> Self {
+        Self::tool_calls(vec![ToolCall::run_command(command)])
     }
 
     /// Several tool calls in one step.
@@ -880,6 +1040,45 @@ tool_calls = [{ name = "write", arguments = { filePath = "a.rs", content = "fn a
             assert!(err.contains(expected), "{}: {err}", rule.name);
             assert!(err.contains(&rule.name), "{err}");
         }
+    }
+
+    #[test]
+    fn shorthand_tool_calls_come_before_the_listed_ones() {
+        let text = r#"
+[[rule]]
+name = "work"
+[[rule.reply]]
+text = "Working."
+write_file = { path = "a.txt", content = "a\n" }
+run_command = "cat a.txt"
+tool_calls = [{ name = "glob", arguments = { pattern = "*" } }]
+"#;
+        let script = Script::from_toml_str(text).unwrap();
+        let calls = &script.rules[0].replies[0].tool_calls;
+        assert_eq!(
+            calls,
+            &[
+                ToolCall::write_file("a.txt", "a\n"),
+                ToolCall::run_command("cat a.txt"),
+                ToolCall::new("glob", serde_json::json!({"pattern": "*"})),
+            ]
+        );
+        assert_eq!(calls[0].arguments["filePath"], "a.txt");
+        assert_eq!(calls[1].name, "bash");
+        // The shorthand is spelled out when the script is written back.
+        let json = serde_json::to_value(&script).unwrap();
+        assert!(json.pointer("/rule/0/reply/0/write_file").is_none());
+        assert_eq!(
+            Script::from_json_str(&json.to_string()).unwrap().rules[0].replies[0].tool_calls,
+            *calls
+        );
+        let bad = "[[rule]]\nname = \"x\"\n[[rule.reply]]\nwrite_file = { path = \"a\" }\n";
+        let err = Script::from_toml_str(bad).unwrap_err().to_string();
+        assert!(err.contains("content") && err.contains("line 4"), "{err}");
+        let as_written = "[[rule]]\nname = \"x\"\n[[rule.reply]]\ntool_calls = [{ name = \"bash\", as_written = true }]\n";
+        assert!(
+            Script::from_toml_str(as_written).unwrap().rules[0].replies[0].tool_calls[0].as_written
+        );
     }
 
     #[test]

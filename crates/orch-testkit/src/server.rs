@@ -13,11 +13,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use orch_opencode::Generation;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::dialect;
 use crate::error::StartError;
 use crate::request::RequestView;
 use crate::script::{Exhausted, Fault, Reply, Rule, Script};
@@ -70,6 +73,10 @@ pub struct RecordedRequest {
     pub reply_index: Option<usize>,
     /// How it was answered.
     pub outcome: Outcome,
+    /// The generation the reply was shaped for: the model's fixed one, or else the one the
+    /// request's tools showed; `None` when the reply went out as written.
+    #[serde(default, with = "dialect::serde_generation")]
+    pub generation: Option<Generation>,
     /// The request body as received.
     pub body: Value,
 }
@@ -89,6 +96,7 @@ struct Selected {
 pub(crate) struct Shared {
     rules: Mutex<Vec<RuleState>>,
     models: Vec<String>,
+    generation: Option<Generation>,
     records: Mutex<Vec<RecordedRequest>>,
     recorded: Condvar,
     count: watch::Sender<usize>,
@@ -100,11 +108,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn new(script: Script) -> Self {
+    fn new(script: Script, generation: Option<Generation>) -> Self {
         let models = script.model_ids();
         Shared {
             rules: Mutex::new(script.rules.into_iter().map(RuleState::new).collect()),
             models,
+            generation,
             records: Mutex::new(Vec::new()),
             recorded: Condvar::new(),
             count: watch::Sender::new(0),
@@ -163,11 +172,66 @@ impl RuleState {
     }
 }
 
+/// Settings of a [`ScriptedModel`] beyond its script: the port and the OpenCode generation
+/// it answers.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `start`"]
+pub struct ScriptedModelBuilder {
+    script: Script,
+    port: u16,
+    generation: Option<Generation>,
+}
+
+impl ScriptedModelBuilder {
+    /// A model serving `script` on any free port, answering each request in the shape of the
+    /// generation its offered tools show.
+    pub fn new(script: Script) -> Self {
+        ScriptedModelBuilder {
+            script,
+            port: 0,
+            generation: None,
+        }
+    }
+
+    /// Serves on this port of `127.0.0.1` (0, the default: any free port).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Answers every request as OpenCode `generation` expects: tool calls get its tool names
+    /// and argument keys ([`crate::ToolCall::for_generation`]). Without this setting each
+    /// request is answered for the generation whose tools it offers (`shell`/`subagent` for
+    /// V2, `bash`/`task` for V1), and a request that offers none of them gets the calls as
+    /// written.
+    pub fn generation(mut self, generation: Generation) -> Self {
+        self.generation = Some(generation);
+        self
+    }
+
+    /// Like [`ScriptedModelBuilder::generation`], `None` meaning "the request's own".
+    pub fn generation_opt(mut self, generation: Option<Generation>) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// Validates the script and starts serving.
+    ///
+    /// # Errors
+    /// [`StartError::Script`] for an invalid script, [`StartError::Io`] when the socket
+    /// (e.g. a port in use) or the runtime cannot be set up.
+    pub fn start(self) -> Result<ScriptedModel, StartError> {
+        ScriptedModel::serve(self)
+    }
+}
+
 /// A running scripted model server on `127.0.0.1`.
 ///
 /// It runs on a thread of its own with its own Tokio runtime, so it can be started from plain
 /// synchronous code or from any runtime, and outlives the runtimes of individual tests. It
 /// stops when dropped (open streams, stalled ones included, are cut).
+///
+/// It speaks to both OpenCode generations: see [`ScriptedModelBuilder::generation`].
 pub struct ScriptedModel {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -190,7 +254,7 @@ impl ScriptedModel {
     /// [`StartError::Script`] for an invalid script, [`StartError::Io`] when the socket or the
     /// runtime cannot be set up.
     pub fn start(script: Script) -> Result<Self, StartError> {
-        Self::start_on(script, 0)
+        ScriptedModelBuilder::new(script).start()
     }
 
     /// Like [`ScriptedModel::start`] on a given port (0 = any free port).
@@ -198,6 +262,20 @@ impl ScriptedModel {
     /// # Errors
     /// As [`ScriptedModel::start`]; a port in use is [`StartError::Io`].
     pub fn start_on(script: Script, port: u16) -> Result<Self, StartError> {
+        ScriptedModelBuilder::new(script).port(port).start()
+    }
+
+    /// A builder, for the port and the generation.
+    pub fn builder(script: Script) -> ScriptedModelBuilder {
+        ScriptedModelBuilder::new(script)
+    }
+
+    fn serve(settings: ScriptedModelBuilder) -> Result<Self, StartError> {
+        let ScriptedModelBuilder {
+            script,
+            port,
+            generation,
+        } = settings;
         script.validate()?;
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         listener.set_nonblocking(true)?;
@@ -205,7 +283,7 @@ impl ScriptedModel {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let shared = Arc::new(Shared::new(script));
+        let shared = Arc::new(Shared::new(script, generation));
         let app = router(Arc::clone(&shared));
         let (shutdown, stop) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -215,6 +293,11 @@ impl ScriptedModel {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
+                    // A stream is many small writes: with Nagle's algorithm each waited for
+                    // the client's delayed ACK, ~40 ms per reply on loopback.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     tokio::select! {
                         _ = axum::serve(listener, app) => {}
                         _ = stop => {}
@@ -229,6 +312,12 @@ impl ScriptedModel {
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
+    }
+
+    /// The generation every request is answered for, when fixed
+    /// ([`ScriptedModelBuilder::generation`]); `None`: each request's own.
+    pub fn generation(&self) -> Option<Generation> {
+        self.shared.generation
     }
 
     /// The socket address served.
@@ -254,6 +343,14 @@ impl ScriptedModel {
     /// Every request seen so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.shared.records).clone()
+    }
+
+    /// Takes every request recorded so far, leaving none: for long runs (benchmarks,
+    /// soak tests) that would otherwise keep every request body.
+    pub fn take_requests(&self) -> Vec<RecordedRequest> {
+        let taken = std::mem::take(&mut *lock(&self.shared.records));
+        self.shared.count.send_replace(0);
+        taken
     }
 
     /// The requests of one OpenCode session, in arrival order.
@@ -384,6 +481,7 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         rule: None,
         reply_index: None,
         outcome: Outcome::NoMatch,
+        generation: None,
         body: Value::Null,
     };
     let parsed = serde_json::from_slice::<Value>(&body)
@@ -411,7 +509,9 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         shared.record(record);
         return invalid_request(message);
     };
-    let reply = selected.reply;
+    let generation = shared.generation.or(view.generation);
+    let reply = dialect::answer_for(selected.reply, generation, view.kind);
+    record.generation = generation;
     record.outcome = match (&reply.error, reply.fault) {
         (Some(error), _) => Outcome::Error {
             status: error.status,
@@ -464,8 +564,19 @@ fn stream_response(
     reply: Reply,
     usage: crate::script::Usage,
 ) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let gap = Duration::from_millis(reply.chunk_delay_ms);
+    if gap.is_zero() && matches!(reply.fault, None | Some(Fault::Cut)) {
+        // Nothing to wait for between the events: one body, one write.
+        let complete = reply.fault.is_none();
+        let mut body = String::new();
+        for event in wire::stream_events(&id, &model, &reply, usage, complete) {
+            body.push_str("data: ");
+            body.push_str(&event);
+            body.push_str("\n\n");
+        }
+        return event_stream(Body::from(body));
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::spawn(async move {
         let events = match reply.fault {
             None => wire::stream_events(&id, &model, &reply, usage, true),
@@ -491,11 +602,15 @@ fn stream_response(
             _ => {}
         }
     });
+    event_stream(Body::from_stream(ReceiverStream::new(rx)))
+}
+
+fn event_stream(body: Body) -> Response {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(ReceiverStream::new(rx)))
+        .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
