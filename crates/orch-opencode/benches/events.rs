@@ -12,6 +12,10 @@
 //!   with either decoder, and a `serde_json::Value`-per-event baseline.
 //! * `route_without_sse_framing`, `envelope_only`: the same without the framing (the
 //!   envelope against a borrowing `serde_json` parse of the same three fields).
+//! * `decode_and_route_v2`: the captured OpenCode 2.1.2 streams (`tests/data/v2`, 50 copies
+//!   with rewritten session ids), framed, envelopes read with `RawEvent::parse_v2_str`
+//!   (`data`, `durable`) and routed (replays checked), against a `serde_json::Value` per
+//!   event.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -138,10 +142,32 @@ fn bench_events(c: &mut Criterion) {
     g.finish();
 }
 
+/// The OpenCode 2 stream (`data` envelopes with `durable`), framed and routed.
+fn bench_events_v2(c: &mut Criterion) {
+    let rec = recorded_v2();
+    let n = rec.chunks.len();
+    let expected = routed_v2(&rec, false);
+    assert!(expected > n * 8 / 10, "{expected} of {n} delivered");
+    assert_eq!(routed_v2(&rec, true), expected);
+    assert_eq!(baseline(&rec, Framing::Ours), n);
+    let mut g = c.benchmark_group("decode_and_route_v2");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::new("serde_json_value_baseline", n), |b| {
+        b.iter(|| baseline(&rec, Framing::Ours))
+    });
+    g.bench_function(BenchmarkId::new("envelope_route", n), |b| {
+        b.iter(|| routed_v2(&rec, false))
+    });
+    g.bench_function(BenchmarkId::new("envelope_route_typed_all", n), |b| {
+        b.iter(|| routed_v2(&rec, true))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = events;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_framing, bench_events
+    targets = bench_framing, bench_events, bench_events_v2
 }
 
 fn main() {

@@ -1,23 +1,29 @@
 //! Requests against a real `opencode serve`: `POST /session` and `GET /session/{id}`
 //! (baseline for the session pool), and reading a turn's messages on a session with a
 //! history (40 stored messages): the whole history, which `TurnWaiter` read after every
-//! turn before, against the newest page, which it reads now. Needs OpenCode
-//! (`scripts/install-opencode.sh`); fails without it.
+//! turn before, against the newest page, which it reads now. Needs OpenCode 1
+//! (`scripts/install-opencode.sh`): skipped without it, failed without it when `CI` is set.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::Criterion;
 use orch_opencode::{Client, CreateSession, Prompt, ServerBuilder};
-use orch_testkit::opencode::{IsolatedHome, TestProject, require_binary};
+use orch_testkit::opencode::{IsolatedHome, TestProject};
 use orch_testkit::{Script, ScriptedModel};
 
+#[path = "../tests/support/opencode_bin.rs"]
+mod opencode_bin;
+
 fn main() {
+    let Some(bin) = opencode_bin::binary_or_skip(orch_opencode::Generation::V1) else {
+        return;
+    };
     let model = ScriptedModel::start(Script::new()).expect("scripted model");
     let home = IsolatedHome::new().expect("home");
     let project = TestProject::new(&model.base_url()).expect("project");
     let server = ServerBuilder::new()
-        .binary(require_binary())
+        .binary(bin)
         .project_dir(project.path())
         .isolated_home(home.path())
         .start()

@@ -20,7 +20,7 @@ use orch_opencode::{
     ServerBuilder, SessionId, SessionStatus,
 };
 use orch_testkit::opencode::{
-    IsolatedHome, TestProject, fake_provider_config, merge_json, process_tree_cpu, require_binary,
+    IsolatedHome, TestProject, fake_provider_config, merge_json, process_tree_cpu,
 };
 use orch_testkit::{Reply, Rule, Script, ScriptedModel};
 use serde_json::json;
@@ -82,7 +82,7 @@ fn main() -> Result<(), BoxError> {
     merge_json(&mut config, json!({"snapshot": false}));
     let project = TestProject::with_config(config)?;
     let server = ServerBuilder::new()
-        .binary(require_binary())
+        .binary(orch_opencode::find_generation(orch_opencode::Generation::V1)?.path)
         .project_dir(project.path())
         .isolated_home(home.path())
         .start()?;

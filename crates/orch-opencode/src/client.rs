@@ -902,7 +902,7 @@ pub(crate) fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, E
 }
 
 /// Standard base64 (for the basic-auth header) — 20 lines instead of a dependency.
-fn base64_encode(input: &[u8]) -> String {
+pub(crate) fn base64_encode(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {

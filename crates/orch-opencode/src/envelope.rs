@@ -1,5 +1,9 @@
-//! Reading an event's envelope (`type`, `id`, `properties` and `properties.sessionID`)
-//! without a JSON parser.
+//! Reading an event's envelope (`type`, `id`, the payload and its `sessionID`, and OpenCode 2's
+//! `durable.aggregateID` / `durable.seq`) without a JSON parser.
+//!
+//! The two generations differ only in names: OpenCode 1 puts the payload in `properties`,
+//! OpenCode 2 in `data` and adds `durable: {aggregateID, seq, version}` to durable events
+//! ([`scan`] and [`scan_v2`]).
 //!
 //! The router needs only an event's type and session to deliver it, so this module walks the
 //! top level of the event object (and the top level of its `properties` object) and skips
@@ -29,6 +33,7 @@ pub(crate) enum Slice {
 }
 
 impl Slice {
+    #[cfg(test)]
     pub(crate) fn get<'a>(&'a self, text: &'a str) -> Option<&'a str> {
         match self {
             Slice::None => None,
@@ -47,8 +52,14 @@ pub(crate) struct Envelope {
     pub(crate) id: Slice,
     /// Byte range of the `properties` value, when present.
     pub(crate) props: Option<(u32, u32)>,
-    /// `properties.sessionID`, when `properties` is an object holding a string there.
+    /// `properties.sessionID` (`data.sessionID`), when the payload is an object holding a
+    /// string there.
     pub(crate) session: Slice,
+    /// `durable.aggregateID` (OpenCode 2), when `durable` is an object holding a string there.
+    pub(crate) aggregate: Slice,
+    /// `durable.seq` (OpenCode 2), when `durable` is an object holding an integer there that
+    /// fits a `u64`.
+    pub(crate) seq: Option<u64>,
 }
 
 /// Why a text is not an event envelope.
@@ -78,7 +89,8 @@ enum Value {
     Other,
 }
 
-/// Reads the envelope of `text`.
+/// Reads the envelope of an OpenCode 1 event (payload in `properties`).
+#[inline]
 pub(crate) fn scan(text: &str) -> Scan<Envelope> {
     if text.len() > u32::MAX as usize {
         return fail("event larger than 4 GiB", 0);
@@ -86,16 +98,43 @@ pub(crate) fn scan(text: &str) -> Scan<Envelope> {
     if let Some(env) = opencode_layout(text)? {
         return Ok(env);
     }
+    scan_with(text, "properties", false)
+}
+
+/// Reads the envelope of an OpenCode 2 event (payload in `data`, plus `durable`).
+#[inline]
+pub(crate) fn scan_v2(text: &str) -> Scan<Envelope> {
+    if text.len() > u32::MAX as usize {
+        return fail("event larger than 4 GiB", 0);
+    }
+    if let Some(env) = opencode2_layout(text)? {
+        return Ok(env);
+    }
+    scan_with(text, "data", true)
+}
+
+/// The general walk: any key order, whitespace, escapes, extra and repeated members.
+fn scan_with(text: &str, payload: &str, durable: bool) -> Scan<Envelope> {
     let b = text.as_bytes();
     let mut kind: Option<Value> = None;
     let mut id: Option<Value> = None;
     let mut props: Option<(usize, usize, Option<Value>)> = None;
+    let mut durable_seen: Option<Durable> = None;
     let start = skip_ws(b, 0);
     let end = walk_object(b, start, |key, at| {
         let field = match key_bytes(text, key) {
             Some(k) if k == "type" => &mut kind,
             Some(k) if k == "id" => &mut id,
-            Some(k) if k == "properties" => {
+            Some(k) if durable && k == "durable" => {
+                let (end, seen) = if b.get(at) == Some(&b'{') {
+                    durable_object(text, at)?
+                } else {
+                    (skip_value(text, at)?, (None, None))
+                };
+                durable_seen = Some(seen);
+                return Ok(end);
+            }
+            Some(k) if k == payload => {
                 let (end, session) = if b.get(at) == Some(&b'{') {
                     properties(text, at)?
                 } else {
@@ -135,18 +174,60 @@ pub(crate) fn scan(text: &str) -> Scan<Envelope> {
         ),
         None => (None, Slice::None),
     };
+    let (aggregate, seq) = match durable_seen {
+        Some((Some(Value::String(s)), seq)) => (slice(text, s)?, seq),
+        Some((_, seq)) => (Slice::None, seq),
+        None => (Slice::None, None),
+    };
     Ok(Envelope {
         kind,
         id,
         props,
         session,
+        aggregate,
+        seq,
     })
+}
+
+/// `durable.aggregateID` (as read) and `durable.seq`.
+type Durable = (Option<Value>, Option<u64>);
+
+/// Reads the `durable` object at `at` (its `{`): the last `aggregateID` (its string value, or
+/// "not a string") and the last `seq` (when it is an integer that fits a `u64`).
+fn durable_object(text: &str, at: usize) -> Scan<(usize, Durable)> {
+    let b = text.as_bytes();
+    let mut aggregate = None;
+    let mut seq = None;
+    let end = walk_object(b, at, |key, at| match key_bytes(text, key) {
+        Some(k) if k == "aggregateID" => {
+            let (end, value) = string_or_skip(text, at)?;
+            aggregate = Some(value);
+            Ok(end)
+        }
+        Some(k) if k == "seq" => {
+            let end = skip_value(text, at)?;
+            seq = integer(&text[at..end]);
+            Ok(end)
+        }
+        _ => skip_value(text, at),
+    })?;
+    Ok((end, (aggregate, seq)))
+}
+
+/// The value of a JSON number that `serde_json` reads as a `u64` (`Value::as_u64`): plain
+/// digits within range (`-0` is a float to it, and `1.0` and `1e2` too).
+fn integer(number: &str) -> Option<u64> {
+    if number.is_empty() || !number.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
 }
 
 /// The layout OpenCode writes (`JSON.stringify` of `{id, type, properties}`): the prefix is
 /// matched as bytes and only the properties are scanned. `None` when the text has another
 /// layout (or a member after the properties), which the general walk then reads; nothing
 /// before the properties can repeat a key, and nothing may follow them.
+#[inline]
 fn opencode_layout(text: &str) -> Scan<Option<Envelope>> {
     const ID: &[u8] = b"{\"id\":\"";
     const TYPE: &[u8] = b"\",\"type\":\"";
@@ -194,6 +275,104 @@ fn opencode_layout(text: &str) -> Scan<Option<Envelope>> {
         id: Slice::Range(id_start as u32, id_end as u32),
         props: Some((props_start as u32, props_end as u32)),
         session,
+        aggregate: Slice::None,
+        seq: None,
+    }))
+}
+
+/// The layout OpenCode 2 writes (`JSON.stringify` of its event objects):
+/// `{"id":"…",["created":N,]["metadata":{…},]"type":"…",["location":{…},]"data":{…}[,"durable":{"aggregateID":"…","seq":N,"version":N}]}`.
+/// The fixed parts are matched as bytes, `metadata` and `location` skipped, the data scanned
+/// for its session. `None` when the text has another layout (or anything unexpected), which
+/// the general walk then reads: no member the fast path accepts can repeat a key.
+fn opencode2_layout(text: &str) -> Scan<Option<Envelope>> {
+    const ID: &[u8] = b"{\"id\":\"";
+    let b = text.as_bytes();
+    let plain = |from: usize| -> Option<usize> {
+        let k = memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
+        (b[from + k] == b'"').then_some(from + k)
+    };
+    let expect = |at: usize, what: &[u8]| -> Option<usize> {
+        (b.get(at..at + what.len())? == what).then_some(at + what.len())
+    };
+    if !b.starts_with(ID) {
+        return Ok(None);
+    }
+    let id_start = ID.len();
+    let Some(id_end) = plain(id_start) else {
+        return Ok(None);
+    };
+    let mut at = id_end + 1;
+    if let Some(next) = expect(at, b",\"created\":") {
+        let digits = b[next..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Ok(None);
+        }
+        at = next + digits;
+    }
+    if let Some(next) = expect(at, b",\"metadata\":{") {
+        at = skip_container(text, next - 1, None)?;
+    }
+    let Some(kind_start) = expect(at, b",\"type\":\"") else {
+        return Ok(None);
+    };
+    let Some(kind_end) = plain(kind_start) else {
+        return Ok(None);
+    };
+    at = kind_end + 1;
+    if let Some(next) = expect(at, b",\"location\":{") {
+        at = skip_container(text, next - 1, None)?;
+    }
+    let Some(next) = expect(at, b",\"data\":{") else {
+        return Ok(None);
+    };
+    let props_start = next - 1;
+    let (props_end, session) = properties(text, props_start)?;
+    at = props_end;
+    let mut aggregate = Slice::None;
+    let mut seq = None;
+    if let Some(next) = expect(at, b",\"durable\":{\"aggregateID\":\"") {
+        let Some(agg_end) = plain(next) else {
+            return Ok(None);
+        };
+        let Some(seq_start) = expect(agg_end + 1, b",\"seq\":") else {
+            return Ok(None);
+        };
+        let digits = b[seq_start..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let Some(rest) = expect(seq_start + digits, b",\"version\":") else {
+            return Ok(None);
+        };
+        let version = b[rest..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let Some(end) = expect(rest + version, b"}") else {
+            return Ok(None);
+        };
+        if digits == 0 || version == 0 {
+            return Ok(None);
+        }
+        seq = integer(&text[seq_start..seq_start + digits]);
+        if seq.is_none() {
+            return Ok(None);
+        }
+        aggregate = Slice::Range(next as u32, agg_end as u32);
+        at = end;
+    }
+    if b.get(at) != Some(&b'}') || at + 1 != b.len() {
+        return Ok(None);
+    }
+    let session = match session {
+        Some(Value::String(s)) => slice(text, s)?,
+        _ => Slice::None,
+    };
+    Ok(Some(Envelope {
+        kind: Slice::Range(kind_start as u32, kind_end as u32),
+        id: Slice::Range(id_start as u32, id_end as u32),
+        props: Some((props_start as u32, props_end as u32)),
+        session,
+        aggregate,
+        seq,
     }))
 }
 
@@ -713,6 +892,18 @@ mod tests {
                 let (_, _, _, session) = env(&text);
                 assert_eq!(session, s("s"), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn every_captured_v2_event_takes_the_fast_path() {
+        for text in crate::v2::tests_support::samples() {
+            let fast = opencode2_layout(&text).unwrap();
+            assert_eq!(
+                fast,
+                Some(scan_with(&text, "data", true).unwrap()),
+                "{text}"
+            );
         }
     }
 

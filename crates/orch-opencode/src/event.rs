@@ -1,9 +1,12 @@
-//! Events of `GET /event`: a cheap envelope decoded up front, typed payloads on demand.
+//! Events of `GET /event` (OpenCode 1) and `GET /api/event` (OpenCode 2): a cheap envelope
+//! decoded up front, typed payloads on demand.
 //!
 //! The router only needs an event's type and session to deliver it, so [`RawEvent::parse`]
 //! reads just the envelope (`id`, `type`, and `properties.sessionID`) and keeps the text.
 //! Subscribers call [`RawEvent::decode`] for the events they care about; one decoded
-//! payload is never built for subscribers that ignore it.
+//! payload is never built for subscribers that ignore it. OpenCode 2 events are read by
+//! [`RawEvent::parse_v2`] (payload in `data`, plus `durable.aggregateID` and `durable.seq`)
+//! and decoded by [`RawEvent::decode_v2`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::envelope::{self, Envelope};
+use crate::envelope::{self, Envelope, Slice};
+use crate::generation::Generation;
 use crate::ids::{MessageId, PartId, PermissionId, QuestionId, SessionId};
 use crate::types::{
     MessageError, MessageInfo, Part, PermissionReply, PermissionRequest, QuestionRequest, Session,
@@ -165,11 +169,68 @@ pub enum EventParseError {
 /// One event as it came off the stream: the JSON text plus its pre-decoded envelope.
 /// Cloning is a reference-count increment (the text is shared, one allocation per event), so
 /// the router hands the same event to any number of subscribers.
+///
+/// One type for both generations: an OpenCode 1 event ([`RawEvent::parse`]) has its payload
+/// in `properties`; an OpenCode 2 event ([`RawEvent::parse_v2`]) in `data`, and a durable one
+/// also carries its session's sequence number ([`RawEvent::seq`]).
 #[derive(Clone)]
 pub struct RawEvent {
+    /// The event JSON (`..json_len`), followed by the decoded copies of envelope strings
+    /// that had escapes (rare), so that every envelope field is a span of one buffer and a
+    /// clone is one reference count plus a few words.
     text: Arc<str>,
+    json_len: u32,
     kind: EventKind,
-    env: Envelope,
+    kind_v2: crate::v2::EventKind,
+    generation: Generation,
+    has_seq: bool,
+    kind_at: Span,
+    id_at: Span,
+    props_at: Span,
+    session_at: Span,
+    aggregate_at: Span,
+    seq: u64,
+}
+
+fn too_large(text: &str) -> EventParseError {
+    EventParseError::Envelope {
+        message: "event larger than 4 GiB".into(),
+        excerpt: crate::error::excerpt(text.as_bytes(), 80),
+    }
+}
+
+/// A byte range of a [`RawEvent`]'s buffer, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    const NONE: Span = Span {
+        start: u32::MAX,
+        end: u32::MAX,
+    };
+
+    /// A range slice as a span (an owned one is none: see [`RawEvent::build`]).
+    #[inline]
+    fn of(slice: &Slice) -> Span {
+        match slice {
+            Slice::Range(start, end) => Span {
+                start: *start,
+                end: *end,
+            },
+            _ => Span::NONE,
+        }
+    }
+
+    #[inline]
+    fn get(self, text: &str) -> Option<&str> {
+        if self.start == u32::MAX {
+            return None;
+        }
+        text.get(self.start as usize..self.end as usize)
+    }
 }
 
 impl fmt::Debug for RawEvent {
@@ -177,7 +238,8 @@ impl fmt::Debug for RawEvent {
         f.debug_struct("RawEvent")
             .field("kind", &self.kind_str())
             .field("session", &self.session_id())
-            .field("len", &self.text.len())
+            .field("seq", &self.seq())
+            .field("len", &self.json_len)
             .finish()
     }
 }
@@ -207,45 +269,156 @@ impl RawEvent {
             message: format!("{} at byte {}", e.message, e.at),
             excerpt: crate::error::excerpt(text.as_bytes(), 80),
         })?;
-        let kind = EventKind::from_type(env.kind.get(text).unwrap_or_default());
+        let mut raw = Self::build(text, &env, Generation::V1)?;
+        raw.kind = EventKind::from_type(raw.kind_str());
+        Ok(raw)
+    }
+
+    /// The event of `text` and its envelope, with every envelope string a span of one
+    /// buffer (decoded copies appended after the JSON).
+    #[inline]
+    fn build(text: &str, env: &Envelope, generation: Generation) -> Result<Self, EventParseError> {
+        let json_len = u32::try_from(text.len()).map_err(|_| too_large(text))?;
+        let owned = |s: &Slice| matches!(s, Slice::Owned(_));
+        let escaped =
+            owned(&env.kind) || owned(&env.id) || owned(&env.session) || owned(&env.aggregate);
+        let (buffer, [kind_at, id_at, session_at, aggregate_at]): (Arc<str>, [Span; 4]) = if escaped
+        {
+            // Rare: strings with escapes, decoded and appended after the JSON.
+            let mut buffer = String::from(text);
+            let mut span = |s: &Slice| match s {
+                Slice::Owned(decoded) => {
+                    let start = buffer.len();
+                    buffer.push_str(decoded);
+                    Span {
+                        start: start as u32,
+                        end: buffer.len() as u32,
+                    }
+                }
+                other => Span::of(other),
+            };
+            let spans = [
+                span(&env.kind),
+                span(&env.id),
+                span(&env.session),
+                span(&env.aggregate),
+            ];
+            if u32::try_from(buffer.len()).is_err() {
+                return Err(too_large(text));
+            }
+            (Arc::from(buffer), spans)
+        } else {
+            (
+                Arc::from(text),
+                [
+                    Span::of(&env.kind),
+                    Span::of(&env.id),
+                    Span::of(&env.session),
+                    Span::of(&env.aggregate),
+                ],
+            )
+        };
         Ok(RawEvent {
-            text: Arc::from(text),
-            kind,
-            env,
+            text: buffer,
+            json_len,
+            kind: EventKind::Other,
+            kind_v2: crate::v2::EventKind::Other,
+            generation,
+            has_seq: env.seq.is_some(),
+            kind_at,
+            id_at,
+            props_at: env
+                .props
+                .map_or(Span::NONE, |(start, end)| Span { start, end }),
+            session_at,
+            aggregate_at,
+            seq: env.seq.unwrap_or_default(),
         })
     }
 
-    /// The event kind.
+    /// Parses the envelope of one OpenCode 2 event (`/api/event`): `type`, `id`,
+    /// `data.sessionID`, and `durable.aggregateID` / `durable.seq` when the event is durable.
+    /// The same guarantees as [`RawEvent::parse`]: what a JSON parser reads, on any valid
+    /// JSON object.
+    ///
+    /// # Errors
+    /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
+    pub fn parse_v2(text: String) -> Result<Self, EventParseError> {
+        Self::parse_v2_str(&text)
+    }
+
+    /// [`RawEvent::parse_v2`] on borrowed text.
+    ///
+    /// # Errors
+    /// [`EventParseError::Envelope`] when the text is not a JSON object with a string `type`.
+    pub fn parse_v2_str(text: &str) -> Result<Self, EventParseError> {
+        let env = envelope::scan_v2(text).map_err(|e| EventParseError::Envelope {
+            message: format!("{} at byte {}", e.message, e.at),
+            excerpt: crate::error::excerpt(text.as_bytes(), 80),
+        })?;
+        let mut raw = Self::build(text, &env, Generation::V2)?;
+        raw.kind_v2 = crate::v2::EventKind::from_type(raw.kind_str());
+        Ok(raw)
+    }
+
+    /// The generation whose stream the event came from.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The OpenCode 1 event kind ([`EventKind::Other`] for every OpenCode 2 event: see
+    /// [`RawEvent::kind_v2`]).
     pub fn kind(&self) -> EventKind {
         self.kind
     }
 
+    /// The OpenCode 2 event kind ([`crate::v2::EventKind::Other`] for an OpenCode 1 event).
+    pub fn kind_v2(&self) -> crate::v2::EventKind {
+        self.kind_v2
+    }
+
+    /// The bit the router filters subscriptions with: the kind's bit in its generation.
+    pub(crate) fn route_bit(&self) -> u64 {
+        match self.generation {
+            Generation::V1 => self.kind.bit(),
+            Generation::V2 => self.kind_v2.bit(),
+        }
+    }
+
+    /// `durable.aggregateID` of an OpenCode 2 durable event (the session id).
+    pub fn aggregate_id(&self) -> Option<&str> {
+        self.aggregate_at.get(&self.text)
+    }
+
+    /// `durable.seq` of an OpenCode 2 durable event: its position in its aggregate's
+    /// history (increasing, with holes).
+    pub fn seq(&self) -> Option<u64> {
+        self.has_seq.then_some(self.seq)
+    }
+
     /// The `type` string as sent, escapes decoded (also for unknown kinds).
     pub fn kind_str(&self) -> &str {
-        self.env.kind.get(&self.text).unwrap_or_default()
+        self.kind_at.get(&self.text).unwrap_or_default()
     }
 
     /// The event id (`evt_…`), if any.
     pub fn id(&self) -> Option<&str> {
-        self.env.id.get(&self.text)
+        self.id_at.get(&self.text)
     }
 
-    /// `properties.sessionID`, if the event has one.
+    /// `properties.sessionID` (OpenCode 2: `data.sessionID`), if the event has one.
     pub fn session_id(&self) -> Option<&str> {
-        self.env.session.get(&self.text)
+        self.session_at.get(&self.text)
     }
 
     /// The whole event JSON.
     pub fn json(&self) -> &str {
-        &self.text
+        &self.text[..self.json_len as usize]
     }
 
-    /// The `properties` JSON, exactly as sent (`{}` when absent).
+    /// The payload JSON exactly as sent: `properties` (OpenCode 2: `data`); `{}` when absent.
     pub fn properties_json(&self) -> &str {
-        match self.env.props {
-            Some((a, b)) => &self.text[a as usize..b as usize],
-            None => "{}",
-        }
+        self.props_at.get(&self.text).unwrap_or("{}")
     }
 
     /// Decodes the properties into any type.
@@ -264,7 +437,8 @@ impl RawEvent {
         })
     }
 
-    /// Decodes the typed event.
+    /// Decodes the typed OpenCode 1 event (an OpenCode 2 event is [`Event::Unknown`]: use
+    /// [`RawEvent::decode_v2`]).
     ///
     /// # Errors
     /// [`EventParseError::Payload`] when a known event type carries properties of the wrong
@@ -925,6 +1099,23 @@ mod tests {
     }
 
     #[test]
+    fn events_stay_small_and_escaped_envelope_strings_do_not_leak_into_the_json() {
+        // Cloned once per subscriber delivery: a reference count and a few words.
+        assert!(
+            std::mem::size_of::<RawEvent>() <= 80,
+            "{}",
+            std::mem::size_of::<RawEvent>()
+        );
+        let text = r#"{"type":"session.idl\u0065","id":"evt_\u0031","properties":{"sessionID":"ses_\u0041"}}"#;
+        let raw = RawEvent::parse_str(text).unwrap();
+        assert_eq!(raw.json(), text);
+        assert_eq!(raw.kind_str(), "session.idle");
+        assert_eq!(raw.id(), Some("evt_1"));
+        assert_eq!(raw.session_id(), Some("ses_A"));
+        assert_eq!(raw.properties_json(), r#"{"sessionID":"ses_\u0041"}"#);
+    }
+
+    #[test]
     fn kind_set_filters() {
         let set = KindSet::turn();
         assert!(set.contains(EventKind::SessionIdle));
@@ -983,6 +1174,10 @@ mod tests {
                 Just("type".to_owned()),
                 Just("properties".to_owned()),
                 Just("sessionID".to_owned()),
+                Just("data".to_owned()),
+                Just("durable".to_owned()),
+                Just("aggregateID".to_owned()),
+                Just("seq".to_owned()),
                 text(),
             ]
         }
@@ -1039,6 +1234,112 @@ mod tests {
                     Just(members).prop_shuffle()
                 })
                 .prop_map(J::Obj)
+        }
+
+        fn kind_v2() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(crate::v2::EventKind::ALL)
+                    .prop_map(|k| k.as_str().to_owned()),
+                text(),
+            ]
+        }
+
+        /// `durable.seq` as JSON numbers of every form `serde_json` reads differently:
+        /// integers in and out of `u64`, negative, fractional, exponents, `-0`.
+        fn seq() -> impl Strategy<Value = J> {
+            prop_oneof![
+                4 => any::<u64>().prop_map(|n| J::Num(n.to_string())),
+                2 => (0u64..1000).prop_map(|n| J::Num(n.to_string())),
+                1 => Just(J::Num("18446744073709551616".to_owned())),
+                1 => Just(J::Num("-0".to_owned())),
+                1 => Just(J::Num("-1".to_owned())),
+                1 => Just(J::Num("1.0".to_owned())),
+                1 => Just(J::Num("1e2".to_owned())),
+                1 => value(),
+            ]
+        }
+
+        fn durable() -> impl Strategy<Value = J> {
+            let member = prop_oneof![
+                3 => "ses_[A-Za-z0-9]{1,8}".prop_map(|s| ("aggregateID".to_owned(), J::Str(s))),
+                1 => value().prop_map(|v| ("aggregateID".to_owned(), v)),
+                3 => seq().prop_map(|v| ("seq".to_owned(), v)),
+                1 => (0u64..3).prop_map(|v| ("version".to_owned(), J::Num(v.to_string()))),
+                1 => (key(), value()),
+            ];
+            prop_oneof![
+                6 => proptest::collection::vec(member, 0..5).prop_map(J::Obj),
+                1 => value(),
+            ]
+        }
+
+        /// An OpenCode 2 event object: a `type` plus any mix of ids, `data`, `durable`,
+        /// extra fields and repeated keys, in any order.
+        pub(super) fn event_v2() -> impl Strategy<Value = J> {
+            let member = prop_oneof![
+                3 => kind_v2().prop_map(|k| ("type".to_owned(), J::Str(k))),
+                1 => value().prop_map(|v| ("type".to_owned(), v)),
+                3 => "evt_[A-Za-z0-9]{0,8}".prop_map(|s| ("id".to_owned(), J::Str(s))),
+                4 => properties().prop_map(|p| ("data".to_owned(), p)),
+                3 => durable().prop_map(|d| ("durable".to_owned(), d)),
+                1 => properties().prop_map(|p| ("properties".to_owned(), p)),
+                3 => (key(), value()),
+            ];
+            (kind_v2(), proptest::collection::vec(member, 0..7))
+                .prop_flat_map(|(kind, mut members)| {
+                    members.push(("type".to_owned(), J::Str(kind)));
+                    Just(members).prop_shuffle()
+                })
+                .prop_map(J::Obj)
+        }
+
+        /// The exact layout OpenCode 2 writes (the scanner's fast path), with arbitrary
+        /// contents: `{"id","created"?,"metadata"?,"type","location"?,"data","durable"?}`.
+        pub(super) fn server_layout_v2() -> impl Strategy<Value = String> {
+            (
+                "evt_[A-Za-z0-9]{0,26}",
+                proptest::option::of(0u64..u64::MAX),
+                proptest::option::of(value()),
+                kind_v2(),
+                proptest::option::of("/[a-z/]{0,20}"),
+                properties(),
+                proptest::option::of(("ses_[A-Za-z0-9]{1,26}", any::<u64>(), 0u64..3)),
+                any::<u64>(),
+            )
+                .prop_map(|(id, created, metadata, kind, location, data, durable, seed)| {
+                    let mut rng = fastrand::Rng::with_seed(seed);
+                    let compact = |v: &J, rng: &mut fastrand::Rng| {
+                        let mut out = String::new();
+                        render(v, rng, &mut out);
+                        // The server's JSON.stringify has no whitespace; keep what the
+                        // renderer put inside strings only by re-serialising.
+                        serde_json::from_str::<serde_json::Value>(&out)
+                            .map(|v| v.to_string())
+                            .unwrap_or(out)
+                    };
+                    let mut out = format!("{{\"id\":{}", serde_json::Value::from(id));
+                    if let Some(c) = created {
+                        out.push_str(&format!(",\"created\":{c}"));
+                    }
+                    if let Some(m) = metadata {
+                        out.push_str(&format!(",\"metadata\":{{\"m\":{}}}", compact(&m, &mut rng)));
+                    }
+                    out.push_str(&format!(",\"type\":{}", serde_json::Value::from(kind)));
+                    if let Some(l) = location {
+                        out.push_str(&format!(
+                            ",\"location\":{{\"directory\":{}}}",
+                            serde_json::Value::from(l)
+                        ));
+                    }
+                    out.push_str(&format!(",\"data\":{}", compact(&data, &mut rng)));
+                    if let Some((agg, seq, version)) = durable {
+                        out.push_str(&format!(
+                            ",\"durable\":{{\"aggregateID\":\"{agg}\",\"seq\":{seq},\"version\":{version}}}"
+                        ));
+                    }
+                    out.push('}');
+                    out
+                })
         }
 
         /// Renders `value` as JSON text, choosing whitespace and escapes with `rng`.
@@ -1106,6 +1407,128 @@ mod tests {
                 }
             }
             out.push('"');
+        }
+    }
+
+    /// The OpenCode 2 envelope equals `serde_json`'s reading: type, id, `data`, its
+    /// session, and `durable.aggregateID` / `durable.seq` (`Value::as_u64`).
+    fn assert_envelope_v2_matches_serde(
+        text: &str,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let value: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        let parsed = RawEvent::parse_v2_str(text);
+        let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+            proptest::prop_assert!(parsed.is_err(), "accepted without a string type: {text}");
+            return Ok(());
+        };
+        let raw = parsed
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {text}")))?;
+        proptest::prop_assert_eq!(raw.generation(), Generation::V2);
+        proptest::prop_assert_eq!(raw.kind_str(), kind, "{}", text);
+        proptest::prop_assert_eq!(raw.kind_v2(), crate::v2::EventKind::from_type(kind));
+        proptest::prop_assert_eq!(raw.kind(), EventKind::Other);
+        proptest::prop_assert_eq!(
+            raw.id(),
+            value.get("id").and_then(|v| v.as_str()),
+            "{}",
+            text
+        );
+        let data = value.get("data").cloned().unwrap_or(serde_json::json!({}));
+        proptest::prop_assert_eq!(
+            raw.session_id(),
+            data.get("sessionID").and_then(|v| v.as_str()),
+            "{}",
+            text
+        );
+        let ours: serde_json::Value = serde_json::from_str(raw.properties_json())
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}: {text}")))?;
+        proptest::prop_assert_eq!(ours, data, "{}", text);
+        let durable = value.get("durable");
+        proptest::prop_assert_eq!(
+            raw.aggregate_id(),
+            durable
+                .and_then(|d| d.get("aggregateID"))
+                .and_then(|v| v.as_str()),
+            "{}",
+            text
+        );
+        proptest::prop_assert_eq!(
+            raw.seq(),
+            durable
+                .and_then(|d| d.get("seq"))
+                .and_then(serde_json::Value::as_u64),
+            "{}",
+            text
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn v2_envelope_matches_serde_json_on_every_captured_event() {
+        for text in crate::v2::tests_support::samples() {
+            assert_envelope_v2_matches_serde(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_v2_envelope_reads_data_and_durable_in_any_layout() {
+        let a = RawEvent::parse_v2(
+            r#"{"durable":{"seq":7,"aggregateID":"ses_B","seq":8},"data":{"sessionID":"ses_A"},"type":"session.execution.started","properties":{"sessionID":"ses_X"}}"#
+                .into(),
+        )
+        .unwrap();
+        assert_eq!(a.session_id(), Some("ses_A"));
+        assert_eq!(a.aggregate_id(), Some("ses_B"));
+        assert_eq!(a.seq(), Some(8));
+        assert_eq!(a.kind_v2(), crate::v2::EventKind::ExecutionStarted);
+        let b = RawEvent::parse_v2(
+            r#"{"id":"evt_1","type":"session.text.delta","data":{"sessionID":"ses_A","delta":"x"}}"#
+                .into(),
+        )
+        .unwrap();
+        assert_eq!((b.seq(), b.aggregate_id()), (None, None));
+        // OpenCode 1 text read as V2 has no data, and the reverse no properties.
+        let v1_text = r#"{"type":"session.idle","properties":{"sessionID":"ses_A"}}"#;
+        assert_eq!(RawEvent::parse_v2_str(v1_text).unwrap().session_id(), None);
+        let v2_text = r#"{"type":"session.execution.started","data":{"sessionID":"ses_A"}}"#;
+        assert_eq!(RawEvent::parse_str(v2_text).unwrap().session_id(), None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// The OpenCode 2 envelope read without a parser equals `serde_json`'s reading of
+        /// every valid JSON object.
+        #[test]
+        fn v2_envelope_equals_serde_json_on_arbitrary_objects(
+            event in arbitrary_json::event_v2(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut text = String::new();
+            arbitrary_json::render(&event, &mut fastrand::Rng::with_seed(seed), &mut text);
+            assert_envelope_v2_matches_serde(&text)?;
+        }
+
+        /// The same on the server's own layout (the fast path), whatever its contents.
+        #[test]
+        fn v2_envelope_equals_serde_json_on_the_server_layout(
+            text in arbitrary_json::server_layout_v2(),
+        ) {
+            assert_envelope_v2_matches_serde(&text)?;
+        }
+
+        /// Truncated or corrupted OpenCode 2 envelopes never panic.
+        #[test]
+        fn damaged_v2_envelopes_never_panic(
+            text in arbitrary_json::server_layout_v2(),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut at = cut.index(text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let _ = RawEvent::parse_v2_str(&text[..at]);
+            let _ = RawEvent::parse_v2_str(&text[at..]);
         }
     }
 

@@ -216,20 +216,39 @@ pub fn installed_binary(install_dir: &Path) -> PathBuf {
 /// # Errors
 /// [`FindError`], naming where it looked and what to do.
 pub fn find_opencode(wanted: Option<Generation>) -> Result<OpencodeBinary, FindError> {
+    find(wanted, true)
+}
+
+/// Finds OpenCode of `wanted` generation as [`find_opencode`] does, except that an
+/// `OPENCODE_BIN` of the **other** generation is passed over (the project-local install and
+/// `PATH` are searched instead): for code that needs one generation whatever generation the
+/// environment selects, e.g. OpenCode 1 tests run next to OpenCode 2 ones.
+///
+/// # Errors
+/// [`FindError`], naming where it looked and what to do.
+pub fn find_generation(wanted: Generation) -> Result<OpencodeBinary, FindError> {
+    find(Some(wanted), false)
+}
+
+fn find(wanted: Option<Generation>, env_decides: bool) -> Result<OpencodeBinary, FindError> {
     if let Some(bin) = std::env::var_os("OPENCODE_BIN").filter(|v| !v.is_empty()) {
         let path = PathBuf::from(bin);
         if !path.is_file() {
             return Err(FindError::BadEnv { path });
         }
         let found = OpencodeBinary::probe(path)?;
-        return match wanted {
-            Some(wanted) if wanted != found.generation => Err(FindError::WrongGeneration {
-                path: found.path,
-                found: found.generation,
-                wanted,
-            }),
-            _ => Ok(found),
-        };
+        match wanted {
+            Some(wanted) if wanted != found.generation => {
+                if env_decides {
+                    return Err(FindError::WrongGeneration {
+                        path: found.path,
+                        found: found.generation,
+                        wanted,
+                    });
+                }
+            }
+            _ => return Ok(found),
+        }
     }
     let generations: Vec<Generation> = match wanted {
         Some(g) => vec![g],

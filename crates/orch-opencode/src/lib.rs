@@ -1,4 +1,6 @@
-//! A typed client for a real OpenCode server (`opencode serve`, verified against 1.18.33).
+//! A typed client for a real OpenCode server (`opencode serve`), both generations: OpenCode 1
+//! (`opencode-ai`, verified against 1.18.33; the items below) and OpenCode 2
+//! (`@opencode/cli`, verified against 2.1.2; the [`v2`] module, on the same event router).
 //!
 //! The pieces an orchestrator needs to drive coding-agent sessions:
 //!
@@ -34,6 +36,15 @@
 //! * [`ServerBuilder`] / [`OpencodeServer`]: spawns `opencode serve` on a free loopback port
 //!   with a random password, waits for its "listening" line, captures its output, stops it on
 //!   drop.
+//! * [`v2`]: the OpenCode 2 client ([`v2::Client`], typed [`v2::Error`]s), its typed events
+//!   ([`RawEvent::parse_v2`], [`v2::Event`]; routed by the same [`EventRouter`] made with
+//!   [`EventRouter::connect_v2`], durable replays dropped by `(aggregateID, seq)`), and its
+//!   completion recipe ([`EventRouter::turn_v2`] / [`EventRouter::run_turn_v2`] →
+//!   [`v2::TurnOutput`] or [`v2::TurnError`], shaped like OpenCode 1's), and the user's own
+//!   background service ([`v2::attach_service`]).
+//! * [`Generation`]: which OpenCode a binary is ([`find_opencode`], [`find_generation`]) and
+//!   which a running server is ([`Generation::of_server`], [`Client::detect_generation`]);
+//!   [`OpencodeServer::generation`] of a launched one.
 //! * [`ConfigInstaller`]: installs agent definitions into `opencode.jsonc`/`opencode.json`
 //!   as text splices that keep comments and formatting (a UTF-8 BOM included; a repeated key
 //!   edited where `JSON.parse` reads it, at its last occurrence), with backups, atomic
@@ -91,9 +102,40 @@
 //! client.close_session(&session.id, Duration::from_secs(10)).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The same turn on OpenCode 2 (agent and model are sticky settings of the session, the
+//! directory is the session's, and the prompt carries our own message id):
+//!
+//! ```no_run
+//! # async fn turn() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use orch_opencode::{EventRouter, Generation, RouterConfig, ServerBuilder, v2};
+//!
+//! let server = ServerBuilder::new().generation(Generation::V2).start_async().await?;
+//! let client = server.client_v2();
+//! let events = EventRouter::connect_v2(client.clone(), RouterConfig::default()).await?;
+//! let session = client
+//!     .create_session(
+//!         &v2::CreateSession::titled("worker: item 3")
+//!             .directory("/path/to/project")
+//!             .agent("build")
+//!             .model(v2::ModelRef::new("anthropic", "claude-sonnet-4"))
+//!             .permissions(v2::PermissionRule::edit_only(["src/lib.rs"])),
+//!     )
+//!     .await?;
+//! let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+//! match events.run_turn_v2(&session.id, &v2::Prompt::text("Implement item 3"), deadline).await {
+//!     Ok(out) => println!("{} ({} output tokens, ${})", out.text(), out.tokens.output, out.cost),
+//!     Err(v2::TurnError::Failed { error, .. }) => println!("failed: {error}"),
+//!     Err(e) => return Err(e.into()), // at the deadline the session was interrupted
+//! }
+//! client.delete_session(&session.id).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 
 mod client;
+mod detect;
 mod envelope;
 mod error;
 mod event;
@@ -106,12 +148,16 @@ mod router;
 mod server;
 mod sse;
 mod types;
+pub mod v2;
 mod wait;
 
 pub use client::{Client, ClientBuilder, ClientStats, DEFAULT_USERNAME};
+pub use detect::DetectedServer;
 pub use error::Error;
 pub use event::{Event, EventKind, EventParseError, KindSet, RawEvent};
-pub use generation::{FindError, Generation, OpencodeBinary, find_opencode, installed_binary};
+pub use generation::{
+    FindError, Generation, OpencodeBinary, find_generation, find_opencode, installed_binary,
+};
 pub use ids::{EventId, MessageId, PartId, PermissionId, QuestionId, SessionId};
 pub use install::{
     CONFIG_FILES, ConfigInstaller, InstallEntry, InstallError, InstallReport, InstallSpec,

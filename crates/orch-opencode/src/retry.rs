@@ -1,5 +1,10 @@
 //! OpenCode's own retries of failed model calls, as a turn's caller sees them.
 //!
+//! OpenCode 2 announces each retry with a durable `session.retry.scheduled {attempt, at,
+//! error: {type, status, retryAfterMs, …}}` (about 10 retries, ≈80–95 s before it fails the
+//! execution): [`crate::v2::TurnWaiter`] turns each into the same [`RetryNotice`], with the
+//! upstream status and `Retry-After` it carries.
+//!
 //! OpenCode retries a failing model call by itself (`API.md` §11: up to 5 retries, waiting
 //! `Retry-After` when the provider sends one, else 2 s doubling, capped at 30 s) and only
 //! says so with `session.status {type: "retry", attempt, message, next}` between its `busy`
@@ -19,7 +24,8 @@ use crate::ids::SessionId;
 pub struct RetryNotice {
     /// The session whose turn is retrying.
     pub session_id: SessionId,
-    /// OpenCode's attempt counter (1 for the first retry of a model call).
+    /// The retry's number: 1 for the first retry of a model call (OpenCode 2 numbers the
+    /// next *attempt*, 2 for the first retry: it is converted).
     pub attempt: u32,
     /// The provider's error message, as OpenCode reports it.
     pub message: String,
@@ -29,9 +35,15 @@ pub struct RetryNotice {
     pub wait: Duration,
     /// When the next attempt is due, in epoch milliseconds (OpenCode's `next`).
     pub next_at_ms: u64,
-    /// The upstream HTTP status, when the message names one (OpenCode's retry status does
-    /// not carry it; the final failure does, in [`crate::ErrorData::status_code`]).
+    /// The upstream HTTP status: OpenCode 2 reports it; for OpenCode 1, when the message
+    /// names one (its retry status does not carry it; the final failure does, in
+    /// [`crate::ErrorData::status_code`]).
     pub status: Option<u16>,
+    /// The provider's `Retry-After` (OpenCode 2 only; OpenCode waits at least this long,
+    /// see [`RetryNotice::wait`]).
+    pub retry_after: Option<Duration>,
+    /// OpenCode 2's error type (`provider.rate-limit`, `provider.internal`, …).
+    pub error_type: Option<String>,
 }
 
 impl RetryNotice {
@@ -48,13 +60,35 @@ impl RetryNotice {
             wait: Duration::from_millis(next.saturating_sub(now)),
             next_at_ms: next,
             status,
+            retry_after: None,
+            error_type: None,
         }
+    }
+
+    /// A notice for an OpenCode 2 `session.retry.scheduled` seen now (`attempt` as the
+    /// event numbers it: the next attempt).
+    pub(crate) fn from_v2(
+        session_id: SessionId,
+        attempt: u32,
+        at: u64,
+        error: &crate::v2::StructuredError,
+    ) -> Self {
+        let mut notice = Self::new(
+            session_id,
+            attempt.saturating_sub(1),
+            error.message.clone(),
+            at,
+        );
+        notice.status = error.status.or(notice.status);
+        notice.retry_after = error.retry_after();
+        notice.error_type = Some(error.kind.clone());
+        notice
     }
 
     /// Whether the provider is rate limiting: HTTP 429, or a message OpenCode classifies as
     /// a rate limit (`rate limit`, `too many requests`, …).
     pub fn is_rate_limit(&self) -> bool {
-        if self.status == Some(429) {
+        if self.status == Some(429) || self.error_type.as_deref() == Some("provider.rate-limit") {
             return true;
         }
         let m = self.message.to_ascii_lowercase();

@@ -1,6 +1,7 @@
-//! One `/event` stream, many subscribers.
+//! One event stream, many subscribers.
 //!
-//! The router owns the SSE connection of one directory, decodes each event's envelope once
+//! The router owns the SSE connection of one directory (OpenCode 1: `GET /event`), or of a
+//! whole server (OpenCode 2: `GET /api/event`, every directory), decodes each event's envelope once
 //! ([`RawEvent`]) and hands it to the subscribers that want it: those of the event's session,
 //! and those subscribed to everything, each filtered by a [`KindSet`].
 //!
@@ -13,6 +14,16 @@
 //! **Batches.** The events of one network chunk are decoded first, then routed under one
 //! lock; a subscriber waiting on an empty buffer is woken once per chunk, after routing, not
 //! once per event.
+//!
+//! **OpenCode 2.** A router made by [`EventRouter::connect_v2`] reads `data`/`durable`
+//! envelopes ([`RawEvent::parse_v2`]), filters with [`crate::v2::KindSet`]
+//! ([`EventRouter::subscribe_v2`]) and drops **durable replays**: an event whose
+//! `(durable.aggregateID, durable.seq)` is not above the last one routed for that aggregate
+//! is counted in [`RouterStats::duplicates`] and delivered to nobody (`seq` has holes, so a
+//! jump is not reported as a loss). Its heartbeats are SSE comments every 15 s, so silence is
+//! measured from the last byte. A stream the server fails (its
+//! `effect/http-api/stream/failure` event: a slow consumer overflowed) is a disconnect
+//! ([`DisconnectReason::Failed`]).
 //!
 //! **Reconnects.** When the stream ends, errors or stays silent for longer than
 //! `RouterConfig::silence` (OpenCode sends a heartbeat every 10 s), subscribers receive
@@ -48,6 +59,7 @@ use tokio::time::Instant;
 use crate::client::Client;
 use crate::error::Error;
 use crate::event::{EventKind, KindSet, RawEvent};
+use crate::generation::Generation;
 use crate::ids::{MessageId, SessionId};
 use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
 use crate::types::Prompt;
@@ -150,6 +162,12 @@ pub enum DisconnectReason {
     Ended,
     /// No event (not even a heartbeat) for this long.
     Silent(Duration),
+    /// The server failed the stream (OpenCode 2 sends `effect/http-api/stream/failure` when
+    /// a slow consumer overflows its buffer).
+    Failed {
+        /// What the failure event said.
+        message: String,
+    },
 }
 
 impl fmt::Display for DisconnectReason {
@@ -160,6 +178,7 @@ impl fmt::Display for DisconnectReason {
             Self::Stream { message } => write!(f, "event stream error: {message}"),
             Self::Ended => f.write_str("event stream ended"),
             Self::Silent(after) => write!(f, "no event (not even a heartbeat) for {after:?}"),
+            Self::Failed { message } => write!(f, "the server failed the stream: {message}"),
         }
     }
 }
@@ -176,6 +195,9 @@ pub struct RouterStats {
     pub malformed: u64,
     /// Successful (re)connections.
     pub connections: u64,
+    /// OpenCode 2 durable events dropped as replays (not above the last `seq` of their
+    /// aggregate).
+    pub duplicates: u64,
 }
 
 /// What travels through a subscriber's channel: a delivery plus the number of deliveries
@@ -270,7 +292,47 @@ impl Drop for Slot {
 struct Registry {
     by_session: HashMap<Box<str>, Vec<Slot>>,
     all: Vec<Slot>,
+    /// The last durable `seq` routed per aggregate (OpenCode 2).
+    last_seq: HashMap<Box<str>, u64>,
+    /// Durable events dropped as replays.
+    duplicates: u64,
 }
+
+/// Where a connected router reads its stream from.
+#[derive(Clone, Debug)]
+enum Source {
+    V1(Client),
+    V2(crate::v2::Client),
+}
+
+impl Source {
+    fn generation(&self) -> Generation {
+        match self {
+            Source::V1(_) => Generation::V1,
+            Source::V2(_) => Generation::V2,
+        }
+    }
+
+    async fn open(&self) -> Result<reqwest::Response, DisconnectReason> {
+        match self {
+            Source::V1(c) => c.open_event_stream().await.map_err(|e| match e {
+                Error::Unauthorized { url } => DisconnectReason::Unauthorized { url },
+                e => DisconnectReason::Connect {
+                    message: e.to_string(),
+                },
+            }),
+            Source::V2(c) => c.open_event_stream().await.map_err(|e| match e {
+                crate::v2::Error::Unauthorized { url } => DisconnectReason::Unauthorized { url },
+                e => DisconnectReason::Connect {
+                    message: e.to_string(),
+                },
+            }),
+        }
+    }
+}
+
+/// The SSE event type OpenCode 2 (Effect's HTTP API) sends when it fails a stream.
+const STREAM_FAILURE: &str = "effect/http-api/stream/failure";
 
 struct Shared {
     registry: Mutex<Registry>,
@@ -281,7 +343,7 @@ struct Shared {
     malformed: AtomicU64,
     connections: AtomicU64,
     config: RouterConfig,
-    client: Option<Client>,
+    source: Option<Source>,
 }
 
 impl Shared {
@@ -320,7 +382,9 @@ impl Shared {
 
     fn broadcast(&self, missed: Missed) {
         let mut reg = self.lock();
-        let Registry { by_session, all } = &mut *reg;
+        let Registry {
+            by_session, all, ..
+        } = &mut *reg;
         for slot in by_session.values_mut().flatten().chain(all.iter_mut()) {
             slot.offer(|| Delivery::Missed(missed), &mut Waker::wake);
         }
@@ -336,9 +400,27 @@ impl Shared {
 }
 
 /// Offers `event` to its session's subscribers and to the catch-all ones; returns how many
-/// deliveries were dropped.
+/// deliveries were dropped. A durable OpenCode 2 event not above its aggregate's last `seq`
+/// is a replay: counted and dropped.
 fn route(reg: &mut Registry, event: RawEvent, wake: &mut impl FnMut(Waker)) -> u64 {
-    let bit = event.kind().bit();
+    if let Some(seq) = event.seq()
+        && let Some(aggregate) = event.aggregate_id()
+    {
+        match reg.last_seq.get_mut(aggregate) {
+            Some(last) if seq <= *last => {
+                reg.duplicates += 1;
+                return 0;
+            }
+            Some(last) => *last = seq,
+            None => {
+                reg.last_seq.insert(aggregate.into(), seq);
+            }
+        }
+        if event.kind_v2() == crate::v2::EventKind::SessionDeleted {
+            reg.last_seq.remove(aggregate);
+        }
+    }
+    let bit = event.route_bit();
     let mut dropped = 0;
     if let Some(sid) = event.session_id()
         && let Some(slots) = reg.by_session.get_mut(sid)
@@ -393,7 +475,50 @@ impl EventRouter {
     pub async fn connect(client: Client, config: RouterConfig) -> Result<Self, Error> {
         let router = Self::spawn(client.clone(), config);
         let timeout = router.shared.config.connect_timeout;
-        let mut state = router.shared.state.subscribe();
+        if router.connected_within(timeout).await {
+            return Ok(router);
+        }
+        // Report the real reason with one direct attempt.
+        match client.open_event_stream().await {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Timeout {
+                url: client.url(&["event"]).to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Opens the event stream of an OpenCode 2 server (`GET /api/event`: every directory)
+    /// and waits (at most `config.connect_timeout`) for `server.connected`.
+    ///
+    /// # Errors
+    /// [`crate::v2::Error::Unauthorized`] for wrong credentials, otherwise the last
+    /// connection error when the stream could not be opened in time.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub async fn connect_v2(
+        client: crate::v2::Client,
+        config: RouterConfig,
+    ) -> Result<Self, crate::v2::Error> {
+        let router = Self::spawn_v2(client.clone(), config);
+        let timeout = router.shared.config.connect_timeout;
+        if router.connected_within(timeout).await {
+            return Ok(router);
+        }
+        match client.open_event_stream().await {
+            Err(e) => Err(e),
+            Ok(_) => Err(crate::v2::Error::Timeout {
+                url: client.url(&["api", "event"]).to_string(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Whether the stream is confirmed within `timeout` (`false` at once on refused
+    /// credentials).
+    async fn connected_within(&self, timeout: Duration) -> bool {
+        let mut state = self.shared.state.subscribe();
         let waited = tokio::time::timeout(timeout, async {
             loop {
                 match &*state.borrow_and_update() {
@@ -409,19 +534,7 @@ impl EventRouter {
             }
         })
         .await;
-        match waited {
-            Ok(Ok(())) => Ok(router),
-            _ => {
-                // Report the real reason with one direct attempt.
-                match client.open_event_stream().await {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(Error::Timeout {
-                        url: client.url(&["event"]).to_string(),
-                        timeout,
-                    }),
-                }
-            }
-        }
+        matches!(waited, Ok(Ok(())))
     }
 
     /// Starts the stream task without waiting for the connection.
@@ -429,10 +542,22 @@ impl EventRouter {
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn spawn(client: Client, config: RouterConfig) -> Self {
+        Self::spawn_source(Source::V1(client), config)
+    }
+
+    /// Starts the stream task of an OpenCode 2 server without waiting for the connection.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn spawn_v2(client: crate::v2::Client, config: RouterConfig) -> Self {
+        Self::spawn_source(Source::V2(client), config)
+    }
+
+    fn spawn_source(source: Source, config: RouterConfig) -> Self {
         let cancel = CancellationToken::new();
-        let router = Self::build(Some(client.clone()), config, cancel.clone());
+        let router = Self::build(Some(source.clone()), config, cancel.clone());
         let shared = Arc::clone(&router.shared);
-        tokio::spawn(run(shared, client, cancel));
+        tokio::spawn(run(shared, source, cancel));
         router
     }
 
@@ -442,7 +567,7 @@ impl EventRouter {
         Self::build(None, config, CancellationToken::new())
     }
 
-    fn build(client: Option<Client>, config: RouterConfig, cancel: CancellationToken) -> Self {
+    fn build(source: Option<Source>, config: RouterConfig, cancel: CancellationToken) -> Self {
         let (state, _) = watch::channel(StreamState::Connecting);
         Self {
             shared: Arc::new(Shared {
@@ -454,15 +579,32 @@ impl EventRouter {
                 malformed: AtomicU64::new(0),
                 connections: AtomicU64::new(0),
                 config,
-                client,
+                source,
             }),
             _guard: Arc::new(TaskGuard(cancel)),
         }
     }
 
-    /// The client the router was connected with (`None` for a detached router).
+    /// The client the router was connected with (`None` for a detached router and for an
+    /// OpenCode 2 router: see [`EventRouter::client_v2`]).
     pub fn client(&self) -> Option<&Client> {
-        self.shared.client.as_ref()
+        match &self.shared.source {
+            Some(Source::V1(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The OpenCode 2 client the router was connected with ([`EventRouter::connect_v2`]).
+    pub fn client_v2(&self) -> Option<&crate::v2::Client> {
+        match &self.shared.source {
+            Some(Source::V2(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The generation of the server the router reads (`None` for a detached router).
+    pub fn generation(&self) -> Option<Generation> {
+        self.shared.source.as_ref().map(Source::generation)
     }
 
     /// Subscribes to every event of `session` (all kinds).
@@ -472,14 +614,7 @@ impl EventRouter {
 
     /// Subscribes to the events of `session` whose kind is in `kinds`.
     pub fn subscribe_session_filtered(&self, session: &str, kinds: KindSet) -> Subscription {
-        let (slot, sub) = self.new_slot(Some(session.into()), kinds);
-        self.shared
-            .lock()
-            .by_session
-            .entry(session.into())
-            .or_default()
-            .push(slot);
-        sub
+        self.subscribe_session_mask(session, kinds.bits())
     }
 
     /// Subscribes to every event of the directory (all sessions, and events without one).
@@ -489,19 +624,46 @@ impl EventRouter {
 
     /// Subscribes to every event whose kind is in `kinds`.
     pub fn subscribe_all_filtered(&self, kinds: KindSet) -> Subscription {
-        let (slot, sub) = self.new_slot(None, kinds);
+        self.subscribe_all_mask(kinds.bits())
+    }
+
+    /// Subscribes to the OpenCode 2 events of `session` whose kind is in `kinds`
+    /// ([`crate::v2::KindSet::ALL`] for all).
+    pub fn subscribe_v2(&self, session: &str, kinds: crate::v2::KindSet) -> Subscription {
+        self.subscribe_session_mask(session, kinds.bits())
+    }
+
+    /// Subscribes to every OpenCode 2 event (all sessions, all directories) whose kind is in
+    /// `kinds`.
+    pub fn subscribe_all_v2(&self, kinds: crate::v2::KindSet) -> Subscription {
+        self.subscribe_all_mask(kinds.bits())
+    }
+
+    fn subscribe_session_mask(&self, session: &str, mask: u64) -> Subscription {
+        let (slot, sub) = self.new_slot(Some(session.into()), mask);
+        self.shared
+            .lock()
+            .by_session
+            .entry(session.into())
+            .or_default()
+            .push(slot);
+        sub
+    }
+
+    fn subscribe_all_mask(&self, mask: u64) -> Subscription {
+        let (slot, sub) = self.new_slot(None, mask);
         self.shared.lock().all.push(slot);
         sub
     }
 
-    fn new_slot(&self, key: Option<Box<str>>, kinds: KindSet) -> (Slot, Subscription) {
+    fn new_slot(&self, key: Option<Box<str>>, mask: u64) -> (Slot, Subscription) {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
         let slot = Slot {
             id,
             queue: Arc::clone(&queue),
             capacity: self.shared.config.buffer.max(1),
-            mask: kinds.bits(),
+            mask,
         };
         let sub = Subscription {
             id,
@@ -522,7 +684,13 @@ impl EventRouter {
     /// Parses one SSE `data` payload and routes it; malformed payloads are counted and
     /// skipped.
     pub fn publish_json(&self, data: String) {
-        publish_data(&self.shared, data);
+        publish_data(&self.shared, data, Generation::V1);
+    }
+
+    /// Parses one OpenCode 2 SSE `data` payload ([`RawEvent::parse_v2`]) and routes it;
+    /// malformed payloads are counted and skipped.
+    pub fn publish_json_v2(&self, data: String) {
+        publish_data(&self.shared, data, Generation::V2);
     }
 
     /// Current connection state.
@@ -542,6 +710,7 @@ impl EventRouter {
             dropped: self.shared.dropped.load(Ordering::Relaxed),
             malformed: self.shared.malformed.load(Ordering::Relaxed),
             connections: self.shared.connections.load(Ordering::Relaxed),
+            duplicates: self.shared.lock().duplicates,
         }
     }
 
@@ -611,6 +780,77 @@ impl EventRouter {
     ) -> Result<TurnOutput, TurnError> {
         let waiter = self.turn(session, &prompt.message_id);
         waiter.client().prompt_async(session, prompt).await?;
+        waiter.wait(deadline).await
+    }
+}
+
+impl EventRouter {
+    /// Subscribes to `session` for the OpenCode 2 turn of our input `message`. Call this
+    /// **before** [`crate::v2::Client::prompt`], then [`crate::v2::TurnWaiter::wait`].
+    ///
+    /// # Panics
+    /// On a router not made by [`EventRouter::connect_v2`] / [`EventRouter::spawn_v2`] (use
+    /// [`EventRouter::turn_v2_with_client`]).
+    pub fn turn_v2(&self, session: &SessionId, message: &MessageId) -> crate::v2::TurnWaiter {
+        let client = self
+            .client_v2()
+            .cloned()
+            .expect("EventRouter::turn_v2 needs a router made by connect_v2 or spawn_v2");
+        self.turn_v2_with_client(&client, session, message)
+    }
+
+    /// Like [`EventRouter::turn_v2`], reading state through `client`. On a detached router
+    /// (no stream) the waiter relies on polling alone.
+    pub fn turn_v2_with_client(
+        &self,
+        client: &crate::v2::Client,
+        session: &SessionId,
+        message: &MessageId,
+    ) -> crate::v2::TurnWaiter {
+        crate::v2::TurnWaiter::new(
+            client.clone(),
+            session.clone(),
+            message.clone(),
+            self.subscribe_v2(session.as_str(), crate::v2::KindSet::turn()),
+            self.watch_state(),
+        )
+    }
+
+    /// Waits for the end of the OpenCode 2 turn of our input `message` in `session`, at the
+    /// latest until `deadline`. Safe to call after the prompt (even long after the turn
+    /// ended): it first reads the turn's state over HTTP.
+    ///
+    /// # Errors
+    /// See [`crate::v2::TurnError`].
+    ///
+    /// # Panics
+    /// As [`EventRouter::turn_v2`].
+    pub async fn wait_turn_v2(
+        &self,
+        session: &SessionId,
+        message: &MessageId,
+        deadline: Instant,
+    ) -> Result<crate::v2::TurnOutput, crate::v2::TurnError> {
+        self.turn_v2(session, message).late().wait(deadline).await
+    }
+
+    /// Subscribes, sends `prompt` (re-sent with the same id after a transport error: the
+    /// server admits it once), and waits for the turn's end. To follow retries live or
+    /// answer permissions meanwhile, use [`EventRouter::turn_v2`].
+    ///
+    /// # Errors
+    /// See [`crate::v2::TurnError`]; a failing prompt is [`crate::v2::TurnError::Client`].
+    ///
+    /// # Panics
+    /// As [`EventRouter::turn_v2`].
+    pub async fn run_turn_v2(
+        &self,
+        session: &SessionId,
+        prompt: &crate::v2::Prompt,
+        deadline: Instant,
+    ) -> Result<crate::v2::TurnOutput, crate::v2::TurnError> {
+        let waiter = self.turn_v2(session, &prompt.id);
+        waiter.client().prompt_resending(session, prompt, 3).await?;
         waiter.wait(deadline).await
     }
 }
@@ -716,11 +956,17 @@ impl Drop for Subscription {
 
 /// Decodes the envelope of one SSE event; `None` (counted as malformed) when its data is not
 /// an event.
-fn parse_sse(shared: &Shared, event: &SseEvent) -> Option<RawEvent> {
+fn parse_sse(shared: &Shared, event: &SseEvent, generation: Generation) -> Option<RawEvent> {
     let parsed = event
         .data_str()
         .map_err(|e| e.to_string())
-        .and_then(|text| RawEvent::parse_str(text).map_err(|e| e.to_string()));
+        .and_then(|text| {
+            match generation {
+                Generation::V1 => RawEvent::parse_str(text),
+                Generation::V2 => RawEvent::parse_v2_str(text),
+            }
+            .map_err(|e| e.to_string())
+        });
     match parsed {
         Ok(raw) => Some(raw),
         Err(e) => {
@@ -731,8 +977,12 @@ fn parse_sse(shared: &Shared, event: &SseEvent) -> Option<RawEvent> {
     }
 }
 
-fn publish_data(shared: &Shared, data: String) -> Option<EventKind> {
-    match RawEvent::parse(data) {
+fn publish_data(shared: &Shared, data: String, generation: Generation) -> Option<EventKind> {
+    let parsed = match generation {
+        Generation::V1 => RawEvent::parse(data),
+        Generation::V2 => RawEvent::parse_v2(data),
+    };
+    match parsed {
         Ok(raw) => {
             let kind = raw.kind();
             shared.publish(raw);
@@ -746,8 +996,12 @@ fn publish_data(shared: &Shared, data: String) -> Option<EventKind> {
     }
 }
 
-async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
+async fn run(shared: Arc<Shared>, source: Source, cancel: CancellationToken) {
     let config = shared.config.clone();
+    let generation = source.generation();
+    // OpenCode 2's heartbeats are SSE comments, which the decoder does not report: any byte
+    // proves the stream alive there.
+    let bytes_are_life = generation == Generation::V2;
     let backoff_builder = backon::ExponentialBuilder::default()
         .with_min_delay(config.reconnect_min)
         .with_max_delay(config.reconnect_max)
@@ -758,13 +1012,10 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
     loop {
         let opened = tokio::select! {
             () = cancel.cancelled() => break,
-            r = client.open_event_stream() => r,
+            r = source.open() => r,
         };
         let reason = match opened {
-            Err(Error::Unauthorized { url }) => DisconnectReason::Unauthorized { url },
-            Err(e) => DisconnectReason::Connect {
-                message: e.to_string(),
-            },
+            Err(reason) => reason,
             Ok(resp) => {
                 let mut body = resp.bytes_stream();
                 let mut decoder = SseDecoder::with_max_event_size(config.max_event_size);
@@ -783,9 +1034,11 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
                     };
                     match next {
                         Ok(Some(Ok(chunk))) => {
+                            let alive = bytes_are_life && !chunk.is_empty();
                             decoder.push(chunk);
                             let mut events = 0usize;
                             let mut failure = None;
+                            let mut failure_event = None;
                             while let Some(next) = decoder.next_event() {
                                 let ev = match next {
                                     Ok(ev) => ev,
@@ -795,7 +1048,13 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
                                     }
                                 };
                                 events += 1;
-                                let Some(raw) = parse_sse(&shared, &ev) else {
+                                if generation == Generation::V2 && ev.event_type() == STREAM_FAILURE
+                                {
+                                    failure_event =
+                                        Some(ev.data_str().unwrap_or("(not UTF-8)").to_owned());
+                                    break;
+                                }
+                                let Some(raw) = parse_sse(&shared, &ev, generation) else {
                                     continue;
                                 };
                                 if confirmed {
@@ -818,8 +1077,11 @@ async fn run(shared: Arc<Shared>, client: Client, cancel: CancellationToken) {
                             if !batch.is_empty() {
                                 shared.publish_batch(&mut batch, &mut wakers);
                             }
-                            if events > 0 {
+                            if events > 0 || alive {
                                 deadline = tokio::time::Instant::now() + config.silence;
+                            }
+                            if let Some(message) = failure_event {
+                                break DisconnectReason::Failed { message };
                             }
                             if let Some(e) = failure {
                                 break DisconnectReason::Stream {
@@ -1115,6 +1377,133 @@ mod tests {
             matches!(connected, Err(Error::Unauthorized { .. })),
             "{connected:?}"
         );
+    }
+
+    fn ev2(session: &str, kind: &str, seq: Option<u64>) -> RawEvent {
+        let durable = seq
+            .map(|n| format!(r#","durable":{{"aggregateID":"{session}","seq":{n},"version":1}}"#))
+            .unwrap_or_default();
+        RawEvent::parse_v2(format!(
+            r#"{{"id":"evt_x","type":"{kind}","data":{{"sessionID":"{session}"}}{durable}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn v2_durable_replays_are_dropped_and_counted_per_aggregate() {
+        let router = EventRouter::detached(RouterConfig::default());
+        let mut a = router.subscribe_v2("ses_a", crate::v2::KindSet::ALL);
+        let mut b = router.subscribe_v2("ses_b", crate::v2::KindSet::ALL);
+        router.publish(ev2("ses_a", "session.execution.started", Some(2)));
+        router.publish(ev2("ses_a", "session.execution.started", Some(2)));
+        router.publish(ev2("ses_b", "session.execution.started", Some(1)));
+        router.publish(ev2("ses_a", "session.text.delta", None));
+        router.publish(ev2("ses_a", "session.step.started", Some(1)));
+        router.publish(ev2("ses_a", "session.execution.succeeded", Some(5)));
+        assert_eq!(
+            drain(&mut a),
+            [
+                "ses_a:session.execution.started",
+                "ses_a:session.text.delta",
+                "ses_a:session.execution.succeeded"
+            ]
+        );
+        assert_eq!(drain(&mut b), ["ses_b:session.execution.started"]);
+        assert_eq!(router.stats().duplicates, 2);
+        // A deleted aggregate is forgotten.
+        router.publish(ev2("ses_a", "session.deleted", Some(6)));
+        assert!(!router.shared.lock().last_seq.contains_key("ses_a"));
+    }
+
+    #[test]
+    fn v2_kind_sets_filter_v2_events() {
+        use crate::v2::{EventKind as K2, KindSet as Set2};
+        let router = EventRouter::detached(RouterConfig::default());
+        let mut ends = router.subscribe_v2("ses_a", Set2::of(&[K2::ExecutionSucceeded]));
+        let mut all = router.subscribe_all_v2(Set2::turn());
+        router.publish(ev2("ses_a", "session.text.delta", None));
+        router.publish(ev2("ses_a", "session.execution.started", Some(1)));
+        router.publish(ev2("ses_a", "session.execution.succeeded", Some(2)));
+        assert_eq!(drain(&mut ends), ["ses_a:session.execution.succeeded"]);
+        assert_eq!(
+            drain(&mut all),
+            [
+                "ses_a:session.execution.started",
+                "ses_a:session.execution.succeeded"
+            ]
+        );
+    }
+
+    const CONNECTED_V2: &[u8] =
+        b": heartbeat\n\ndata: {\"id\":\"evt_0\",\"type\":\"server.connected\",\"data\":{}}\n\n";
+
+    #[tokio::test]
+    async fn a_v2_stream_the_server_fails_is_a_disconnect_then_a_reconnect() {
+        let url = serve(vec![
+            vec![
+                CONNECTED_V2,
+                b"data: {\"id\":\"evt_1\",\"type\":\"session.execution.started\",\"data\":{\"sessionID\":\"ses_a\"},\"durable\":{\"aggregateID\":\"ses_a\",\"seq\":1,\"version\":1}}\n\n",
+                b"event: effect/http-api/stream/failure\ndata: [{\"_tag\":\"Fail\",\"error\":\"overflow\"}]\n\n",
+            ],
+            vec![
+                CONNECTED_V2,
+                // A replay of what was already routed is dropped; the new event is not.
+                b"data: {\"id\":\"evt_1\",\"type\":\"session.execution.started\",\"data\":{\"sessionID\":\"ses_a\"},\"durable\":{\"aggregateID\":\"ses_a\",\"seq\":1,\"version\":1}}\n\n",
+                b"data: {\"id\":\"evt_2\",\"type\":\"session.execution.succeeded\",\"data\":{\"sessionID\":\"ses_a\"},\"durable\":{\"aggregateID\":\"ses_a\",\"seq\":2,\"version\":1}}\n\n",
+            ],
+        ])
+        .await;
+        let config = RouterConfig {
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(20),
+            ..RouterConfig::default()
+        };
+        let client = crate::v2::Client::builder(&url).build().unwrap();
+        let router = EventRouter::spawn_v2(client, config);
+        assert_eq!(router.generation(), Some(Generation::V2));
+        let mut a = router.subscribe_v2("ses_a", crate::v2::KindSet::ALL);
+        let mut states = router.watch_state();
+        let seen = [
+            next(&mut a).await,
+            next(&mut a).await,
+            next(&mut a).await,
+            next(&mut a).await,
+        ];
+        assert_eq!(
+            seen,
+            [
+                "ses_a:session.execution.started",
+                "Disconnected",
+                "Reconnected",
+                "ses_a:session.execution.succeeded"
+            ]
+        );
+        let stats = router.stats();
+        assert_eq!((stats.connections, stats.duplicates), (2, 1));
+        // The failure was recorded as the reason of the disconnect.
+        let _ = states.borrow_and_update();
+        assert_eq!(router.state(), StreamState::Connected);
+    }
+
+    #[tokio::test]
+    async fn v2_comment_heartbeats_keep_a_quiet_stream_alive() {
+        let heartbeats: Vec<&'static [u8]> = std::iter::once(CONNECTED_V2)
+            .chain(std::iter::repeat_n(&b": heartbeat\n\n"[..], 120))
+            .chain(std::iter::once(
+                &b"data: {\"id\":\"evt_1\",\"type\":\"session.execution.started\",\"data\":{\"sessionID\":\"ses_a\"}}\n\n"[..],
+            ))
+            .collect();
+        let url = serve(vec![heartbeats]).await;
+        let config = RouterConfig {
+            silence: Duration::from_millis(300),
+            ..RouterConfig::default()
+        };
+        let client = crate::v2::Client::builder(&url).build().unwrap();
+        let router = EventRouter::spawn_v2(client, config);
+        let mut a = router.subscribe_v2("ses_a", crate::v2::KindSet::ALL);
+        // 120 comments 5 ms apart outlast the 300 ms silence: only bytes kept it open.
+        assert_eq!(next(&mut a).await, "ses_a:session.execution.started");
+        assert_eq!(router.stats().connections, 1);
     }
 
     proptest::proptest! {

@@ -2,10 +2,16 @@
 //!
 //! [`ServerBuilder::start`] spawns `opencode serve --hostname 127.0.0.1 --port 0` in its own
 //! process group, with a random password in `OPENCODE_SERVER_PASSWORD`, reads its stdout until
-//! the `opencode server listening on http://…` line (bounded by a timeout; the port is never
-//! probed before that line, since a connection accepted during start-up can hang forever, see
-//! `API.md` §1), and keeps the last 256 KiB of its output for error messages. Dropping the
-//! [`OpencodeServer`] stops it: SIGTERM to the group, then SIGKILL after a grace period.
+//! the listening line (bounded by a timeout; the port is never probed before that line, since
+//! a connection accepted during start-up can hang forever, see `API.md` §1), and keeps the
+//! last 256 KiB of its output for error messages. Dropping the [`OpencodeServer`] stops it:
+//! SIGTERM to the group, then SIGKILL after a grace period.
+//!
+//! Both generations start the same way; OpenCode 1 prints `opencode server listening on
+//! http://…`, OpenCode 2 `server listening on http://…`. The server's [`Generation`] is the
+//! one forced with [`ServerBuilder::generation`], else the one [`find_opencode`] read from the
+//! binary's `--version`, else (an explicit [`ServerBuilder::binary`]) the one its listening
+//! line tells.
 //!
 //! The launcher is synchronous and owns no async runtime, so one server can outlive many
 //! test runtimes; [`ServerBuilder::start_async`] runs it on Tokio's blocking pool.
@@ -23,10 +29,13 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Client, ClientBuilder, DEFAULT_USERNAME};
 use crate::error::Error;
-use crate::generation::{FindError, find_opencode};
+use crate::generation::{FindError, Generation, find_opencode};
 
 const LOG_LIMIT: usize = 256 * 1024;
-const LISTENING: &str = "opencode server listening on ";
+/// Both generations' listening lines contain this, followed by the URL.
+const LISTENING: &str = "server listening on ";
+/// OpenCode 1's listening line.
+const LISTENING_V1: &str = "opencode server listening on ";
 
 /// Why a server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +72,9 @@ pub enum ServerError {
     /// Building the client failed.
     #[error(transparent)]
     Client(#[from] Error),
+    /// Building the OpenCode 2 client failed.
+    #[error(transparent)]
+    ClientV2(#[from] crate::v2::Error),
 }
 
 /// Configures and starts an `opencode serve` process.
@@ -77,6 +89,7 @@ pub struct ServerBuilder {
     ready_timeout: Duration,
     stop_grace: Duration,
     orphan_guard: bool,
+    generation: Option<Generation>,
 }
 
 /// Runs the server in the background and stops it when our end of its stdin closes, which
@@ -114,7 +127,15 @@ impl ServerBuilder {
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(3),
             orphan_guard: true,
+            generation: None,
         }
+    }
+
+    /// Finds (without an explicit [`ServerBuilder::binary`]) and reports this generation: with
+    /// no binary set, [`find_opencode`] looks for this generation only.
+    pub fn generation(mut self, generation: Generation) -> Self {
+        self.generation = Some(generation);
+        self
     }
 
     /// Whether to run the server under a small `sh` guard that stops it if this process dies
@@ -178,9 +199,12 @@ impl ServerBuilder {
     /// # Errors
     /// See [`ServerError`]; the process is killed on every error path.
     pub fn start(self) -> Result<OpencodeServer, ServerError> {
-        let binary = match self.binary.clone() {
-            Some(b) => b,
-            None => find_opencode(None)?.path,
+        let (binary, mut generation) = match self.binary.clone() {
+            Some(b) => (b, self.generation),
+            None => {
+                let found = find_opencode(self.generation)?;
+                (found.path, Some(found.generation))
+            }
         };
         let password = self.password.clone().unwrap_or_else(random_password);
         let args = ["serve", "--hostname", "127.0.0.1", "--port", "0"];
@@ -221,7 +245,7 @@ impl ServerBuilder {
             source,
         })?;
         let log = Log::default();
-        let (ready_tx, ready_rx) = mpsc::channel::<String>();
+        let (ready_tx, ready_rx) = mpsc::channel::<(String, Generation)>();
         let mut readers = Readers::default();
         if let Some(out) = child.stdout.take() {
             readers.spawn(out, log.clone(), Some(ready_tx));
@@ -240,7 +264,10 @@ impl ServerBuilder {
         // output to that race was a flaky test on a loaded machine).
         let url = loop {
             match ready_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(url) => break url,
+                Ok((url, said)) => {
+                    generation.get_or_insert(said);
+                    break url;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // stdout closed without the line: the process is exiting.
@@ -282,6 +309,9 @@ impl ServerBuilder {
         let client = ClientBuilder::new(url.clone())
             .basic_auth(self.username.clone(), password.clone())
             .build()?;
+        let client_v2 = crate::v2::Client::builder(url.clone())
+            .basic_auth(self.username.clone(), password.clone())
+            .build()?;
         Ok(OpencodeServer {
             proc: Mutex::new(proc),
             url,
@@ -289,6 +319,8 @@ impl ServerBuilder {
             password,
             log,
             client,
+            client_v2,
+            generation: generation.unwrap_or(Generation::V1),
             pid: 0,
         }
         .with_pid())
@@ -314,6 +346,22 @@ fn random_password() -> String {
     (0..32)
         .map(|_| CHARS[fastrand::usize(..CHARS.len())] as char)
         .collect()
+}
+
+/// The URL and the generation a listening line announces (`opencode server listening on
+/// http://…`: OpenCode 1; `server listening on http://…`: OpenCode 2).
+fn listening(line: &str) -> Option<(String, Generation)> {
+    let idx = line.find(LISTENING)?;
+    let url = line[idx + LISTENING.len()..].trim();
+    if !url.starts_with("http") {
+        return None;
+    }
+    let generation = if line.contains(LISTENING_V1) {
+        Generation::V1
+    } else {
+        Generation::V2
+    };
+    Some((url.to_owned(), generation))
 }
 
 /// Bounded capture of the server's output.
@@ -352,7 +400,7 @@ impl Readers {
         &mut self,
         stream: impl Read + Send + 'static,
         log: Log,
-        ready: Option<mpsc::Sender<String>>,
+        ready: Option<mpsc::Sender<(String, Generation)>>,
     ) {
         let (done, _) = self.done.get_or_insert_with(mpsc::channel);
         let done = done.clone();
@@ -364,10 +412,9 @@ impl Readers {
                 // Logged before the URL is handed over, so the log holds every line seen.
                 log.push_line(&line);
                 if let Some(tx) = &ready
-                    && let Some(idx) = line.find(LISTENING)
+                    && let Some((url, generation)) = listening(&line)
                 {
-                    let url = line[idx + LISTENING.len()..].trim().to_owned();
-                    let _ = tx.send(url);
+                    let _ = tx.send((url, generation));
                     ready = None;
                 }
             }
@@ -441,6 +488,8 @@ pub struct OpencodeServer {
     password: String,
     log: Log,
     client: Client,
+    client_v2: crate::v2::Client,
+    generation: Generation,
     pid: u32,
 }
 
@@ -448,6 +497,7 @@ impl fmt::Debug for OpencodeServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpencodeServer")
             .field("url", &self.url)
+            .field("generation", &self.generation)
             .field("pid", &self.pid)
             .finish_non_exhaustive()
     }
@@ -489,9 +539,19 @@ impl OpencodeServer {
     }
 
     /// A client with the server's credentials (not scoped to a directory; use
-    /// [`Client::with_directory`]).
+    /// [`Client::with_directory`]). Speaks OpenCode 1: see [`OpencodeServer::client_v2`].
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// An OpenCode 2 client with the server's credentials.
+    pub fn client_v2(&self) -> crate::v2::Client {
+        self.client_v2.clone()
+    }
+
+    /// The generation of the running binary.
+    pub fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// The captured output (stdout and stderr, last 256 KiB).
@@ -552,6 +612,20 @@ mod tests {
     }
 
     #[test]
+    fn listening_lines_tell_the_url_and_the_generation() {
+        assert_eq!(
+            listening("opencode server listening on http://127.0.0.1:4096"),
+            Some(("http://127.0.0.1:4096".into(), Generation::V1))
+        );
+        assert_eq!(
+            listening("server listening on http://127.0.0.1:37685"),
+            Some(("http://127.0.0.1:37685".into(), Generation::V2))
+        );
+        assert_eq!(listening("INFO server listening on port"), None);
+        assert_eq!(listening("starting"), None);
+    }
+
+    #[test]
     fn a_binary_that_exits_is_reported_with_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("fake-opencode");
@@ -578,6 +652,7 @@ mod tests {
             .unwrap();
         let server = ServerBuilder::new().binary(&script).start().unwrap();
         assert_eq!(server.base_url(), "http://127.0.0.1:1");
+        assert_eq!(server.generation(), Generation::V1);
         // Still running a while later: the guard waits for our end of the pipe.
         std::thread::sleep(Duration::from_millis(700));
         assert!(server.is_running());

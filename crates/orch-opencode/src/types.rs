@@ -64,6 +64,8 @@ macro_rules! open_enum {
     };
 }
 
+pub(crate) use open_enum;
+
 open_enum!(
     /// Role of a message.
     Role { /// Sent by the user (us).

@@ -22,6 +22,31 @@ pub(crate) struct Recorded {
     pub(crate) sessions: Vec<String>,
 }
 
+/// The captured OpenCode 2.1.2 streams (`data:` lines).
+pub(crate) const SAMPLES_V2: &[&str] = &[
+    include_str!("../../tests/data/v2/events-one-turn-2.1.2.sse"),
+    include_str!("../../tests/data/v2/events-write-turn.sse"),
+    include_str!("../../tests/data/v2/events-429-retries-then-failed.sse"),
+    include_str!("../../tests/data/v2/events-503-twice-then-ok.sse"),
+    include_str!("../../tests/data/v2/events-interrupt.sse"),
+    include_str!("../../tests/data/v2/events-permission-reject.sse"),
+    include_str!("../../tests/data/v2/events-permission-reject-with-message.sse"),
+    include_str!("../../tests/data/v2/events-plugin-command.sse"),
+    include_str!("../../tests/data/v2/events-subagent.sse"),
+];
+
+/// The OpenCode 2 stream: the captured events, [`COPIES`] times with their session ids
+/// rewritten, interleaved event by event, framed as OpenCode 2 frames them.
+pub(crate) fn recorded_v2() -> Recorded {
+    let events: Vec<String> = SAMPLES_V2
+        .iter()
+        .flat_map(|s| s.lines())
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect();
+    copies(events)
+}
+
 pub(crate) fn recorded() -> Recorded {
     let events: Vec<String> = SAMPLES
         .lines()
@@ -36,6 +61,11 @@ pub(crate) fn recorded() -> Recorded {
             line.event.get().to_owned()
         })
         .collect();
+    copies(events)
+}
+
+/// [`COPIES`] copies of `events` with their session ids rewritten, interleaved.
+fn copies(events: Vec<String>) -> Recorded {
     let mut originals: Vec<String> = Vec::new();
     for e in &events {
         let mut rest = e.as_str();
@@ -197,6 +227,41 @@ pub(crate) fn routed_payloads(rec: &Recorded, payloads: &[String], decode: Decod
         }
     }
     delivered + drain(&mut subs, decode)
+}
+
+/// Decode (OpenCode 2 envelopes) + route to one subscriber per session; the deliveries
+/// (typed with [`RawEvent::decode_v2`] when `typed`).
+pub(crate) fn routed_v2(rec: &Recorded, typed: bool) -> usize {
+    let router = EventRouter::detached(RouterConfig::default());
+    let mut subs: Vec<_> = rec
+        .sessions
+        .iter()
+        .map(|s| router.subscribe_v2(s, orch_opencode::v2::KindSet::ALL))
+        .collect();
+    let drain = |subs: &mut [orch_opencode::Subscription]| {
+        let mut n = 0;
+        for sub in subs.iter_mut() {
+            while let Some(d) = sub.try_recv() {
+                if let Delivery::Event(raw) = d {
+                    if typed {
+                        black_box(raw.decode_v2().expect("typed event"));
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let mut delivered = 0;
+    let mut i = 0usize;
+    for_each_payload(&rec.chunks, Framing::Ours, |data| {
+        router.publish(RawEvent::parse_v2_str(data).expect("envelope"));
+        i += 1;
+        if i.is_multiple_of(512) {
+            delivered += drain(&mut subs);
+        }
+    });
+    delivered + drain(&mut subs)
 }
 
 /// The naive consumer: every event into a `serde_json::Value`.

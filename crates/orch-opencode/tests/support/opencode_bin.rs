@@ -1,0 +1,25 @@
+//! Which OpenCode a real-server target runs, shared by the test binaries and benches
+//! (included with `#[path]`).
+
+use std::path::PathBuf;
+
+use orch_opencode::{Generation, find_generation};
+
+/// The binary of `generation` ([`find_generation`]: `OPENCODE_BIN` when it is of that
+/// generation, else the project-local install, else `PATH`). Without it the target's tests
+/// are skipped, or fail when `CI` is set (tests that need OpenCode never skip on CI).
+///
+/// # Panics
+/// When it is missing and `CI` is set.
+pub(crate) fn binary_or_skip(generation: Generation) -> Option<PathBuf> {
+    match find_generation(generation) {
+        Ok(found) => Some(found.path),
+        Err(e) if std::env::var_os("CI").is_some() => {
+            panic!("{e} (CI is set: tests that need OpenCode fail, never skip)")
+        }
+        Err(e) => {
+            eprintln!("skipping the OpenCode {generation} tests: {e}");
+            None
+        }
+    }
+}
