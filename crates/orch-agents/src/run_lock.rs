@@ -313,6 +313,14 @@ impl RunLock {
     }
 }
 
+/// The holder's pid as the OS takes it.
+fn holder_pid(lock_path: &Path, holder: &Holder) -> Result<rustix::process::Pid, RunLockError> {
+    rustix::process::Pid::from_raw(holder.pid as i32).ok_or_else(|| RunLockError::Io {
+        path: lock_path.to_owned(),
+        source: io::Error::other("the lock holder has no pid"),
+    })
+}
+
 #[cfg(target_os = "linux")]
 fn send(
     state_dir: &Path,
@@ -320,11 +328,7 @@ fn send(
     holder: &Holder,
     signal: rustix::process::Signal,
 ) -> Result<(), RunLockError> {
-    let pid =
-        rustix::process::Pid::from_raw(holder.pid as i32).ok_or_else(|| RunLockError::Io {
-            path: lock_path.to_owned(),
-            source: io::Error::other("the lock holder has no pid"),
-        })?;
+    let pid = holder_pid(lock_path, holder)?;
     let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
         Ok(fd) => fd,
         // The holder ended since the lock was read.
@@ -356,11 +360,7 @@ fn send(
     holder: &Holder,
     signal: rustix::process::Signal,
 ) -> Result<(), RunLockError> {
-    let pid =
-        rustix::process::Pid::from_raw(holder.pid as i32).ok_or_else(|| RunLockError::Io {
-            path: lock_path.to_owned(),
-            source: io::Error::other("the lock holder has no pid"),
-        })?;
+    let pid = holder_pid(lock_path, holder)?;
     rustix::process::kill_process(pid, signal).map_err(|e| io_error(lock_path)(e.into()))
 }
 

@@ -551,6 +551,19 @@ async fn resume(ui: &Ui, signals: Signals, args: ResumeArgs) -> anyhow::Result<u
             ui.notice(format!("retrying {}", reset.join(", ")));
         }
     }
+    continue_with_saved(ui, signals, lock, dir, mission, &args.backend, &args.limits).await
+}
+
+/// Runs the mission of `dir` again with the settings it was started with (flags win).
+async fn continue_with_saved(
+    ui: &Ui,
+    signals: Signals,
+    lock: RunLock,
+    dir: PathBuf,
+    mission: String,
+    backend: &Backend,
+    limits: &Limits,
+) -> anyhow::Result<u8> {
     let saved = Saved::load(&dir)?;
     start(
         ui,
@@ -558,8 +571,8 @@ async fn resume(ui: &Ui, signals: Signals, args: ResumeArgs) -> anyhow::Result<u
         lock,
         dir,
         mission,
-        &args.backend,
-        &args.limits,
+        backend,
+        limits,
         saved.as_ref(),
     )
     .await
@@ -584,16 +597,5 @@ async fn retry(ui: &Ui, signals: Signals, args: RetryArgs) -> anyhow::Result<u8>
         "retrying {} (attempts reset; recorded in the audit log and the journal)",
         reset.join(", ")
     ));
-    let saved = Saved::load(&dir)?;
-    start(
-        ui,
-        signals,
-        lock,
-        dir,
-        mission,
-        &args.backend,
-        &args.limits,
-        saved.as_ref(),
-    )
-    .await
+    continue_with_saved(ui, signals, lock, dir, mission, &args.backend, &args.limits).await
 }

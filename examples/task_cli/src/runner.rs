@@ -10,12 +10,12 @@ use orch_agents::{
     AgentSet, BackendError, MissionConfig, MissionReport, MissionStatus, ModelSpec,
     OpencodeBackend, OpencodeBackendConfig, RunLock, Supervisor,
 };
+use orch_core::ShutdownManager;
 use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
 use orch_testkit::opencode::{IsolatedHome, fake_provider_config};
 use orch_testkit::{Script, ScriptedModel};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
-use orch_core::ShutdownManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::{Failure, code};

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Live, alive, descendants, events_named, items_script, json_lines, read, run, task_cli, text,
-    write_script,
+    Live, alive, descendants, events_named, items_script, json_lines, json_run, read, run,
+    task_cli, text, write_script,
 };
 use serde_json::Value;
 
@@ -54,18 +54,12 @@ fn sixteen_workers_complete_sixteen_independent_items() {
     let project = tmp.path().join("wide");
     // Every Worker answer waits 2 s, so the lanes are busy at the same time.
     let script = write_script(tmp.path(), "wide.toml", &items_script(16, 2_000, ""));
-    let output = run(task_cli(tmp.path())
-        .args([
-            "--json",
-            "run",
-            "sixteen files",
-            "--workers",
-            "16",
-            "--model-script",
-        ])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(
+        tmp.path(),
+        &["run", "sixteen files", "--workers", "16"],
+        Some(&script),
+        &project,
+    );
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert_eq!(events_named(&events, "item_done").len(), 16);
@@ -129,11 +123,7 @@ fn stop_never_signals_a_process_that_does_not_hold_the_directory() {
 
     // The next run takes the directory and removes the stale file when it ends.
     let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, ""));
-    let output = run(task_cli(tmp.path())
-        .args(["--json", "run", "one file", "--model-script"])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(tmp.path(), &["run", "one file"], Some(&script), &project);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(!state.join("orchestrator.pid").exists());
     assert!(alive(pid));
@@ -249,11 +239,7 @@ text = "still thinking"
             .unwrap()
             .contains("task_cli resume --dir")
     );
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--model-script"])
-        .arg(&fast)
-        .arg("--dir")
-        .arg(&project));
+    let resumed = json_run(tmp.path(), &["resume"], Some(&fast), &project);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     let events = json_lines(&resumed);
     assert!(
@@ -296,19 +282,21 @@ fn a_new_mission_archives_a_finished_one() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("again");
     let script = write_script(tmp.path(), "two.toml", &items_script(2, 0, ""));
-    let first = run(task_cli(tmp.path())
-        .args(["--json", "run", "first mission", "--model-script"])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let first = json_run(
+        tmp.path(),
+        &["run", "first mission"],
+        Some(&script),
+        &project,
+    );
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     let first_todo = read(&project, ".orchestrator/TODO.md");
 
-    let second = run(task_cli(tmp.path())
-        .args(["--json", "run", "second mission", "--model-script"])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let second = json_run(
+        tmp.path(),
+        &["run", "second mission"],
+        Some(&script),
+        &project,
+    );
     assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
     let events = json_lines(&second);
     assert!(
@@ -354,18 +342,12 @@ text = "VERDICT: FAIL: f1.txt is wrong"
 "##
     );
     let script = write_script(tmp.path(), "retry.toml", &items_script(2, 0, &failing));
-    let output = run(task_cli(tmp.path())
-        .args([
-            "--json",
-            "run",
-            "a chain",
-            "--max-attempts",
-            "2",
-            "--model-script",
-        ])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(
+        tmp.path(),
+        &["run", "a chain", "--max-attempts", "2"],
+        Some(&script),
+        &project,
+    );
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     assert!(
@@ -402,9 +384,7 @@ text = "VERDICT: FAIL: f1.txt is wrong"
 
     // The model gets it right now; retry (as advised) completes the mission.
     std::fs::write(&script, items_script(2, 0, plan)).unwrap();
-    let retried = run(task_cli(tmp.path())
-        .args(["--json", "retry", "--dir"])
-        .arg(&project));
+    let retried = json_run(tmp.path(), &["retry"], None, &project);
     assert_eq!(retried.status.code(), Some(0), "{}", text(&retried.stderr));
     let events = json_lines(&retried);
     assert!(notices(&events).contains("retrying T1, T2"), "{events:?}");
@@ -432,11 +412,7 @@ agent = "planner"
 text = "I would rather not plan today."
 "##;
     let script = write_script(tmp.path(), "plan.toml", &items_script(1, 0, garbage));
-    let output = run(task_cli(tmp.path())
-        .args(["--json", "run", "one file", "--model-script"])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(tmp.path(), &["run", "one file"], Some(&script), &project);
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let advice = notices(&events);
@@ -455,9 +431,7 @@ text = "I would rather not plan today."
     );
 
     std::fs::write(&script, items_script(1, 0, "")).unwrap();
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--dir"])
-        .arg(&project));
+    let resumed = json_run(tmp.path(), &["resume"], None, &project);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     let events = json_lines(&resumed);
     assert_eq!(events_named(&events, "plan_committed").len(), 1);
@@ -510,9 +484,7 @@ text = "# Late\n\n- [ ] T1: file 1\n  - files: f1.txt\n"
     assert_eq!(planner["failed_turns"], 0, "{planner}");
 
     std::fs::write(&script, items_script(1, 0, "")).unwrap();
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--dir"])
-        .arg(&project));
+    let resumed = json_run(tmp.path(), &["resume"], None, &project);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     assert_eq!(read(&project, "f1.txt"), "file 1\n");
 }
@@ -548,9 +520,7 @@ fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     );
     assert!(descendants(pid).is_empty());
 
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--dir"])
-        .arg(&project));
+    let resumed = json_run(tmp.path(), &["resume"], None, &project);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     assert_eq!(read(&project, "f1.txt"), "file 1\n");
 }
@@ -560,18 +530,12 @@ fn an_exceeded_budget_is_continued_with_a_higher_one() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("budget");
     let script = write_script(tmp.path(), "two.toml", &items_script(2, 0, ""));
-    let output = run(task_cli(tmp.path())
-        .args([
-            "--json",
-            "run",
-            "two files",
-            "--token-budget",
-            "10",
-            "--model-script",
-        ])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(
+        tmp.path(),
+        &["run", "two files", "--token-budget", "10"],
+        Some(&script),
+        &project,
+    );
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     assert_eq!(
@@ -583,9 +547,12 @@ fn an_exceeded_budget_is_continued_with_a_higher_one() {
         advice.contains("--tokens-budget <more>") || advice.contains("--token-budget <more>"),
         "{advice}"
     );
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--token-budget", "100000000", "--dir"])
-        .arg(&project));
+    let resumed = json_run(
+        tmp.path(),
+        &["resume", "--token-budget", "100000000"],
+        None,
+        &project,
+    );
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     assert_eq!(read(&project, "f2.txt"), "file 2\n");
 }
@@ -595,27 +562,22 @@ fn a_round_limit_is_continued_with_more_rounds() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("rounds");
     let script = write_script(tmp.path(), "three.toml", &items_script(3, 0, ""));
-    let output = run(task_cli(tmp.path())
-        .args([
-            "--json",
-            "run",
-            "three files",
-            "--workers",
-            "1",
-            "--max-rounds",
-            "1",
-            "--model-script",
-        ])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(
+        tmp.path(),
+        &["run", "three files", "--workers", "1", "--max-rounds", "1"],
+        Some(&script),
+        &project,
+    );
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let advice = notices(&events);
     assert!(advice.contains("--max-rounds <more>"), "{advice}");
-    let resumed = run(task_cli(tmp.path())
-        .args(["--json", "resume", "--max-rounds", "1000", "--dir"])
-        .arg(&project));
+    let resumed = json_run(
+        tmp.path(),
+        &["resume", "--max-rounds", "1000"],
+        None,
+        &project,
+    );
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
     assert_eq!(read(&project, "f3.txt"), "file 3\n");
 }
@@ -632,11 +594,7 @@ user = "Every item is done"
 text = "VERDICT: FAIL: nothing works together"
 "##;
     let script = write_script(tmp.path(), "int.toml", &items_script(1, 0, failing));
-    let output = run(task_cli(tmp.path())
-        .args(["--json", "run", "one file", "--model-script"])
-        .arg(&script)
-        .arg("--dir")
-        .arg(&project));
+    let output = json_run(tmp.path(), &["run", "one file"], Some(&script), &project);
     let events = json_lines(&output);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let advice = notices(&events);
@@ -648,9 +606,7 @@ text = "VERDICT: FAIL: nothing works together"
     assert_eq!(state["state"], "failed");
 
     std::fs::write(&script, items_script(1, 0, "")).unwrap();
-    let again = run(task_cli(tmp.path())
-        .args(["--json", "run", "one file", "--dir"])
-        .arg(&project));
+    let again = json_run(tmp.path(), &["run", "one file"], None, &project);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
     assert!(notices(&json_lines(&again)).contains("archived"));
 }

@@ -24,8 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AgentBackend, BackendError, Disposition, EditScope, ModelSpec, NoticeSink, SessionSpec,
-    TurnNotice, TurnReport, TurnRequest,
+    AgentBackend, BackendError, ModelSpec, NoticeSink, TurnNotice, TurnReport, TurnRequest,
 };
 
 /// What a [`Guarded`] backend enforces.
@@ -241,17 +240,9 @@ impl<B: AgentBackend> Guarded<B> {
 impl<B: AgentBackend> AgentBackend for Guarded<B> {
     type Session = B::Session;
 
-    fn provision(&self, role: AgentRole, sessions: usize) {
-        self.inner.provision(role, sessions);
-    }
-
-    async fn open(&self, spec: SessionSpec) -> Result<B::Session, BackendError> {
-        self.inner.open(spec).await
-    }
-
-    async fn rescope(&self, session: &B::Session, scope: &EditScope) -> Result<(), BackendError> {
-        self.inner.rescope(session, scope).await
-    }
+    forward_to_inner!(
+        provision, open, rescope, abort, close, session_id, cleanup, notify
+    );
 
     /// Runs the turn under a slot of its role, on its model or a fallback, retrying transient
     /// errors; `deadline` bounds each attempt (every attempt gets as long as the first).
@@ -329,30 +320,6 @@ impl<B: AgentBackend> AgentBackend for Guarded<B> {
         }
     }
 
-    async fn abort(&self, session: &B::Session) -> Result<(), BackendError> {
-        self.inner.abort(session).await
-    }
-
-    async fn close(
-        &self,
-        session: B::Session,
-        disposition: Disposition,
-    ) -> Result<(), BackendError> {
-        self.inner.close(session, disposition).await
-    }
-
-    fn session_id(&self, session: &B::Session) -> String {
-        self.inner.session_id(session)
-    }
-
-    async fn cleanup(&self, sessions: Vec<String>) {
-        self.inner.cleanup(sessions).await;
-    }
-
-    async fn notify(&self, message: &str) {
-        self.inner.notify(message).await;
-    }
-
     /// The inner backend's figures, then `slots.<role>.*` and `breaker.<model>.*`.
     fn stats(&self) -> Vec<(String, f64)> {
         let mut out = self.inner.stats();
@@ -395,6 +362,7 @@ impl<B: AgentBackend> AgentBackend for Guarded<B> {
 mod tests {
     use super::*;
     use crate::backend::simulated::SimulatedBackend;
+    use crate::backend::{EditScope, SessionSpec};
 
     fn guard(retry: RetryPolicy, fallbacks: Vec<ModelSpec>) -> Guarded<SimulatedBackend> {
         Guarded::new(

@@ -4,14 +4,11 @@
 
 use std::sync::Arc;
 
-use orch_core::{AgentRole, HookOutcome};
+use orch_core::HookOutcome;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    AgentBackend, BackendError, Disposition, EditScope, NoticeSink, SessionSpec, TurnReport,
-    TurnRequest,
-};
+use super::{AgentBackend, BackendError, NoticeSink, TurnReport, TurnRequest};
 use crate::hooks::{HookEvent, MissionHooks};
 
 /// An [`AgentBackend`] whose turns run through [`MissionHooks`].
@@ -48,17 +45,9 @@ fn vetoed(hook: &str, what: &str, reason: &str) -> BackendError {
 impl<B: AgentBackend> AgentBackend for Hooked<B> {
     type Session = B::Session;
 
-    fn provision(&self, role: AgentRole, sessions: usize) {
-        self.inner.provision(role, sessions);
-    }
-
-    async fn open(&self, spec: SessionSpec) -> Result<B::Session, BackendError> {
-        self.inner.open(spec).await
-    }
-
-    async fn rescope(&self, session: &B::Session, scope: &EditScope) -> Result<(), BackendError> {
-        self.inner.rescope(session, scope).await
-    }
+    forward_to_inner!(
+        provision, open, rescope, abort, close, session_id, cleanup, notify, stats
+    );
 
     async fn run_turn(
         &self,
@@ -98,33 +87,5 @@ impl<B: AgentBackend> AgentBackend for Hooked<B> {
             HookEvent::AfterTurn { report, .. } => Ok(report),
             _ => unreachable!("hooks get the event by reference and cannot change its kind"),
         }
-    }
-
-    async fn abort(&self, session: &B::Session) -> Result<(), BackendError> {
-        self.inner.abort(session).await
-    }
-
-    async fn close(
-        &self,
-        session: B::Session,
-        disposition: Disposition,
-    ) -> Result<(), BackendError> {
-        self.inner.close(session, disposition).await
-    }
-
-    fn session_id(&self, session: &B::Session) -> String {
-        self.inner.session_id(session)
-    }
-
-    async fn cleanup(&self, sessions: Vec<String>) {
-        self.inner.cleanup(sessions).await;
-    }
-
-    async fn notify(&self, message: &str) {
-        self.inner.notify(message).await;
-    }
-
-    fn stats(&self) -> Vec<(String, f64)> {
-        self.inner.stats()
     }
 }

@@ -17,6 +17,68 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Writes the methods of an [`AgentBackend`] layer that only pass the call to `self.inner`:
+/// `forward_to_inner!(open, rescope, abort, close, session_id, cleanup, notify, provision)`.
+macro_rules! forward_to_inner {
+    ($($method:ident),* $(,)?) => { $( forward_to_inner!(@one $method); )* };
+    (@one provision) => {
+        fn provision(&self, role: orch_core::AgentRole, sessions: usize) {
+            self.inner.provision(role, sessions);
+        }
+    };
+    (@one open) => {
+        async fn open(
+            &self,
+            spec: $crate::backend::SessionSpec,
+        ) -> Result<Self::Session, $crate::backend::BackendError> {
+            self.inner.open(spec).await
+        }
+    };
+    (@one rescope) => {
+        async fn rescope(
+            &self,
+            session: &Self::Session,
+            scope: &$crate::backend::EditScope,
+        ) -> Result<(), $crate::backend::BackendError> {
+            self.inner.rescope(session, scope).await
+        }
+    };
+    (@one abort) => {
+        async fn abort(&self, session: &Self::Session) -> Result<(), $crate::backend::BackendError> {
+            self.inner.abort(session).await
+        }
+    };
+    (@one close) => {
+        async fn close(
+            &self,
+            session: Self::Session,
+            disposition: $crate::backend::Disposition,
+        ) -> Result<(), $crate::backend::BackendError> {
+            self.inner.close(session, disposition).await
+        }
+    };
+    (@one session_id) => {
+        fn session_id(&self, session: &Self::Session) -> String {
+            self.inner.session_id(session)
+        }
+    };
+    (@one cleanup) => {
+        async fn cleanup(&self, sessions: Vec<String>) {
+            self.inner.cleanup(sessions).await;
+        }
+    };
+    (@one notify) => {
+        async fn notify(&self, message: &str) {
+            self.inner.notify(message).await;
+        }
+    };
+    (@one stats) => {
+        fn stats(&self) -> Vec<(String, f64)> {
+            self.inner.stats()
+        }
+    };
+}
+
 pub mod guard;
 pub mod hooks;
 pub mod multi;

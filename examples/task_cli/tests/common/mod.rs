@@ -32,6 +32,16 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `task_cli --json ARGS [--model-script SCRIPT] --dir PROJECT`, run to its end in `cwd`.
+pub fn json_run(cwd: &Path, args: &[&str], script: Option<&Path>, project: &Path) -> Output {
+    let mut cmd = task_cli(cwd);
+    cmd.arg("--json").args(args);
+    if let Some(script) = script {
+        cmd.arg("--model-script").arg(script);
+    }
+    run(cmd.arg("--dir").arg(project))
+}
+
 /// Every stdout line parsed as JSON (the test fails on a line that is not).
 pub fn json_lines(output: &Output) -> Vec<Value> {
     text(&output.stdout)
