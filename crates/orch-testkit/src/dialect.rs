@@ -228,6 +228,14 @@ pub(crate) const V2_COMPACTION_PROMPT: &str =
 pub(crate) const V2_COMPACTION_RETRY: &str =
     "The previous response did not fill in the required summary template";
 
+/// The user messages OpenCode 2 adds on its own when it continues a turn: after a cut
+/// stream ("interrupted") and after a reply that hit the output limit. They carry no new
+/// request, so rules match on the user message before them (see `RequestView::continued`).
+pub(crate) const V2_CONTINUATIONS: [&str; 2] = [
+    "The previous response was interrupted. Continue from where you left off",
+    "Your last response hit the output token limit (stop reason: length).",
+];
+
 /// The headings of OpenCode 2's summary template. A summary carrying one of them (exact
 /// case, on a line of its own) passed 2.1.2's check; one with none, or another heading,
 /// failed it.

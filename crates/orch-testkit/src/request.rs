@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use orch_opencode::Generation;
 
-use crate::dialect::{self, V2_COMPACTION_PROMPT, V2_COMPACTION_RETRY};
+use crate::dialect::{self, V2_COMPACTION_PROMPT, V2_COMPACTION_RETRY, V2_CONTINUATIONS};
 use crate::script::{RequestKind, Rule, agent_marker};
 
 /// The facts of one `POST /v1/chat/completions` request that rules match on.
@@ -19,8 +19,13 @@ pub struct RequestView {
     pub stream: bool,
     /// All system messages joined by newlines.
     pub system: String,
-    /// The text of the last user message (parts joined by newlines).
+    /// The text of the last user message (parts joined by newlines), OpenCode's own
+    /// continuation messages left out (see [`RequestView::continued`]).
     pub last_user: String,
+    /// How many continuation messages OpenCode 2 added after that user message (after a
+    /// cut stream, or a reply that hit the output limit): the turn is a continued one.
+    #[serde(default)]
+    pub continued: usize,
     /// Whether the last message is a tool result.
     pub tool_result: bool,
     /// The tool whose result is the last message, when it is one.
@@ -69,7 +74,18 @@ impl RequestView {
             .map(|m| content_text(m.get("content")))
             .collect::<Vec<_>>()
             .join("\n");
-        let last_user_index = messages.iter().rposition(|m| role(m) == "user");
+        let is_continuation = |m: &Value| {
+            let text = content_text(m.get("content"));
+            V2_CONTINUATIONS.iter().any(|c| text.starts_with(c))
+        };
+        let last_user_index = messages
+            .iter()
+            .rposition(|m| role(m) == "user" && !is_continuation(m));
+        let continued = messages
+            .iter()
+            .skip(last_user_index.map_or(0, |i| i + 1))
+            .filter(|m| role(m) == "user")
+            .count();
         let last_user = last_user_index
             .map(|i| content_text(messages[i].get("content")))
             .unwrap_or_default();
@@ -127,6 +143,7 @@ impl RequestView {
             stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
             system,
             last_user,
+            continued,
             tool_result,
             last_tool,
             tool_output,
@@ -183,7 +200,7 @@ impl RequestView {
             user.push('…');
         }
         format!(
-            "kind={} session={} step={} tool_result={}{} last user message: {:?}",
+            "kind={} session={} step={} tool_result={}{}{} last user message: {:?}",
             self.kind,
             self.session.as_deref().unwrap_or("-"),
             self.step,
@@ -192,6 +209,11 @@ impl RequestView {
                 .as_ref()
                 .map(|t| format!(" last_tool={t}"))
                 .unwrap_or_default(),
+            if self.continued > 0 {
+                format!(" continued={}", self.continued)
+            } else {
+                String::new()
+            },
             user
         )
     }
@@ -270,6 +292,27 @@ mod tests {
             RequestView::from_body(&compact, None).unwrap().kind,
             RequestKind::Compaction
         );
+    }
+
+    #[test]
+    fn opencode_2_continuations_keep_the_request_they_continue() {
+        let body = json!({"messages":[
+            {"role":"system","content":"You are opencode."},
+            {"role":"user","content":"Your item: T3: write README.md"},
+            {"role":"assistant","content":"partial answer"},
+            {"role":"user","content":"The previous response was interrupted. Continue from where you left off without repeating completed content."}
+        ]});
+        let view = RequestView::from_body(&body, None).unwrap();
+        assert_eq!(view.last_user, "Your item: T3: write README.md");
+        assert_eq!(view.continued, 1);
+        assert_eq!(view.step, 1);
+        assert!(
+            view.describe().contains("continued=1"),
+            "{}",
+            view.describe()
+        );
+        let plain = RequestView::from_body(&opencode_body(), None).unwrap();
+        assert_eq!(plain.continued, 0);
     }
 
     #[test]
