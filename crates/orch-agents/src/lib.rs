@@ -68,11 +68,13 @@ pub use agents::{
     AGENTS_FILE, Action, AgentDef, AgentOverride, AgentSet, AgentsFile, ConfigError, Permission,
     builtin, role_marker,
 };
+pub use backend::any::{AnyOpencode, AnySession};
 pub use backend::guard::{GuardConfig, Guarded};
 pub use backend::hooks::Hooked;
 pub use backend::opencode::{
     OpencodeBackend, OpencodeBackendConfig, SessionManager, SessionPoolStats, SessionReset,
 };
+pub use backend::opencode2::{OpencodeV2Backend, OpencodeV2Session};
 pub use backend::simulated::{Latency, SimulatedBackend, SimulatedBackendBuilder};
 pub use backend::{
     AgentBackend, BackendError, Disposition, EditScope, ModelSpec, NoticeSink, PermissionDecision,

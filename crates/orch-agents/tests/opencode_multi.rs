@@ -152,33 +152,49 @@ fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
         // Worker turns take 1.5 s: both Workers are mid-turn when the server dies.
         wide_mission(&rules, 4, Duration::from_millis(1500))?;
         let multi = two_servers(&shared, &extra.server, dir.path()).await?;
-        // Kill the second server while a Worker turn runs on it: once it holds a session
-        // (a busy machine may take a while to open it), 300 ms into the 1.5 s turn.
-        let victim = Arc::new(parking_lot::Mutex::new(Some(extra)));
-        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (kill_victim, kill_started) = (Arc::clone(&victim), Arc::clone(&started));
-        let watched = Arc::clone(&multi);
+        // Kill the second server while a Worker turn runs on it: once the model holds the
+        // (1.5 s) first request of a Worker session of that server, whatever the machine's load.
+        let victim = Arc::new(tokio::sync::Mutex::new(Some(extra)));
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kill_victim, kill_armed) = (Arc::clone(&victim), Arc::clone(&armed));
+        let watcher = Arc::clone(&shared);
+        let project_dir = dir.path().to_owned();
+        let write_rule = format!("{} ", rules.tag);
         let handle = tokio::runtime::Handle::current();
         let report = run_multi(Arc::clone(&multi), dir.path(), &rules.tag, move |event| {
             if matches!(event, MissionEvent::ItemStarted { .. })
-                && kill_started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+                && !kill_armed.swap(true, std::sync::atomic::Ordering::SeqCst)
             {
                 let victim = Arc::clone(&kill_victim);
-                let multi = Arc::clone(&watched);
+                let (shared, project_dir, write_rule) = (
+                    Arc::clone(&watcher),
+                    project_dir.clone(),
+                    write_rule.clone(),
+                );
                 handle.spawn(async move {
-                    for _ in 0..200 {
-                        if multi.open_sessions().get(1).copied().unwrap_or(0) > 0 {
-                            break;
+                    for _ in 0..2400 {
+                        let mut held = victim.lock().await;
+                        let Some(extra) = held.as_ref() else { return };
+                        let ours = common::session_ids(&extra.server, &project_dir)
+                            .await
+                            .unwrap_or_default();
+                        let working = shared.model.requests().iter().any(|r| {
+                            r.rule.as_deref().is_some_and(|rule| {
+                                rule.starts_with(&write_rule) && rule.ends_with(" write")
+                            }) && r.session.as_ref().is_some_and(|s| ours.contains(s))
+                        });
+                        if working {
+                            drop(held.take());
+                            return;
                         }
+                        drop(held);
                         tokio::time::sleep(Duration::from_millis(25)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    drop(victim.lock().take());
                 });
             }
         })
         .await?;
-        ensure(victim.lock().is_none(), || {
+        ensure(victim.lock().await.is_none(), || {
             "the server was never killed".into()
         })?;
         ensure(report.status == MissionStatus::Completed, || {

@@ -18,13 +18,12 @@ use common::{
     shared,
 };
 use libtest_mimic::{Failed, Trial};
-use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
+use orch_agents::backend::opencode::OpencodeBackendConfig;
 use orch_agents::{
-    AgentRole, Journal, JournalEntry, Mission, MissionConfig, MissionEvent, MissionSpec,
-    MissionStatus, ModelSpec,
+    AgentRole, AnyOpencode, Journal, JournalEntry, Mission, MissionConfig, MissionEvent,
+    MissionSpec, MissionStatus, ModelSpec,
 };
 use orch_mvcc::{ItemState, TodoStore};
-use orch_opencode::Client;
 use orch_testkit::{Exhausted, Fault, Outcome, Reply};
 use serde_json::json;
 
@@ -132,7 +131,7 @@ fn looping_cut_stream_is_aborted() -> Result<(), Failed> {
         calc_rules(&rules, Duration::ZERO)?;
         let (report, events) = run_mission(&shared, dir.path(), &rules.tag, short_turns()).await?;
         ensure(report.status == MissionStatus::Completed, || {
-            format!("{report:#?}")
+            format!("{report:#?}\n{events:#?}")
         })?;
         let cuts = shared
             .model
@@ -195,12 +194,8 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
                 .exhausted(Exhausted::Skip),
         )?;
         calc_rules(&rules, Duration::ZERO)?;
-        let client = shared
-            .server
-            .client()
-            .with_directory(dir.path().to_string_lossy());
         let backend = Arc::new(
-            OpencodeBackend::connect(client.clone(), backend_config())
+            AnyOpencode::connect_server(&shared.server, dir.path(), backend_config())
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -240,9 +235,9 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
             format!("{report:#?}")
         })?;
         backend.shutdown().await;
-        let status = client.session_status().await.map_err(|e| e.to_string())?;
-        ensure(status.is_empty(), || {
-            format!("sessions still busy after stop: {status:?}")
+        let busy = common::busy_sessions(&shared.server, dir.path()).await?;
+        ensure(busy.is_empty(), || {
+            format!("sessions still busy after stop: {busy:?}")
         })?;
         let (resumed, events) =
             run_mission(&shared, dir.path(), &rules.tag, mission_config()).await?;
@@ -279,6 +274,13 @@ fn spawn_child(shared: &common::Shared, dir: &Path, request: &str) -> Result<Chi
         .env("ORCH_CHILD_USER", shared.server.username())
         .env("ORCH_CHILD_PASSWORD", shared.server.password())
         .env("ORCH_CHILD_DIR", dir)
+        .env(
+            "ORCH_CHILD_GENERATION",
+            match shared.server.generation() {
+                orch_opencode::Generation::V2 => "v2",
+                _ => "v1",
+            },
+        )
         .env("ORCH_CHILD_REQUEST", request)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -427,16 +429,13 @@ fn server_killed_mid_turn_is_restarted() -> Result<(), Failed> {
                     .map_err(|e| orch_agents::BackendError::ServerLost {
                         message: e.to_string(),
                     })?;
-                let client = server
-                    .client()
-                    .with_directory(project_dir.to_string_lossy());
+                let backend =
+                    AnyOpencode::connect_server(&server, &project_dir, backend_config()).await;
                 servers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Arc::new(server));
-                OpencodeBackend::connect(client, backend_config())
-                    .await
-                    .map(Arc::new)
+                backend.map(Arc::new)
             }
         }));
         // Kill the first server while T1's Worker turn is waiting on the (slow) model.
@@ -546,11 +545,7 @@ fn sigint_stops_the_process_within_two_seconds() -> Result<(), Failed> {
             format!("exit took {took:?}")
         })?;
         ensure(exit.code() == Some(130), || format!("exit status {exit}"))?;
-        let client = shared
-            .server
-            .client()
-            .with_directory(dir.path().to_string_lossy());
-        let busy = client.session_status().await.map_err(|e| e.to_string())?;
+        let busy = common::busy_sessions(&shared.server, dir.path()).await?;
         ensure(busy.is_empty(), || {
             format!("sessions still busy after SIGINT: {busy:?}")
         })?;
@@ -578,14 +573,20 @@ fn child_main() -> ! {
         .expect("runtime");
     let code = runtime.block_on(async {
         let dir = PathBuf::from(env("ORCH_CHILD_DIR"));
-        let Ok(client) = Client::builder(env("ORCH_CHILD_URL"))
-            .basic_auth(env("ORCH_CHILD_USER"), env("ORCH_CHILD_PASSWORD"))
-            .directory(dir.to_string_lossy())
-            .build()
-        else {
-            return 3;
+        let generation = match env("ORCH_CHILD_GENERATION").as_str() {
+            "v2" => orch_opencode::Generation::V2,
+            _ => orch_opencode::Generation::V1,
         };
-        let Ok(backend) = OpencodeBackend::connect(client, backend_config()).await else {
+        let (user, password) = (env("ORCH_CHILD_USER"), env("ORCH_CHILD_PASSWORD"));
+        let Ok(backend) = AnyOpencode::connect_url(
+            &env("ORCH_CHILD_URL"),
+            Some((&user, &password)),
+            generation,
+            &dir,
+            backend_config(),
+        )
+        .await
+        else {
             return 3;
         };
         let mission = Mission::new(

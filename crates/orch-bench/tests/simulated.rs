@@ -63,6 +63,7 @@ fn concurrency_reaches_the_slot_count() {
 
 #[test]
 fn a_multi_server_backend_needs_a_server() {
-    let err = orch_bench::MultiBackend::new(Vec::new()).expect_err("no servers");
+    let err = orch_bench::MultiBackend::new(Vec::<orch_agents::AnyOpencode>::new())
+        .expect_err("no servers");
     assert!(err.to_string().contains("at least one server"), "{err}");
 }

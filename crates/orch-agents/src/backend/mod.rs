@@ -79,10 +79,12 @@ macro_rules! forward_to_inner {
     };
 }
 
+pub mod any;
 pub mod guard;
 pub mod hooks;
 pub mod multi;
 pub mod opencode;
+pub mod opencode2;
 pub mod simulated;
 
 /// The files a session may edit, relative to the project (empty: none). A backend enforces

@@ -28,18 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use orch_core::AgentRole;
 
+use crate::backend::any::{AnyOpencode, AnySession};
 use crate::backend::{Disposition, EditScope, NoticeSink};
-use crate::{
-    AgentBackend, BackendError, OpencodeBackend, SessionSpec, TurnReport, TurnRequest,
-    backend::opencode::OpencodeSession,
-};
-
-/// How long a server may take to answer the health check after an error.
-const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::{AgentBackend, BackendError, SessionSpec, TurnReport, TurnRequest};
 
 /// One server of a [`MultiBackend`].
 struct Member {
-    backend: OpencodeBackend,
+    backend: AnyOpencode,
     open: AtomicU64,
     turns: AtomicU64,
     lost: AtomicBool,
@@ -64,7 +59,7 @@ impl fmt::Debug for MultiBackend {
 /// Where a [`MultiSession`] lives now.
 struct Placement {
     server: usize,
-    session: Arc<OpencodeSession>,
+    session: Arc<AnySession>,
 }
 
 /// A session of a [`MultiBackend`]: an OpenCode session on one of the servers, moved to
@@ -90,7 +85,7 @@ impl MultiSession {
         self.placement.lock().server
     }
 
-    fn current(&self) -> (usize, Arc<OpencodeSession>) {
+    fn current(&self) -> (usize, Arc<AnySession>) {
         let p = self.placement.lock();
         (p.server, Arc::clone(&p.session))
     }
@@ -102,7 +97,10 @@ impl MultiBackend {
     ///
     /// # Errors
     /// [`BackendError::Session`] when `backends` is empty.
-    pub fn new(backends: Vec<OpencodeBackend>) -> Result<Self, BackendError> {
+    pub fn new(
+        backends: impl IntoIterator<Item = impl Into<AnyOpencode>>,
+    ) -> Result<Self, BackendError> {
+        let backends: Vec<AnyOpencode> = backends.into_iter().map(Into::into).collect();
         if backends.is_empty() {
             return Err(BackendError::Session {
                 message: "a multi-server backend needs at least one server".into(),
@@ -123,7 +121,7 @@ impl MultiBackend {
     }
 
     /// The servers' backends, in index order.
-    pub fn backends(&self) -> impl Iterator<Item = &OpencodeBackend> {
+    pub fn backends(&self) -> impl Iterator<Item = &AnyOpencode> {
         self.members.iter().map(|m| &m.backend)
     }
 
@@ -179,11 +177,7 @@ impl MultiBackend {
         match error {
             BackendError::ServerLost { .. } => true,
             BackendError::Unavailable { .. } | BackendError::Session { .. } => {
-                let health = self.members[index].backend.client().health();
-                !matches!(
-                    tokio::time::timeout(HEALTH_TIMEOUT, health).await,
-                    Ok(Ok(_))
-                )
+                !self.members[index].backend.is_alive().await
             }
             _ => false,
         }

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use orch_agents::backend::opencode::{OpencodeBackend, OpencodeBackendConfig};
+use orch_agents::backend::opencode::OpencodeBackendConfig;
 use orch_agents::{
-    AgentSet, Mission, MissionConfig, MissionEvent, MissionReport, MissionSpec, ModelSpec,
-    PolicyConfig,
+    AgentSet, AnyOpencode, Mission, MissionConfig, MissionEvent, MissionReport, MissionSpec,
+    ModelSpec, PolicyConfig,
 };
 use orch_core::RetryPolicy;
-use orch_opencode::{ConfigInstaller, OpencodeServer};
-use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_binary};
+use orch_opencode::{ConfigInstaller, Generation, OpencodeServer};
+use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_opencode};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
 
@@ -36,7 +36,7 @@ pub fn shared() -> Result<Arc<Shared>, Failed> {
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(|| {
             let start = || -> Result<Arc<Shared>, String> {
-                let bin = require_binary();
+                let bin = require_opencode().path;
                 // Compaction (session reset in the pool) and nothing else is shared by trials.
                 let model = ScriptedModel::start(
                     Script::new().rule(
@@ -80,11 +80,20 @@ pub fn project(shared: &Shared) -> Result<tempfile::TempDir, Failed> {
     std::fs::write(dir.path().join("opencode.json"), config.to_string())
         .map_err(|e| Failed::from(e.to_string()))?;
     ConfigInstaller::new(dir.path())
-        .install(&orch_agents::backend::opencode::install_spec(
+        .install(&install_spec(
+            shared.server.generation(),
             &AgentSet::builtin(),
         ))
         .map_err(|e| Failed::from(e.to_string()))?;
     Ok(dir)
+}
+
+/// The orchestrator's agents for a project config of `generation`.
+pub fn install_spec(generation: Generation, agents: &AgentSet) -> orch_opencode::InstallSpec {
+    match generation {
+        Generation::V1 => orch_agents::backend::opencode::install_spec(agents),
+        Generation::V2 => orch_agents::backend::opencode2::install_spec(agents),
+    }
 }
 
 pub fn mission_config() -> MissionConfig {
@@ -104,21 +113,74 @@ pub fn mission_config() -> MissionConfig {
     }
 }
 
-/// A backend on `server` for the project at `dir`, with the test settings (the scripted
-/// model, short settle and probe times, no toasts).
-pub async fn connect(server: &OpencodeServer, dir: &Path) -> Result<OpencodeBackend, String> {
-    OpencodeBackend::connect(
-        server.client().with_directory(dir.to_string_lossy()),
-        OpencodeBackendConfig {
-            default_model: Some(ModelSpec::new("fake", "fake-model")),
-            settle: Duration::from_secs(2),
-            toasts: false,
-            silence_probe: Duration::from_secs(2),
-            ..OpencodeBackendConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())
+/// The backend settings of the tests: the scripted model, short settle and probe times, no
+/// toasts.
+pub fn backend_config() -> OpencodeBackendConfig {
+    OpencodeBackendConfig {
+        default_model: Some(ModelSpec::new("fake", "fake-model")),
+        settle: Duration::from_secs(2),
+        toasts: false,
+        silence_probe: Duration::from_secs(2),
+        ..OpencodeBackendConfig::default()
+    }
+}
+
+/// A backend on `server` (either generation) for the project at `dir`, with
+/// [`backend_config`].
+pub async fn connect(server: &OpencodeServer, dir: &Path) -> Result<AnyOpencode, String> {
+    AnyOpencode::connect_server(server, dir, backend_config())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The sessions of the project at `dir` that `server` (either generation) still runs.
+pub async fn busy_sessions(server: &OpencodeServer, dir: &Path) -> Result<Vec<String>, String> {
+    match server.generation() {
+        Generation::V1 => {
+            let client = server.client().with_directory(dir.to_string_lossy());
+            let status = client.session_status().await.map_err(|e| e.to_string())?;
+            Ok(status.keys().map(ToString::to_string).collect())
+        }
+        Generation::V2 => {
+            let client = server.client_v2();
+            let ours = client
+                .list_sessions(
+                    &orch_opencode::v2::ListSessions::new().directory(dir.to_string_lossy()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let active = client.active_sessions().await.map_err(|e| e.to_string())?;
+            Ok(ours
+                .into_iter()
+                .filter(|s| active.contains_key(&s.id))
+                .map(|s| s.id.to_string())
+                .collect())
+        }
+    }
+}
+
+/// Every session of the project at `dir` on `server` (either generation).
+pub async fn session_ids(server: &OpencodeServer, dir: &Path) -> Result<Vec<String>, String> {
+    match server.generation() {
+        Generation::V1 => {
+            let client = server.client().with_directory(dir.to_string_lossy());
+            let sessions = client
+                .list_sessions(&orch_opencode::ListSessions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(sessions.into_iter().map(|s| s.id.to_string()).collect())
+        }
+        Generation::V2 => {
+            let sessions = server
+                .client_v2()
+                .list_sessions(
+                    &orch_opencode::v2::ListSessions::new().directory(dir.to_string_lossy()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(sessions.into_iter().map(|s| s.id.to_string()).collect())
+        }
+    }
 }
 
 pub async fn run_mission(

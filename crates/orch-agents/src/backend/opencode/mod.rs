@@ -30,7 +30,7 @@ use orch_opencode::{
     PermissionRequest, Prompt, RouterConfig, SessionId, Toast, TurnError, TurnOutput,
     UpdateSession,
 };
-use orch_pool::{KeyedPool, PoolError, PooledResource, Replenish};
+use orch_pool::{KeyedPool, PoolError, PooledResource};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -41,8 +41,8 @@ use super::{
 };
 
 mod config;
-mod permissions;
-mod pool;
+pub(crate) mod permissions;
+pub(crate) mod pool;
 
 pub use config::{agent_entry, config_agents, install_spec};
 pub use permissions::{edit_allowed, edit_patterns, worker_session_rules};
@@ -99,6 +99,9 @@ pub struct OpencodeBackendConfig {
     /// A turn whose session shows no event for this long is probed over HTTP (a missed end
     /// is caught, a vanished session reported).
     pub silence_probe: Duration,
+    /// Open every session as a child of this session (the user's, so the mission's sessions
+    /// show under it in their TUI).
+    pub parent_session: Option<String>,
 }
 
 impl Default for OpencodeBackendConfig {
@@ -114,6 +117,7 @@ impl Default for OpencodeBackendConfig {
             reset: SessionReset::Replace,
             warm_sessions: 2,
             silence_probe: orch_opencode::DEFAULT_SILENCE_PROBE,
+            parent_session: None,
         }
     }
 }
@@ -182,24 +186,10 @@ impl OpencodeBackend {
             settle: config.settle,
             reset: config.reset,
             compactions: Arc::default(),
+            parent: config.parent_session.clone().map(SessionId::new),
         };
         let recycle = pool::recycle_mode(&config);
-        let pool = KeyedPool::builder(manager)
-            // Per role: at least `max_per_role`, raised by `provision` to what the mission
-            // holds at once plus the warm ones. The roles' limits bound the total.
-            .max_per_key(config.max_per_role)
-            .max_reuse(Some(config.max_reuse))
-            .idle_timeout(Some(config.idle_timeout))
-            .health_check_interval(Some(config.health_check))
-            .recycle_mode(recycle)
-            .min_idle(config.warm_sessions)
-            // The replacement's `POST /session` would compete with the turn just starting
-            // on the hit session (measured in benchmark 4): top up when sessions come back.
-            .replenish(Replenish::OnReturn)
-            .build()
-            .map_err(|e| BackendError::Session {
-                message: format!("session pool: {e}"),
-            })?;
+        let pool = pool::build(manager, &config, recycle)?;
         Ok(OpencodeBackend {
             client,
             router,
@@ -247,6 +237,14 @@ impl OpencodeBackend {
     /// Closes the pool: idle sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
         self.pool.close().await;
+    }
+
+    /// Whether the server answers its health route within a few seconds.
+    pub async fn is_alive(&self) -> bool {
+        matches!(
+            tokio::time::timeout(LOST_PROBE, self.client.health()).await,
+            Ok(Ok(_))
+        )
     }
 
     /// `error`, unless the server is gone: a session that cannot be opened or used because

@@ -73,7 +73,17 @@ pub(crate) fn decide(
     if allowed {
         return (PermissionReply::Once, None);
     }
-    let message = if request.permission == "edit" {
+    (
+        PermissionReply::Reject,
+        Some(rejection(&request.permission, scope)),
+    )
+}
+
+/// What the agent reads when the orchestrator rejects its `permission` request in a session
+/// of `scope` (either generation).
+pub(crate) fn rejection(permission: &str, scope: &EditScope) -> String {
+    let files = scope.as_slice();
+    if permission == "edit" {
         format!(
             "The orchestrator rejected this edit: this item owns only {}. Do not edit other files.",
             if files.is_empty() {
@@ -83,12 +93,8 @@ pub(crate) fn decide(
             }
         )
     } else {
-        format!(
-            "The orchestrator does not allow `{}` for this agent.",
-            request.permission
-        )
-    };
-    (PermissionReply::Reject, Some(message))
+        format!("The orchestrator does not allow `{permission}` for this agent.")
+    }
 }
 
 /// The files an edit request of the project at `dir` is about, as a person reads them:

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use orch_core::AgentRole;
 use orch_opencode::{Client, CreateSession, ModelRef, SessionId};
-use orch_pool::{Manager, Metrics, RecycleMode, TeardownReason};
+use orch_pool::{KeyedPool, Manager, Metrics, RecycleMode, Replenish, TeardownReason};
 use tracing::{debug, warn};
 
 use super::OpencodeBackendConfig;
@@ -52,6 +52,8 @@ pub struct SessionManager {
     pub(super) reset: SessionReset,
     /// Sessions reset by compaction.
     pub(super) compactions: Arc<AtomicU64>,
+    /// The parent of every session created.
+    pub(super) parent: Option<SessionId>,
 }
 
 impl Manager for SessionManager {
@@ -60,10 +62,11 @@ impl Manager for SessionManager {
     type Error = orch_opencode::Error;
 
     async fn create(&self, role: &AgentRole) -> Result<PooledSession, orch_opencode::Error> {
-        let session = self
-            .client
-            .create_session(&CreateSession::titled(format!("orchestrator {role}")))
-            .await?;
+        let mut request = CreateSession::titled(format!("orchestrator {role}"));
+        if let Some(parent) = &self.parent {
+            request = request.parent(parent.clone());
+        }
+        let session = self.client.create_session(&request).await?;
         Ok(PooledSession {
             id: session.id,
             dirty: AtomicBool::new(false),
@@ -110,11 +113,36 @@ impl Manager for SessionManager {
 /// When the pool recycles: compaction is a model call, so off the `open` path. Replace and
 /// Keep recycle nothing (nor does Compact without a model), so a returned session is idle at
 /// once.
-pub(super) fn recycle_mode(config: &OpencodeBackendConfig) -> RecycleMode {
+pub(crate) fn recycle_mode(config: &OpencodeBackendConfig) -> RecycleMode {
     match config.reset {
         SessionReset::Compact if config.default_model.is_some() => RecycleMode::Background,
         _ => RecycleMode::OnAcquire,
     }
+}
+
+/// The session pool of either generation's backend: per role at least `max_per_role`
+/// sessions (raised by `provision` to what the mission holds at once plus the warm ones; the
+/// roles' limits bound the total), used sessions reused `max_reuse` times, idle ones checked
+/// and aged out, `warm_sessions` kept ready per role once it has been seen.
+pub(crate) fn build<M: Manager<Key = AgentRole>>(
+    manager: M,
+    config: &OpencodeBackendConfig,
+    recycle: RecycleMode,
+) -> Result<KeyedPool<M>, crate::backend::BackendError> {
+    KeyedPool::builder(manager)
+        .max_per_key(config.max_per_role)
+        .max_reuse(Some(config.max_reuse))
+        .idle_timeout(Some(config.idle_timeout))
+        .health_check_interval(Some(config.health_check))
+        .recycle_mode(recycle)
+        .min_idle(config.warm_sessions)
+        // The replacement's `POST /session` would compete with the turn just starting on the
+        // hit session (measured in benchmark 4): top up when sessions come back.
+        .replenish(Replenish::OnReturn)
+        .build()
+        .map_err(|e| crate::backend::BackendError::Session {
+            message: format!("session pool: {e}"),
+        })
 }
 
 #[cfg(test)]
