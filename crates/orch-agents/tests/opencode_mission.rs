@@ -511,8 +511,78 @@ fn server_errors_open_the_breaker_and_move_to_the_fallback() -> Result<(), Faile
     })
 }
 
+/// With a parent session (the user's) and `keep_used_sessions`, as `task_cli` attached to
+/// the user's server runs: every session that worked is a child of the parent and is still
+/// there after the mission; the pre-created ones that never worked are gone.
+fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
+    let shared = shared()?;
+    let dir = project(&shared)?;
+    run(async {
+        let rules = Rules {
+            model: &shared.model,
+            tag: "build calc [parent]".into(),
+        };
+        rules.planner(&calc_plan("Calculator"))?;
+        rules.worker_writes("T1", "calc.py", CALC)?;
+        rules.worker_writes("T2", "test_calc.py", TESTS)?;
+        rules.worker_writes("T3", "README.md", README)?;
+        rules.calc_reviews()?;
+        let parent = common::user_session(&shared.server, dir.path()).await?;
+        let (report, _) = common::run_mission_on(
+            &shared,
+            dir.path(),
+            &rules.tag,
+            mission_config(),
+            orch_agents::AgentSet::builtin(),
+            orch_agents::backend::opencode::OpencodeBackendConfig {
+                parent_session: Some(parent.clone()),
+                keep_used_sessions: true,
+                ..common::backend_config()
+            },
+        )
+        .await?;
+        ensure(report.status == MissionStatus::Completed, || {
+            format!("{report:#?}")
+        })?;
+        let mut children = common::children(&shared.server, dir.path(), &parent).await?;
+        children.sort();
+        // The sessions that worked: those the mission opened for its turns.
+        let journal = orch_agents::Journal::read(&dir.path().join(".orchestrator"))
+            .map_err(|e| e.to_string())?;
+        let opened: Vec<(orch_agents::AgentRole, String)> = journal
+            .records
+            .iter()
+            .filter_map(|r| match &r.entry {
+                orch_agents::JournalEntry::SessionOpened { role, session } => {
+                    Some((role.clone(), session.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for role in ["planner", "worker", "reviewer"] {
+            ensure(opened.iter().any(|(r, _)| r.as_str() == role), || {
+                format!("no {role} session opened: {opened:?}")
+            })?;
+        }
+        let mut worked: Vec<String> = opened.into_iter().map(|(_, s)| s).collect();
+        worked.sort();
+        worked.dedup();
+        ensure(children == worked, || {
+            format!("children of the parent {children:?}, sessions that worked {worked:?}")
+        })?;
+        let all = common::session_ids(&shared.server, dir.path()).await?;
+        ensure(all.iter().all(|id| *id == parent || children.contains(id)), || {
+            format!("sessions outside the parent: {all:?}")
+        })
+    })
+}
+
 fn main() {
     let trials = vec![
+        Trial::test(
+            "sessions_open_under_the_parent_and_are_kept",
+            sessions_open_under_the_parent_and_are_kept,
+        ),
         Trial::test(
             "complete_mission_builds_a_tested_project",
             complete_mission_builds_a_tested_project,

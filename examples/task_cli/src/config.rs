@@ -49,6 +49,23 @@ pub(crate) struct Limits {
 /// The most Worker lanes (and parallel reviews) a mission runs.
 pub(crate) const MAX_LANES: usize = 50;
 
+/// A key that takes one value or a list (`server = "URL"` or `server = ["URL", "URL"]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
 /// The config file (`task.toml`): every key optional, unknown keys are errors.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,8 +80,10 @@ pub(crate) struct FileConfig {
     pub(crate) cost_budget: Option<f64>,
     /// `provider/model` used when `--model` is not given.
     pub(crate) model: Option<String>,
-    /// OpenCode server URL used when `--server` is not given.
-    pub(crate) server: Option<String>,
+    /// OpenCode server URL (or URLs) used when `--server` is not given.
+    pub(crate) server: Option<OneOrMany>,
+    /// `v1` or `v2`: the OpenCode generation used when `--opencode-generation` is not given.
+    pub(crate) opencode_generation: Option<String>,
 }
 
 impl FileConfig {
@@ -74,7 +93,8 @@ impl FileConfig {
             Failure::env(
                 format!("cannot read the config file {}: {e}", path.display()),
                 "fix the line named above (keys: workers, reviewers, max_attempts, max_rounds, \
-                 integration_rounds, turn_timeout_secs, token_budget, cost_budget, model, server)",
+                 integration_rounds, turn_timeout_secs, token_budget, cost_budget, model, server, \
+                 opencode_generation)",
             )
         })
     }
@@ -202,6 +222,19 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("line 2"), "{text}");
         assert!(text.contains("workerz"), "{text}");
+    }
+
+    #[test]
+    fn server_is_one_url_or_a_list() {
+        let one = FileConfig::parse("server = \"http://a:1\"\n", Path::new("t.toml")).unwrap();
+        assert_eq!(one.server.unwrap().to_vec(), ["http://a:1"]);
+        let many = FileConfig::parse(
+            "server = [\"http://a:1\", \"http://b:2\"]\nopencode_generation = \"v2\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(many.server.unwrap().to_vec(), ["http://a:1", "http://b:2"]);
+        assert_eq!(many.opencode_generation.as_deref(), Some("v2"));
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub(crate) async fn demo(
     ui: &Ui,
     signals: runner::Signals,
     dir: Option<&Path>,
+    generation: Option<orch_opencode::Generation>,
 ) -> anyhow::Result<u8> {
     if std::process::Command::new("python3")
         .arg("--version")
@@ -79,13 +80,14 @@ pub(crate) async fn demo(
             "install Python 3: the demo's Reviewer runs the project's real tests with `python3 -m unittest`",
         ));
     }
-    let bin = opencode_env::find_or_install(ui)?;
+    let bin = opencode_env::find_or_install(ui, generation)?;
     let dir = demo_dir(dir)?;
     ui.note(format!("demo project: {}", dir.display()));
     let lock = crate::lifecycle::lock(&dir)?;
     Saved {
         mission: DEMO_MISSION.to_owned(),
         model_script: Some(BUILTIN_DEMO.to_owned()),
+        opencode_generation: generation.map(|g| g.as_str().to_owned()),
         ..Saved::default()
     }
     .save(&dir)?;
@@ -100,6 +102,7 @@ pub(crate) async fn demo(
             model: ModelChoice::Script(demo_script()?),
             config: demo_config(),
             agents: AgentSet::builtin(),
+            parent_session: None,
         },
     )
     .await?;

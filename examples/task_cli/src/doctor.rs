@@ -5,13 +5,12 @@ use std::time::Duration;
 
 use orch_agents::{AgentSet, Journal};
 use orch_mvcc::{TODO_FILE, TodoStore};
-use orch_opencode::{CONFIG_FILES, Client, ConfigInstaller, InstallError};
-use serde_json::json;
+use orch_opencode::{CONFIG_FILES, ConfigInstaller, Generation, InstallError, OpencodeBinary};
+use serde_json::{Value, json};
 
 use crate::config::FileConfig;
 use crate::failure::code;
 use crate::opencode_env;
-use crate::opencode_env::OPENCODE_VERSION;
 use crate::output::{Mode, Ui};
 use crate::runner::agents_spec;
 
@@ -65,25 +64,38 @@ pub(crate) async fn doctor(
     dir: &Path,
     server: Option<&str>,
     start_server: bool,
+    forced: Option<Generation>,
 ) -> anyhow::Result<u8> {
     let mut checks = Checks::default();
 
-    // OpenCode binary and version.
-    let bin = match opencode_env::find() {
+    // OpenCode binary and version: the one a mission would use.
+    let bin = match opencode_env::find(forced) {
         Ok(bin) => {
-            checks.ok("opencode", format!("found {}", bin.display()));
-            match opencode_env::version(&bin) {
-                Ok(v) if v == OPENCODE_VERSION => checks.ok("opencode version", v),
-                Ok(v) => checks.warn(
-                    "opencode version",
-                    format!("{v}; this project is tested with {OPENCODE_VERSION}"),
-                    "scripts/install-opencode.sh installs the pinned version (or set OPENCODE_BIN)",
+            checks.ok(
+                "opencode",
+                format!(
+                    "found {} (OpenCode {}{})",
+                    bin.path.display(),
+                    bin.generation,
+                    if std::env::var_os("OPENCODE_BIN").is_some_and(|v| !v.is_empty()) {
+                        ", from OPENCODE_BIN"
+                    } else {
+                        ""
+                    }
                 ),
-                Err(e) => checks.fail(
+            );
+            let pinned = bin.generation.pinned_version();
+            if bin.version == pinned {
+                checks.ok("opencode version", bin.version.clone());
+            } else {
+                checks.warn(
                     "opencode version",
-                    e,
-                    "reinstall with scripts/install-opencode.sh",
-                ),
+                    format!(
+                        "{}; this project is tested with OpenCode {} {pinned}",
+                        bin.version, bin.generation
+                    ),
+                    "scripts/install-opencode.sh installs the pinned versions (or set OPENCODE_BIN)",
+                );
             }
             Some(bin)
         }
@@ -96,6 +108,35 @@ pub(crate) async fn doctor(
             None
         }
     };
+    // OpenCode 2's background service: what `run` attaches to without --server.
+    let mut service = None;
+    if server.is_none() && bin.as_ref().is_none_or(|b| b.generation == Generation::V2) {
+        match opencode_env::attach_service().await {
+            Ok(Some(endpoint)) => {
+                checks.ok(
+                    "opencode service",
+                    format!(
+                        "OpenCode 2's background service runs at {} ({}): `task_cli run` attaches to it (--standalone starts a private server instead)",
+                        endpoint.url, endpoint.version
+                    ),
+                );
+                service = Some(endpoint);
+            }
+            Ok(None) => checks.ok(
+                "opencode service",
+                "OpenCode 2's background service is not running: `task_cli run` starts a private server (`opencode service start` starts the service, so that missions show in your TUI)",
+            ),
+            Err(e) => checks.warn(
+                "opencode service",
+                e.to_string(),
+                "`opencode service restart` starts it again; `task_cli run` starts a private server meanwhile",
+            ),
+        }
+    }
+    // The config shape the agents are checked in.
+    let generation = forced
+        .or(bin.as_ref().map(|b| b.generation))
+        .unwrap_or(opencode_env::DEFAULT_GENERATION);
 
     // Config files.
     let present: Vec<&str> = CONFIG_FILES
@@ -114,7 +155,7 @@ pub(crate) async fn doctor(
                     "absent: the built-in agents are used"
                 },
             );
-            match installer.dry_run(&agents_spec(&agents)) {
+            match installer.dry_run(&agents_spec(&agents, generation)) {
                 Err(InstallError::Parse {
                     path,
                     line,
@@ -148,7 +189,7 @@ pub(crate) async fn doctor(
                 Ok(report) if report.changed => checks.warn(
                     "opencode config",
                     format!(
-                        "{} parses, but the orchestrator's agents are not (all) installed",
+                        "{} parses, but the orchestrator's agents are not (all) installed for OpenCode {generation}",
                         report.path.display()
                     ),
                     format!(
@@ -193,85 +234,30 @@ pub(crate) async fn doctor(
     }
 
     // The server: reachable, auth, model.
-    let mut own = None;
-    let client = if let Some(url) = server {
-        match opencode_env::connect_remote(url).await {
-            Ok((client, version)) => {
-                checks.ok("server", format!("{url} answers (opencode {version})"));
-                Some(client)
+    if let Some(url) = server {
+        match opencode_env::connect_remote(url, forced).await {
+            Ok(endpoint) => {
+                checks.ok(
+                    "server",
+                    format!(
+                        "{url} answers (OpenCode {} {})",
+                        endpoint.generation, endpoint.version
+                    ),
+                );
+                let probe = Probe::of_endpoint(&endpoint, dir);
+                model_check(&mut checks, probe).await;
             }
             Err(e) => {
                 let (_, what, fix) = crate::failure::describe(&e);
                 checks.fail("server", what, fix.unwrap_or_default());
-                None
             }
         }
+    } else if let (Some(endpoint), true) = (&service, start_server) {
+        // The server a mission would use: the service.
+        model_check(&mut checks, Probe::of_endpoint(endpoint, dir)).await;
     } else if let (Some(bin), true) = (&bin, start_server) {
-        match opencode_env::start_server(bin, dir, None).await {
-            Ok(server) => {
-                let client = server.client().with_directory(dir.to_string_lossy());
-                match client.health().await {
-                    Ok(h) => checks.ok(
-                        "server",
-                        format!(
-                            "started {} and it answers (opencode {})",
-                            server.base_url(),
-                            h.version
-                        ),
-                    ),
-                    Err(e) => checks.fail(
-                        "server",
-                        format!("started but does not answer: {e}"),
-                        "look at the server log: run `opencode serve` in the project",
-                    ),
-                }
-                // Auth: a client without the password must be refused.
-                match Client::builder(server.base_url()).build() {
-                    Ok(anon) => match tokio::time::timeout(Duration::from_secs(5), anon.health())
-                        .await
-                    {
-                        Ok(Err(_)) => {
-                            checks.ok("auth", "the server refuses requests without the password")
-                        }
-                        Ok(Ok(_)) => checks.warn(
-                            "auth",
-                            "the server answers without a password",
-                            "set OPENCODE_SERVER_PASSWORD when you run `opencode serve` yourself",
-                        ),
-                        Err(_) => checks.warn(
-                            "auth",
-                            "no answer within 5 s",
-                            "run `opencode serve` by hand and look at its output",
-                        ),
-                    },
-                    Err(e) => checks.warn("auth", e.to_string(), "report this"),
-                }
-                own = Some(server);
-                Some(client)
-            }
-            Err(e) => {
-                let (_, what, _) = crate::failure::describe(&e);
-                checks.fail("server", what, "run `opencode serve` in the project and read its output; a config error names the file and line");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    if let Some(client) = &client {
-        match client.config().await {
-            Ok(config) => match config.get("model").and_then(|m| m.as_str()) {
-                Some(model) => checks.ok("model", format!("default model {model}")),
-                None => checks.warn(
-                    "model",
-                    "no default model configured",
-                    "set \"model\": \"provider/model\" in opencode.json, or pass --model provider/model to `task_cli run`",
-                ),
-            },
-            Err(e) => checks.fail("model", format!("cannot read the server's config: {e}"), "check the server"),
-        }
+        own_server_checks(&mut checks, bin, dir).await;
     }
-    drop(own);
 
     // Mission state.
     let state_dir = dir.join(".orchestrator");
@@ -382,4 +368,154 @@ pub(crate) async fn doctor(
     } else {
         code::SUCCESS
     })
+}
+
+/// A client of either generation for the checks that need one.
+enum Probe {
+    V1(orch_opencode::Client),
+    V2(orch_opencode::v2::Client, String),
+}
+
+impl Probe {
+    fn of_endpoint(endpoint: &opencode_env::Endpoint, dir: &Path) -> Option<Probe> {
+        let directory = dir.to_string_lossy().into_owned();
+        match endpoint.generation {
+            Generation::V1 => {
+                let mut b = orch_opencode::Client::builder(&endpoint.url);
+                if let Some((u, p)) = endpoint.credentials() {
+                    b = b.basic_auth(u, p);
+                }
+                b.build().ok().map(|c| Probe::V1(c.with_directory(directory)))
+            }
+            Generation::V2 => {
+                let mut b = orch_opencode::v2::Client::builder(&endpoint.url);
+                if let Some((u, p)) = endpoint.credentials() {
+                    b = b.basic_auth(u, p);
+                }
+                b.build().ok().map(|c| Probe::V2(c, directory))
+            }
+        }
+    }
+
+    /// The default model the server's config names for the project, if any.
+    async fn default_model(&self) -> Result<Option<String>, String> {
+        match self {
+            Probe::V1(client) => client
+                .config()
+                .await
+                .map(|c| c.get("model").and_then(Value::as_str).map(str::to_owned))
+                .map_err(|e| e.to_string()),
+            Probe::V2(client, directory) => client
+                .config(Some(directory))
+                .await
+                .map(|sources| {
+                    // Normalised by the server to `{providerID, model}` (a plain
+                    // `provider/model` string is accepted too).
+                    sources
+                        .iter()
+                        .filter_map(|s| s.pointer("/info/model"))
+                        .filter_map(|m| match m {
+                            Value::String(text) => Some(text.clone()),
+                            Value::Object(o) => Some(format!(
+                                "{}/{}",
+                                o.get("providerID").and_then(Value::as_str)?,
+                                o.get("model").or_else(|| o.get("id")).and_then(Value::as_str)?
+                            )),
+                            _ => None,
+                        })
+                        .next_back()
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+async fn model_check(checks: &mut Checks, probe: Option<Probe>) {
+    let Some(probe) = probe else { return };
+    match probe.default_model().await {
+        Ok(Some(model)) => checks.ok("model", format!("default model {model}")),
+        Ok(None) => checks.warn(
+            "model",
+            "no default model configured",
+            "set \"model\": \"provider/model\" in opencode.json, or pass --model provider/model to `task_cli run`",
+        ),
+        Err(e) => checks.fail(
+            "model",
+            format!("cannot read the server's config: {e}"),
+            "check the server",
+        ),
+    }
+}
+
+/// Starts a server of `bin` for `dir` and checks that it answers, refuses requests without
+/// the password, and names a model.
+async fn own_server_checks(checks: &mut Checks, bin: &OpencodeBinary, dir: &Path) {
+    let server = match opencode_env::start_server(bin, dir, None).await {
+        Ok(server) => server,
+        Err(e) => {
+            let (_, what, _) = crate::failure::describe(&e);
+            checks.fail(
+                "server",
+                what,
+                "run `opencode serve` in the project and read its output; a config error names the file and line",
+            );
+            return;
+        }
+    };
+    let directory = dir.to_string_lossy().into_owned();
+    let (answer, anonymous, probe) = match server.generation() {
+        Generation::V1 => {
+            let client = server.client().with_directory(directory);
+            let answer = client.health().await.map(|h| h.version).map_err(|e| e.to_string());
+            let anonymous = match orch_opencode::Client::builder(server.base_url()).build() {
+                Ok(anon) => tokio::time::timeout(Duration::from_secs(5), anon.health())
+                    .await
+                    .map(|r| r.is_ok()),
+                Err(_) => Ok(false),
+            };
+            (answer, anonymous, Probe::V1(client))
+        }
+        Generation::V2 => {
+            let client = server.client_v2();
+            let answer = client.info().await.map(|i| i.version).map_err(|e| e.to_string());
+            let anonymous = match orch_opencode::v2::Client::builder(server.base_url()).build() {
+                Ok(anon) => tokio::time::timeout(Duration::from_secs(5), anon.info())
+                    .await
+                    .map(|r| r.is_ok()),
+                Err(_) => Ok(false),
+            };
+            (answer, anonymous, Probe::V2(client, directory))
+        }
+    };
+    match answer {
+        Ok(version) => checks.ok(
+            "server",
+            format!(
+                "started {} and it answers (OpenCode {} {version})",
+                server.base_url(),
+                server.generation()
+            ),
+        ),
+        Err(e) => checks.fail(
+            "server",
+            format!("started but does not answer: {e}"),
+            "look at the server log: run `opencode serve` in the project",
+        ),
+    }
+    // Auth: a client without the password must be refused.
+    match anonymous {
+        Ok(false) => checks.ok("auth", "the server refuses requests without the password"),
+        Ok(true) => checks.warn(
+            "auth",
+            "the server answers without a password",
+            "set OPENCODE_SERVER_PASSWORD when you run `opencode serve` yourself",
+        ),
+        Err(_) => checks.warn(
+            "auth",
+            "no answer within 5 s",
+            "run `opencode serve` by hand and look at its output",
+        ),
+    }
+    model_check(checks, Some(probe)).await;
+    drop(server);
 }

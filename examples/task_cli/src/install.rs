@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use orch_agents::AgentSet;
-use orch_opencode::ConfigInstaller;
+use orch_opencode::{ConfigInstaller, Generation, InstallSpec};
 use serde_json::json;
 
 use crate::failure::{Failure, code};
@@ -32,10 +32,36 @@ fn install_error(e: orch_opencode::InstallError) -> anyhow::Error {
     Failure::env(e.to_string(), fix)
 }
 
+/// The generation whose config shape `install` writes: `forced`, else the one of the
+/// OpenCode found.
+fn generation(forced: Option<Generation>) -> anyhow::Result<(Generation, String)> {
+    if let Some(generation) = forced {
+        return Ok((generation, "--opencode-generation".to_owned()));
+    }
+    let bin = crate::opencode_env::find(None).map_err(|e| {
+        Failure::env(
+            format!("OpenCode was not found, so the config shape to write is unknown: {e}"),
+            "pass --opencode-generation v2 (npm @opencode/cli) or v1 (npm opencode-ai), or install OpenCode first",
+        )
+    })?;
+    Ok((
+        bin.generation,
+        format!("the OpenCode at {}", bin.path.display()),
+    ))
+}
+
 /// `task_cli install [--dry-run] [--force]`.
-pub(crate) fn install(ui: &Ui, dir: &Path, dry_run: bool, force: bool) -> anyhow::Result<u8> {
+pub(crate) fn install(
+    ui: &Ui,
+    dir: &Path,
+    dry_run: bool,
+    force: bool,
+    forced: Option<Generation>,
+) -> anyhow::Result<u8> {
     let agents = agents(dir)?;
-    let spec = agents_spec(&agents).force(force);
+    let (generation, why) = generation(forced)?;
+    ui.note(format!("writing the OpenCode {generation} config shape ({why})"));
+    let spec = agents_spec(&agents, generation).force(force);
     let installer = ConfigInstaller::new(dir);
     let report = if dry_run {
         installer.dry_run(&spec)
@@ -47,6 +73,7 @@ pub(crate) fn install(ui: &Ui, dir: &Path, dry_run: bool, force: bool) -> anyhow
     if ui.mode() == Mode::Json {
         ui.json(&json!({
             "event": "install",
+            "generation": generation.as_str(),
             "dry_run": dry_run,
             "path": report.path,
             "changed": report.changed,
@@ -75,7 +102,7 @@ pub(crate) fn install(ui: &Ui, dir: &Path, dry_run: bool, force: bool) -> anyhow
         );
     } else {
         println!(
-            "installed {} into {}",
+            "installed {} into {} (OpenCode {generation})",
             names.join(", "),
             report.path.display()
         );
@@ -86,10 +113,26 @@ pub(crate) fn install(ui: &Ui, dir: &Path, dry_run: bool, force: bool) -> anyhow
     Ok(code::SUCCESS)
 }
 
-/// `task_cli uninstall [--dry-run]`.
-pub(crate) fn uninstall(ui: &Ui, dir: &Path, dry_run: bool) -> anyhow::Result<u8> {
+/// `task_cli uninstall [--dry-run]`: the agents in the shape of `forced`, else in both
+/// shapes (each entry removed only when it is exactly what install wrote).
+pub(crate) fn uninstall(
+    ui: &Ui,
+    dir: &Path,
+    dry_run: bool,
+    forced: Option<Generation>,
+) -> anyhow::Result<u8> {
     let agents = agents(dir)?;
-    let spec = agents_spec(&agents);
+    let generations = match forced {
+        Some(generation) => vec![generation],
+        None => vec![Generation::V1, Generation::V2],
+    };
+    let spec = InstallSpec {
+        entries: generations
+            .into_iter()
+            .flat_map(|g| agents_spec(&agents, g).entries)
+            .collect(),
+        ..InstallSpec::default()
+    };
     let installer = ConfigInstaller::new(dir);
     if dry_run {
         // The uninstall of a dry run is shown as the diff of the real one on a copy.

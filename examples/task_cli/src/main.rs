@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use orch_agents::{AgentSet, ModelSpec, RunLock};
+use orch_opencode::Generation;
 use orch_testkit::Script;
 use serde_json::json;
 
@@ -63,6 +64,8 @@ enum Command {
         /// A new or empty directory for the project [default: a fresh temporary directory]
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        #[command(flatten)]
+        generation: GenerationArg,
     },
     /// Run a mission with your OpenCode configuration and model
     #[command(after_help = EXIT_CODES_HELP)]
@@ -93,6 +96,8 @@ enum Command {
         /// Replace agents of the same name that differ
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        generation: GenerationArg,
     },
     /// Remove the orchestrator's agents from the project's opencode.json(c)
     Uninstall {
@@ -101,6 +106,8 @@ enum Command {
         /// Show the diff and change nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        generation: GenerationArg,
     },
     /// Check OpenCode, the server, the model, the config files and the mission state
     Doctor {
@@ -112,6 +119,8 @@ enum Command {
         /// Do not start a server (skips the server, auth and model checks)
         #[arg(long, conflicts_with = "server")]
         no_server: bool,
+        #[command(flatten)]
+        generation: GenerationArg,
     },
 }
 
@@ -123,16 +132,36 @@ struct DirArg {
 }
 
 #[derive(Debug, Args)]
+struct GenerationArg {
+    /// The OpenCode generation: v1 (npm opencode-ai) or v2 (npm @opencode/cli) [default: the one OPENCODE_BIN or the installed OpenCode is, OpenCode 2 first; a --server's is detected]
+    #[arg(long, value_name = "v1|v2", value_parser = parse_generation)]
+    opencode_generation: Option<Generation>,
+}
+
+fn parse_generation(text: &str) -> Result<Generation, String> {
+    text.parse::<Generation>()
+        .map_err(|_| format!("`{text}` is not an OpenCode generation: pass v1 or v2"))
+}
+
+#[derive(Debug, Args)]
 struct Backend {
     /// The model as provider/model [default: the one in your OpenCode config]
     #[arg(long, value_name = "PROVIDER/MODEL")]
     model: Option<String>,
-    /// Use this running OpenCode server (password from OPENCODE_SERVER_PASSWORD) instead of starting one
-    #[arg(long, value_name = "URL", conflicts_with = "model_script")]
-    server: Option<String>,
+    /// Use this running OpenCode server instead of starting one; repeat it to spread the sessions over several servers of one generation (password from OPENCODE_SERVER_PASSWORD, user from OPENCODE_SERVER_USERNAME)
+    #[arg(long = "server", value_name = "URL", conflicts_with = "model_script")]
+    servers: Vec<String>,
     /// Use the scripted model with this script instead of a real model (offline, deterministic)
     #[arg(long, value_name = "FILE")]
     model_script: Option<PathBuf>,
+    #[command(flatten)]
+    generation: GenerationArg,
+    /// Start a private OpenCode server even when OpenCode 2's background service runs (without --server the mission attaches to that service, so that it shows in your TUI)
+    #[arg(long, conflicts_with = "servers")]
+    standalone: bool,
+    /// Open every session of the mission as a child of this OpenCode session (on the --server), so that they show under it in the TUI
+    #[arg(long, value_name = "SESSION_ID")]
+    parent_session: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -237,7 +266,15 @@ fn main() -> ExitCode {
 
 async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
     match command {
-        Command::Demo { dir } => demo::demo(ui, Signals::install()?, dir.as_deref()).await,
+        Command::Demo { dir, generation } => {
+            demo::demo(
+                ui,
+                Signals::install()?,
+                dir.as_deref(),
+                generation.opencode_generation,
+            )
+            .await
+        }
         Command::Run(args) => run(ui, Signals::install()?, args).await,
         Command::Resume(args) => resume(ui, Signals::install()?, args).await,
         Command::Retry(args) => retry(ui, Signals::install()?, args).await,
@@ -251,20 +288,36 @@ async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
             dir,
             dry_run,
             force,
-        } => install::install(ui, &project_dir(dir.dir.as_deref())?, dry_run, force),
-        Command::Uninstall { dir, dry_run } => {
-            install::uninstall(ui, &project_dir(dir.dir.as_deref())?, dry_run)
-        }
+            generation,
+        } => install::install(
+            ui,
+            &project_dir(dir.dir.as_deref())?,
+            dry_run,
+            force,
+            generation.opencode_generation,
+        ),
+        Command::Uninstall {
+            dir,
+            dry_run,
+            generation,
+        } => install::uninstall(
+            ui,
+            &project_dir(dir.dir.as_deref())?,
+            dry_run,
+            generation.opencode_generation,
+        ),
         Command::Doctor {
             dir,
             server,
             no_server,
+            generation,
         } => {
             doctor::doctor(
                 ui,
                 &project_dir(dir.dir.as_deref())?,
                 server.as_deref(),
                 !no_server,
+                generation.opencode_generation,
             )
             .await
         }
@@ -329,11 +382,31 @@ async fn start(
         .clone()
         .or_else(|| saved.and_then(|s| s.model.clone()))
         .or(file.model.clone());
-    let server = backend
-        .server
-        .clone()
-        .or_else(|| saved.and_then(|s| s.server.clone()))
-        .or(file.server.clone());
+    let generation = match backend.generation.opencode_generation {
+        Some(generation) => Some(generation),
+        None => saved
+            .and_then(|s| s.opencode_generation.clone())
+            .or(file.opencode_generation.clone())
+            .map(|text| {
+                parse_generation(&text).map_err(|e| {
+                    Failure::env(
+                        format!("bad opencode_generation in the saved settings or task.toml: {e}"),
+                        "set it to v1 or v2, or pass --opencode-generation",
+                    )
+                })
+            })
+            .transpose()?,
+    };
+    let servers = if backend.servers.is_empty() {
+        saved
+            .map(Saved::servers)
+            .filter(|s| !s.is_empty())
+            .or_else(|| file.server.as_ref().map(crate::config::OneOrMany::to_vec))
+            .unwrap_or_default()
+    } else {
+        backend.servers.clone()
+    };
+    let standalone = backend.standalone || saved.is_some_and(|s| s.standalone);
     let agents = AgentSet::for_project(&dir).map_err(|e| {
         Failure::env(
             format!("cannot load the agents: {e}"),
@@ -344,19 +417,34 @@ async fn start(
         Some(path) => ModelChoice::Script(load_script(path)?),
         None => ModelChoice::User(model.as_deref().map(parse_model).transpose()?),
     };
-    let server_choice = match &server {
-        Some(url) if model_script.is_none() => ServerChoice::Remote(url.clone()),
-        _ => ServerChoice::Own(opencode_env::require()?),
+    let server_choice = if model_script.is_some() {
+        // The scripted model is only known to a server this command starts.
+        ServerChoice::Own(opencode_env::require(generation)?)
+    } else if !servers.is_empty() {
+        ServerChoice::Remote {
+            urls: servers.clone(),
+            generation,
+        }
+    } else if standalone || generation == Some(Generation::V1) {
+        ServerChoice::Own(opencode_env::require(generation)?)
+    } else {
+        match opencode_env::find(generation) {
+            Ok(bin) if bin.generation == Generation::V1 => ServerChoice::Own(bin),
+            found => ServerChoice::ServiceOr(found),
+        }
     };
     Saved {
         mission: mission.clone(),
         model,
         model_script,
-        server: if matches!(server_choice, ServerChoice::Remote(_)) {
-            server
+        server: None,
+        servers: if matches!(server_choice, ServerChoice::Remote { .. }) {
+            servers
         } else {
-            None
+            Vec::new()
         },
+        opencode_generation: generation.map(|g| g.as_str().to_owned()),
+        standalone,
         limits,
     }
     .save(&dir)?;
@@ -371,6 +459,7 @@ async fn start(
             model: model_choice,
             config,
             agents,
+            parent_session: backend.parent_session.clone(),
         },
     )
     .await

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
+use orch_agents::backend::AgentBackend;
+use orch_agents::backend::multi::MultiBackend;
 use orch_agents::{
-    AgentSet, BackendError, MissionConfig, MissionReport, MissionStatus, ModelSpec,
-    OpencodeBackend, OpencodeBackendConfig, RunLock, Supervisor,
+    AgentSet, AnyOpencode, BackendError, MissionConfig, MissionReport, MissionStatus, ModelSpec,
+    OpencodeBackendConfig, RunLock, Supervisor,
 };
 use orch_core::ShutdownManager;
-use orch_opencode::{ConfigInstaller, InstallSpec, OpencodeServer};
-use orch_testkit::opencode::{IsolatedHome, fake_provider_config};
+use orch_opencode::{ConfigInstaller, Generation, InstallSpec, OpencodeBinary, OpencodeServer};
+use orch_testkit::opencode::{IsolatedHome, fake_provider_config_for};
 use orch_testkit::{Script, ScriptedModel};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::failure::{Failure, code};
 use crate::lifecycle::{self, Existing};
+use crate::opencode_env::{self, Endpoint};
 use crate::output::{Mode, Progress, Ui, status_line, summary};
 use crate::state;
 
@@ -27,9 +30,15 @@ use crate::state;
 #[derive(Debug)]
 pub(crate) enum ServerChoice {
     /// Start and own `opencode serve` with this binary.
-    Own(PathBuf),
-    /// A server the user runs.
-    Remote(String),
+    Own(OpencodeBinary),
+    /// Servers the user runs (one generation), detected unless `generation` forces it.
+    Remote {
+        urls: Vec<String>,
+        generation: Option<Generation>,
+    },
+    /// OpenCode 2's per-user background service when it runs (the mission then shows in the
+    /// user's TUI), else a server of this binary (or the error of looking for one).
+    ServiceOr(Result<OpencodeBinary, String>),
 }
 
 /// Which model answers.
@@ -51,11 +60,16 @@ pub(crate) struct LaunchSpec {
     pub(crate) model: ModelChoice,
     pub(crate) config: MissionConfig,
     pub(crate) agents: AgentSet,
+    /// Open every session of the mission as a child of this OpenCode session.
+    pub(crate) parent_session: Option<String>,
 }
 
-/// The install spec of the orchestrator's agents.
-pub(crate) fn agents_spec(agents: &AgentSet) -> InstallSpec {
-    orch_agents::backend::opencode::install_spec(agents)
+/// The install spec of the orchestrator's agents in a project config of `generation`.
+pub(crate) fn agents_spec(agents: &AgentSet, generation: Generation) -> InstallSpec {
+    match generation {
+        Generation::V1 => orch_agents::backend::opencode::install_spec(agents),
+        Generation::V2 => orch_agents::backend::opencode2::install_spec(agents),
+    }
 }
 
 /// Resources that must live as long as the mission.
@@ -203,6 +217,150 @@ fn stopped_at_start(ui: &Ui, dir: &Path) -> u8 {
     code::STOPPED
 }
 
+/// Where the mission's sessions go once the server question is settled.
+enum Target {
+    /// A server this command starts (and starts again when it dies).
+    Own(OpencodeBinary),
+    /// Servers the user runs.
+    Remote(Vec<Endpoint>),
+    /// OpenCode 2's background service (its file read again on every reconnection: a
+    /// restarted service listens elsewhere with another password).
+    Service,
+}
+
+impl Target {
+    fn generation(&self) -> Generation {
+        match self {
+            Target::Own(bin) => bin.generation,
+            Target::Remote(endpoints) => endpoints.first().map_or(Generation::V1, |e| e.generation),
+            Target::Service => Generation::V2,
+        }
+    }
+}
+
+/// Settles where the agents run: starts our server, connects to the user's, or attaches to
+/// OpenCode 2's service. `None` when stopped meanwhile.
+async fn settle_server(
+    ui: &Ui,
+    choice: ServerChoice,
+    dir: &Path,
+    home: Option<&Path>,
+    stop: &CancellationToken,
+    server_slot: &ServerSlot,
+) -> anyhow::Result<Option<Target>> {
+    let bin = match choice {
+        ServerChoice::Own(bin) => bin,
+        ServerChoice::Remote { urls, generation } => {
+            let mut endpoints = Vec::new();
+            for url in &urls {
+                let step = ui.step(&format!("connecting to {url}"));
+                let endpoint = tokio::select! {
+                    connected = opencode_env::connect_remote(url, generation) => connected?,
+                    () = stop.cancelled() => return Ok(None),
+                };
+                step.done(format!(
+                    "OpenCode {} {}",
+                    endpoint.generation, endpoint.version
+                ));
+                endpoints.push(endpoint);
+            }
+            if let Some(other) = endpoints
+                .iter()
+                .find(|e| e.generation != endpoints[0].generation)
+            {
+                return Err(Failure::usage(
+                    format!(
+                        "{} is OpenCode {} but {} is OpenCode {}: one mission runs on servers of one generation",
+                        endpoints[0].url,
+                        endpoints[0].generation,
+                        other.url,
+                        other.generation
+                    ),
+                    "pass --server only for servers of one generation",
+                ));
+            }
+            return Ok(Some(Target::Remote(endpoints)));
+        }
+        ServerChoice::ServiceOr(bin) => {
+            let attached = tokio::select! {
+                attached = opencode_env::attach_service() => attached,
+                () = stop.cancelled() => return Ok(None),
+            };
+            match (attached, bin) {
+                (Ok(Some(endpoint)), _) => {
+                    ui.step("attaching to OpenCode 2's background service").done(format!(
+                        "{} (OpenCode {}): the mission's sessions show in your OpenCode TUI",
+                        endpoint.url, endpoint.version
+                    ));
+                    return Ok(Some(Target::Service));
+                }
+                (Ok(None), Ok(bin)) => {
+                    if bin.generation == Generation::V2 {
+                        ui.note(
+                            "OpenCode 2's background service is not running: starting a private server \
+                             (`opencode service start` starts the service, so that the next mission shows in your TUI)",
+                        );
+                    }
+                    bin
+                }
+                (Err(e), Ok(bin)) => {
+                    ui.notice(format!(
+                        "cannot attach to OpenCode 2's background service ({e}): starting a private server"
+                    ));
+                    bin
+                }
+                (Ok(None), Err(e)) => {
+                    return Err(Failure::env(
+                        format!("OpenCode was not found: {e}"),
+                        opencode_env::INSTALL_HINT,
+                    ));
+                }
+                (Err(service), Err(e)) => {
+                    return Err(Failure::env(
+                        format!("OpenCode was not found ({e}) and its background service does not answer: {service}"),
+                        format!("start it with `opencode service start`, or {}", opencode_env::INSTALL_HINT),
+                    ));
+                }
+            }
+        }
+    };
+    let step = ui.step(&format!("starting the OpenCode server (OpenCode {})", bin.generation));
+    let server = tokio::select! {
+        server = opencode_env::start_server(&bin, dir, home) => server?,
+        () = stop.cancelled() => return Ok(None),
+    };
+    let version = server_version(&server).await.map_err(|e| {
+        Failure::env(
+            format!("the OpenCode server does not answer: {e}"),
+            "run `task_cli doctor`",
+        )
+    })?;
+    step.done(format!(
+        "{} (opencode {version}, password-protected)",
+        server.base_url()
+    ));
+    *lock_(server_slot) = Some(Arc::new(server));
+    Ok(Some(Target::Own(bin)))
+}
+
+/// The version a server of either generation reports.
+async fn server_version(server: &OpencodeServer) -> Result<String, String> {
+    match server.generation() {
+        Generation::V1 => server
+            .client()
+            .health()
+            .await
+            .map(|h| h.version)
+            .map_err(|e| e.to_string()),
+        Generation::V2 => server
+            .client_v2()
+            .info()
+            .await
+            .map(|i| i.version)
+            .map_err(|e| e.to_string()),
+    }
+}
+
 async fn run_locked(
     ui: &Ui,
     spec: LaunchSpec,
@@ -212,14 +370,15 @@ async fn run_locked(
     let dir = spec.dir.clone();
     let stop = &teardown.token();
     let mut keep = Keep::default();
-    let (default_model, home, scripted) = match spec.model {
+    let scripted = matches!(spec.model, ModelChoice::Script(_));
+    let (default_model, home) = match spec.model {
         ModelChoice::Script(script) => {
-            if matches!(spec.server, ServerChoice::Remote(_)) {
+            let ServerChoice::Own(bin) = &spec.server else {
                 return Err(Failure::usage(
                     "--model-script needs a server this command starts (the scripted model is only known to it)",
                     "drop --server",
                 ));
-            }
+            };
             let step = ui.step("starting the scripted model");
             let model = ScriptedModel::start(script).map_err(|e| {
                 Failure::env(
@@ -228,131 +387,101 @@ async fn run_locked(
                 )
             })?;
             let home = IsolatedHome::new()?;
-            write_isolated_config(home.path(), &model.base_url(), &spec.agents)?;
+            write_isolated_config(home.path(), &model.base_url(), &spec.agents, bin.generation)?;
             step.done(model.base_url());
             let path = home.path().to_owned();
             keep._model = Some(model);
             keep._home = Some(home);
-            (Some(ModelSpec::new("fake", "fake-model")), Some(path), true)
+            (Some(ModelSpec::new("fake", "fake-model")), Some(path))
         }
-        ModelChoice::User(model) => {
-            let report = ConfigInstaller::new(&dir)
-                .dry_run(&agents_spec(&spec.agents))
-                .map_err(|e| {
-                    Failure::env(
-                        format!("cannot check the OpenCode config: {e}"),
-                        "fix the file named above; `task_cli doctor` shows every problem",
-                    )
-                })?;
-            if report.changed {
-                return Err(Failure::env(
-                    format!(
-                        "the orchestrator's agents are not installed in {}",
-                        report.path.display()
-                    ),
-                    format!(
-                        "run `task_cli install --dir {0}` (preview with `task_cli install --dry-run --dir {0}`)",
-                        dir.display()
-                    ),
-                ));
-            }
-            (model, None, false)
-        }
+        ModelChoice::User(model) => (model, None),
     };
-
-    let remote = match &spec.server {
-        ServerChoice::Own(bin) => {
-            let step = ui.step("starting the OpenCode server");
-            let server = tokio::select! {
-                server = start_server(bin, &dir, home.as_deref()) => server?,
-                () = stop.cancelled() => return Ok(stopped_at_start(ui, &dir)),
-            };
-            let client = server.client().with_directory(dir.to_string_lossy());
-            let health = client.health().await.map_err(|e| {
+    if let Some(parent) = &spec.parent_session
+        && matches!(spec.server, ServerChoice::Own(_))
+    {
+        return Err(Failure::usage(
+            format!("--parent-session {parent} names a session of a server this command does not start"),
+            "pass the server that holds it with --server, or drop --parent-session",
+        ));
+    }
+    // Our agents must be in the project's config before a server of the user's serves it.
+    let check_config = |generation: Generation| -> anyhow::Result<()> {
+        if scripted {
+            return Ok(());
+        }
+        let report = ConfigInstaller::new(&dir)
+            .dry_run(&agents_spec(&spec.agents, generation))
+            .map_err(|e| {
                 Failure::env(
-                    format!("the OpenCode server does not answer: {e}"),
-                    "run `task_cli doctor`",
+                    format!("cannot check the OpenCode config: {e}"),
+                    "fix the file named above; `task_cli doctor` shows every problem",
                 )
             })?;
-            step.done(format!(
-                "{} (opencode {}, password-protected)",
-                server.base_url(),
-                health.version
+        if report.changed {
+            return Err(Failure::env(
+                format!(
+                    "the orchestrator's agents are not installed (for OpenCode {generation}) in {}",
+                    report.path.display()
+                ),
+                format!(
+                    "run `task_cli install --dir {0}` (preview with `task_cli install --dry-run --dir {0}`)",
+                    dir.display()
+                ),
             ));
-            *lock_(server_slot) = Some(Arc::new(server));
-            None
         }
-        ServerChoice::Remote(url) => {
-            let step = ui.step(&format!("connecting to {url}"));
-            let (client, version) = tokio::select! {
-                connected = crate::opencode_env::connect_remote(url) => connected?,
-                () = stop.cancelled() => return Ok(stopped_at_start(ui, &dir)),
-            };
-            step.done(format!("opencode {version}"));
-            Some(client.with_directory(dir.to_string_lossy()))
-        }
+        Ok(())
     };
+    if let ServerChoice::Own(bin) = &spec.server {
+        check_config(bin.generation)?;
+    }
+    let Some(target) =
+        settle_server(ui, spec.server, &dir, home.as_deref(), stop, server_slot).await?
+    else {
+        return Ok(stopped_at_start(ui, &dir));
+    };
+    check_config(target.generation())?;
+    // On a server of the user's the sessions that worked stay, for the user to look at.
+    let keep_used_sessions = !matches!(target, Target::Own(_));
     let connector = Arc::new(Connector {
-        bin: match &spec.server {
-            ServerChoice::Own(bin) => Some(bin.clone()),
-            ServerChoice::Remote(_) => None,
-        },
+        target,
         dir: dir.clone(),
         home: home.clone(),
-        remote,
         server: Arc::clone(server_slot),
-        backend: Mutex::new(None),
         config: OpencodeBackendConfig {
             default_model,
             toasts: !scripted,
             settle: Duration::from_secs(2),
+            parent_session: spec.parent_session.clone(),
+            keep_used_sessions,
             ..OpencodeBackendConfig::default()
         },
     });
-
-    let supervisor = Supervisor::<OpencodeBackend>::new(
-        orch_agents::MissionSpec::new(spec.request.clone(), &dir)
-            .config(spec.config)
-            .agents(spec.agents)
-            .stop_token(stop.clone()),
-    );
-    let mut events = supervisor.spec().subscribe();
-
-    // Until the supervisor is done (a lost server gives a `finished`, then `reconnecting`).
-    let progress_ui = ui.clone();
-    let progress_dir = dir.clone();
-    let consumer = tokio::spawn(async move {
-        let mut progress = Progress::new(&progress_ui, &progress_dir);
-        loop {
-            match events.recv().await {
-                Ok(event) => progress.event(&event),
-                Err(RecvError::Lagged(n)) => progress_ui.note(format!("({n} events skipped)")),
-                Err(RecvError::Closed) => break,
-            }
-        }
-        progress.finish();
-    });
-
-    let result = {
-        let connector = Arc::clone(&connector);
-        supervisor
-            .run(move |attempt| {
+    let mission = orch_agents::MissionSpec::new(spec.request.clone(), &dir)
+        .config(spec.config)
+        .agents(spec.agents)
+        .stop_token(stop.clone());
+    let outcome = match &connector.target {
+        Target::Remote(endpoints) if endpoints.len() > 1 => {
+            let connector = Arc::clone(&connector);
+            supervise(ui, mission, teardown, move |attempt| {
                 let connector = Arc::clone(&connector);
-                async move { connector.connect(attempt).await }
+                async move { connector.connect_many(attempt).await }
             })
             .await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), consumer).await;
-    let backend = lock_(&connector.backend).take();
-    let _ = teardown.register("mission sessions", 10, move || async move {
-        if let Some(backend) = backend {
-            backend.shutdown().await;
         }
-    });
+        _ => {
+            let connector = Arc::clone(&connector);
+            supervise(ui, mission, teardown, move |attempt| {
+                let connector = Arc::clone(&connector);
+                async move { connector.connect_one(attempt).await }
+            })
+            .await
+        }
+    };
     let _ = teardown.register("scripted model", 30, move || async move { drop(keep) });
     ui.clear();
 
-    let (report, restarts) = result.map_err(|e| {
+    let (report, restarts) = outcome.map_err(|e| {
         Failure::env(
             format!("the mission could not run: {e}"),
             format!(
@@ -382,6 +511,81 @@ async fn run_locked(
         println!("{}", summary(&report, &dir));
     }
     Ok(exit)
+}
+
+/// A backend the supervisor can run on, closed at the end of the run.
+trait Engine: AgentBackend + 'static {
+    fn close_all(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl Engine for AnyOpencode {
+    async fn close_all(&self) {
+        self.shutdown().await;
+    }
+}
+
+impl Engine for MultiBackend {
+    async fn close_all(&self) {
+        self.shutdown().await;
+    }
+}
+
+/// Runs `mission` under a supervisor that gets its backend from `connect` (again after a
+/// lost server), with live progress; the last backend's sessions are closed at teardown.
+async fn supervise<B, F, Fut>(
+    ui: &Ui,
+    mission: orch_agents::MissionSpec,
+    teardown: &ShutdownManager,
+    mut connect: F,
+) -> Result<(MissionReport, u32), orch_agents::MissionError>
+where
+    B: Engine,
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Arc<B>, BackendError>>,
+{
+    let dir = mission.dir().to_owned();
+    let supervisor = Supervisor::<B>::new(mission);
+    let mut events = supervisor.spec().subscribe();
+    // Until the supervisor is done (a lost server gives a `finished`, then `reconnecting`).
+    let progress_ui = ui.clone();
+    let consumer = tokio::spawn(async move {
+        let mut progress = Progress::new(&progress_ui, &dir);
+        loop {
+            match events.recv().await {
+                Ok(event) => progress.event(&event),
+                Err(RecvError::Lagged(n)) => progress_ui.note(format!("({n} events skipped)")),
+                Err(RecvError::Closed) => break,
+            }
+        }
+        progress.finish();
+    });
+    let current: Arc<Mutex<Option<Arc<B>>>> = Arc::new(Mutex::new(None));
+    let result = {
+        let current = Arc::clone(&current);
+        supervisor
+            .run(move |attempt| {
+                let next = connect(attempt);
+                let current = Arc::clone(&current);
+                async move {
+                    let old = lock_(&current).take();
+                    if let Some(old) = old {
+                        old.close_all().await;
+                    }
+                    let backend = next.await?;
+                    *lock_(&current) = Some(Arc::clone(&backend));
+                    Ok(backend)
+                }
+            })
+            .await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), consumer).await;
+    let backend = lock_(&current).take();
+    let _ = teardown.register("mission sessions", 10, move || async move {
+        if let Some(backend) = backend {
+            backend.close_all().await;
+        }
+    });
+    result
 }
 
 /// What to do after a mission that did not complete, following what the directory holds.
@@ -425,14 +629,6 @@ fn advice(report: &MissionReport, dir: &Path) -> Option<String> {
     }
 }
 
-async fn start_server(
-    bin: &Path,
-    dir: &Path,
-    home: Option<&Path>,
-) -> anyhow::Result<OpencodeServer> {
-    crate::opencode_env::start_server(bin, dir, home).await
-}
-
 type ServerSlot = Arc<Mutex<Option<Arc<OpencodeServer>>>>;
 
 fn lock_<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -441,27 +637,29 @@ fn lock_<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Gives the supervisor a backend: the first time on the server started above (or the
-/// remote one), after a loss on a restarted server (when ours died) or a new connection.
+/// Gives the supervisor a backend: the first time on the server settled above, after a
+/// loss on a restarted server (when ours died), a new connection, or the service's new
+/// address.
 struct Connector {
-    bin: Option<PathBuf>,
+    target: Target,
     dir: PathBuf,
     home: Option<PathBuf>,
-    remote: Option<orch_opencode::Client>,
     server: ServerSlot,
-    backend: Mutex<Option<Arc<OpencodeBackend>>>,
     config: OpencodeBackendConfig,
 }
 
+fn unavailable(message: impl Into<String>) -> BackendError {
+    BackendError::Unavailable {
+        status: None,
+        message: message.into(),
+    }
+}
+
 impl Connector {
-    async fn connect(&self, attempt: u32) -> Result<Arc<OpencodeBackend>, BackendError> {
-        let old = lock_(&self.backend).take();
-        if let Some(old) = old {
-            old.shutdown().await;
-        }
-        let client = match (&self.remote, &self.bin) {
-            (Some(client), _) => client.clone(),
-            (None, Some(bin)) => {
+    /// One server's backend.
+    async fn connect_one(&self, attempt: u32) -> Result<Arc<AnyOpencode>, BackendError> {
+        let backend = match &self.target {
+            Target::Own(bin) => {
                 let current = lock_(&self.server).clone();
                 let server = match current {
                     Some(server) if server.is_running() => server,
@@ -469,38 +667,89 @@ impl Connector {
                         if attempt > 0 {
                             tracing::warn!("the OpenCode server died; starting a new one");
                         }
-                        let server = start_server(bin, &self.dir, self.home.as_deref())
-                            .await
-                            .map_err(|e| BackendError::Unavailable {
-                                status: None,
-                                message: e.to_string(),
-                            })?;
+                        let server =
+                            opencode_env::start_server(bin, &self.dir, self.home.as_deref())
+                                .await
+                                .map_err(|e| unavailable(e.to_string()))?;
                         let server = Arc::new(server);
                         *lock_(&self.server) = Some(Arc::clone(&server));
                         server
                     }
                 };
-                server.client().with_directory(self.dir.to_string_lossy())
+                AnyOpencode::connect_server(&server, &self.dir, self.config.clone()).await?
             }
-            (None, None) => {
-                return Err(BackendError::Unavailable {
-                    status: None,
-                    message: "no server to connect to".into(),
-                });
+            Target::Remote(endpoints) => {
+                let endpoint = endpoints
+                    .first()
+                    .ok_or_else(|| unavailable("no server to connect to"))?;
+                self.connect_endpoint(endpoint).await?
+            }
+            Target::Service => {
+                let endpoint = opencode_env::attach_service()
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?
+                    .ok_or_else(|| {
+                        unavailable("OpenCode 2's background service is not running any more")
+                    })?;
+                self.connect_endpoint(&endpoint).await?
             }
         };
-        let backend = Arc::new(OpencodeBackend::connect(client, self.config.clone()).await?);
-        *lock_(&self.backend) = Some(Arc::clone(&backend));
-        Ok(backend)
+        Ok(Arc::new(backend))
+    }
+
+    /// Every reachable server behind one [`MultiBackend`] (at least one must answer).
+    async fn connect_many(&self, _attempt: u32) -> Result<Arc<MultiBackend>, BackendError> {
+        let Target::Remote(endpoints) = &self.target else {
+            return Err(unavailable("several servers were not given"));
+        };
+        let mut backends = Vec::new();
+        let mut errors = Vec::new();
+        for endpoint in endpoints {
+            match self.connect_endpoint(endpoint).await {
+                Ok(backend) => backends.push(backend),
+                Err(e) => {
+                    tracing::warn!(url = %endpoint.url, error = %e, "an OpenCode server is not usable");
+                    errors.push(format!("{}: {e}", endpoint.url));
+                }
+            }
+        }
+        if backends.is_empty() {
+            return Err(BackendError::ServerLost {
+                message: format!("no OpenCode server answers ({})", errors.join("; ")),
+            });
+        }
+        MultiBackend::new(backends)
+            .map(Arc::new)
+            .map_err(|e| unavailable(e.to_string()))
+    }
+
+    async fn connect_endpoint(&self, endpoint: &Endpoint) -> Result<AnyOpencode, BackendError> {
+        AnyOpencode::connect_url(
+            &endpoint.url,
+            endpoint.credentials(),
+            endpoint.generation,
+            &self.dir,
+            self.config.clone(),
+        )
+        .await
     }
 }
 
 /// The isolated home's global OpenCode config: the scripted model as the only model, the
 /// orchestrator's agents, no snapshots (faster), no sharing or updates.
-fn write_isolated_config(home: &Path, base_url: &str, agents: &AgentSet) -> anyhow::Result<()> {
-    let mut config = fake_provider_config(base_url);
-    config["snapshot"] = json!(false);
-    config["agent"] = orch_agents::backend::opencode::config_agents(agents);
+fn write_isolated_config(
+    home: &Path,
+    base_url: &str,
+    agents: &AgentSet,
+    generation: Generation,
+) -> anyhow::Result<()> {
+    let mut config = fake_provider_config_for(base_url, generation);
+    match generation {
+        Generation::V1 => config["agent"] = orch_agents::backend::opencode::config_agents(agents),
+        Generation::V2 => {
+            config["agents"] = orch_agents::backend::opencode2::config_agents(agents);
+        }
+    }
     let dir = home.join(".config/opencode");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(

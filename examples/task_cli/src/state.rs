@@ -26,14 +26,33 @@ pub(crate) struct Saved {
     pub(crate) model: Option<String>,
     #[serde(default)]
     pub(crate) model_script: Option<String>,
-    #[serde(default)]
+    /// The one `--server` of files written before several were allowed (read only).
+    #[serde(default, skip_serializing)]
     pub(crate) server: Option<String>,
+    /// The `--server` URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) servers: Vec<String>,
+    /// The forced OpenCode generation (`--opencode-generation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) opencode_generation: Option<String>,
+    /// Started with `--standalone`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) standalone: bool,
     /// The limit flags it was started with (a resume's flags win over them).
     #[serde(default)]
     pub(crate) limits: Limits,
 }
 
 impl Saved {
+    /// The `--server` URLs it was started with.
+    pub(crate) fn servers(&self) -> Vec<String> {
+        if self.servers.is_empty() {
+            self.server.iter().cloned().collect()
+        } else {
+            self.servers.clone()
+        }
+    }
+
     pub(crate) fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let state = dir.join(".orchestrator");
         std::fs::create_dir_all(&state)?;

@@ -159,6 +159,57 @@ pub async fn busy_sessions(server: &OpencodeServer, dir: &Path) -> Result<Vec<St
     }
 }
 
+/// A new session of the project at `dir` on `server` (either generation), as a user's.
+pub async fn user_session(server: &OpencodeServer, dir: &Path) -> Result<String, String> {
+    match server.generation() {
+        Generation::V1 => server
+            .client()
+            .with_directory(dir.to_string_lossy())
+            .create_session(&orch_opencode::CreateSession::titled("the user's session"))
+            .await
+            .map(|s| s.id.to_string())
+            .map_err(|e| e.to_string()),
+        Generation::V2 => server
+            .client_v2()
+            .create_session(
+                &orch_opencode::v2::CreateSession::titled("the user's session")
+                    .directory(dir.to_string_lossy()),
+            )
+            .await
+            .map(|s| s.id.to_string())
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The children of session `parent` of the project at `dir` (either generation).
+pub async fn children(
+    server: &OpencodeServer,
+    dir: &Path,
+    parent: &str,
+) -> Result<Vec<String>, String> {
+    let parent = orch_opencode::SessionId::new(parent);
+    let ids: Vec<String> = match server.generation() {
+        Generation::V1 => server
+            .client()
+            .with_directory(dir.to_string_lossy())
+            .children(&parent)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect(),
+        Generation::V2 => server
+            .client_v2()
+            .children(&parent)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect(),
+    };
+    Ok(ids)
+}
+
 /// Every session of the project at `dir` on `server` (either generation).
 pub async fn session_ids(server: &OpencodeServer, dir: &Path) -> Result<Vec<String>, String> {
     match server.generation() {
@@ -200,7 +251,23 @@ pub async fn run_mission_with(
     config: MissionConfig,
     agents: AgentSet,
 ) -> Result<(MissionReport, Vec<MissionEvent>), String> {
-    let backend = Arc::new(connect(&shared.server, dir).await?);
+    run_mission_on(shared, dir, request, config, agents, backend_config()).await
+}
+
+/// [`run_mission_with`] on a backend of this configuration.
+pub async fn run_mission_on(
+    shared: &Shared,
+    dir: &Path,
+    request: &str,
+    config: MissionConfig,
+    agents: AgentSet,
+    backend: OpencodeBackendConfig,
+) -> Result<(MissionReport, Vec<MissionEvent>), String> {
+    let backend = Arc::new(
+        AnyOpencode::connect_server(&shared.server, dir, backend)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let mission = Mission::new(
         Arc::clone(&backend),
         MissionSpec::new(request, dir).config(config).agents(agents),

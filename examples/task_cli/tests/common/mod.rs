@@ -12,13 +12,26 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_task_cli");
 
+/// An empty `XDG_STATE_HOME` for the tests: no OpenCode 2 background service of the
+/// machine's user is ever found (a test that wants one points it at its own).
+pub fn isolated_state() -> &'static Path {
+    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    STATE
+        .get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
+        .path()
+}
+
 /// The CLI with a clean environment: no colours, no terminal, OpenCode from the project's
-/// install (so `demo` does not try to install it).
+/// install (so `demo` does not try to install it; `OPENCODE_BIN` picks the generation), no
+/// background service.
 pub fn task_cli(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd)
         .env("NO_COLOR", "1")
         .env_remove("TASK_LOG")
+        .env_remove("OPENCODE_SERVER_PASSWORD")
+        .env_remove("OPENCODE_SERVER_USERNAME")
+        .env("XDG_STATE_HOME", isolated_state())
         .env("OPENCODE_BIN", orch_testkit::opencode::require_binary())
         .stdin(Stdio::null());
     cmd

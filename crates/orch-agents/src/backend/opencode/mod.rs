@@ -102,6 +102,11 @@ pub struct OpencodeBackendConfig {
     /// Open every session as a child of this session (the user's, so the mission's sessions
     /// show under it in their TUI).
     pub parent_session: Option<String>,
+    /// Keep the sessions that ran turns when they are retired (stopped, their permission
+    /// requests rejected, but not deleted), so that the user sees the mission's work in
+    /// their TUI afterwards; sessions that never ran a turn are still deleted. For servers
+    /// the user runs; off by default.
+    pub keep_used_sessions: bool,
 }
 
 impl Default for OpencodeBackendConfig {
@@ -118,6 +123,7 @@ impl Default for OpencodeBackendConfig {
             warm_sessions: 2,
             silence_probe: orch_opencode::DEFAULT_SILENCE_PROBE,
             parent_session: None,
+            keep_used_sessions: false,
         }
     }
 }
@@ -130,6 +136,7 @@ pub struct OpencodeBackend {
     pool: KeyedPool<SessionManager>,
     default_model: Option<ModelSpec>,
     toasts: bool,
+    keep_used_sessions: bool,
     silence_probe: Duration,
     reset: SessionReset,
     allowed: AtomicU64,
@@ -187,6 +194,7 @@ impl OpencodeBackend {
             reset: config.reset,
             compactions: Arc::default(),
             parent: config.parent_session.clone().map(SessionId::new),
+            keep_used: config.keep_used_sessions,
         };
         let recycle = pool::recycle_mode(&config);
         let pool = pool::build(manager, &config, recycle)?;
@@ -196,6 +204,7 @@ impl OpencodeBackend {
             pool,
             default_model: config.default_model,
             toasts: config.toasts,
+            keep_used_sessions: config.keep_used_sessions,
             silence_probe: config.silence_probe,
             reset: config.reset,
             allowed: AtomicU64::new(0),
@@ -499,6 +508,7 @@ impl AgentBackend for OpencodeBackend {
             return Err(self.lost_or(client_error(e)).await);
         }
         session.guard.dirty.store(true, Ordering::Release);
+        session.guard.used.store(true, Ordering::Release);
         let mut permissions = Vec::new();
         let wait = waiter.wait(deadline);
         tokio::pin!(wait);
@@ -580,7 +590,12 @@ impl AgentBackend for OpencodeBackend {
     async fn cleanup(&self, sessions: Vec<String>) {
         for id in sessions {
             let id = SessionId::new(id);
-            if let Err(e) = self.client.close_session(&id, Duration::from_secs(5)).await {
+            let closed = if self.keep_used_sessions {
+                pool::quiesce(&self.client, &id, Duration::from_secs(5)).await
+            } else {
+                self.client.close_session(&id, Duration::from_secs(5)).await
+            };
+            if let Err(e) = closed {
                 warn!(session = %id, error = %e, "could not close a session left by an earlier run");
             }
         }

@@ -34,6 +34,8 @@ pub struct PooledSession {
     pub(super) id: SessionId,
     /// Whether it ran a turn since it was created or last compacted.
     pub(super) dirty: AtomicBool,
+    /// Whether it ever ran a turn.
+    pub(super) used: AtomicBool,
 }
 
 impl PooledSession {
@@ -54,6 +56,38 @@ pub struct SessionManager {
     pub(super) compactions: Arc<AtomicU64>,
     /// The parent of every session created.
     pub(super) parent: Option<SessionId>,
+    /// Retire used sessions without deleting them.
+    pub(super) keep_used: bool,
+}
+
+/// Stops `id` without deleting it: aborted if it runs, its pending permission requests
+/// rejected, idle (or `settle` passed).
+pub(crate) async fn quiesce(
+    client: &Client,
+    id: &SessionId,
+    settle: Duration,
+) -> Result<(), orch_opencode::Error> {
+    let deadline = tokio::time::Instant::now() + settle;
+    if client.session_status().await?.contains_key(id) {
+        client.abort(id).await?;
+    }
+    for request in client.permissions().await? {
+        if &request.session_id == id {
+            match client
+                .reply_permission(id, &request.id, orch_opencode::PermissionReply::Reject)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    while client.session_status().await?.contains_key(id) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 impl Manager for SessionManager {
@@ -70,6 +104,7 @@ impl Manager for SessionManager {
         Ok(PooledSession {
             id: session.id,
             dirty: AtomicBool::new(false),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -103,6 +138,13 @@ impl Manager for SessionManager {
     }
 
     async fn teardown(&self, role: &AgentRole, session: PooledSession, reason: TeardownReason) {
+        if self.keep_used && session.used.load(Ordering::Acquire) {
+            debug!(%role, session = %session.id, ?reason, "retiring OpenCode session (kept)");
+            if let Err(e) = quiesce(&self.client, &session.id, self.settle).await {
+                warn!(session = %session.id, error = %e, "could not stop an OpenCode session");
+            }
+            return;
+        }
         debug!(%role, session = %session.id, ?reason, "closing OpenCode session");
         if let Err(e) = self.client.close_session(&session.id, self.settle).await {
             warn!(session = %session.id, error = %e, "could not close an OpenCode session");

@@ -71,6 +71,7 @@ pub struct OpencodeV2Backend {
     directory: String,
     default_model: Option<ModelSpec>,
     silence_probe: Duration,
+    keep_used_sessions: bool,
     reset: SessionReset,
     max_per_role: usize,
     warm_sessions: usize,
@@ -153,6 +154,7 @@ impl OpencodeV2Backend {
             directory: directory.clone(),
             parent: config.parent_session.clone().map(SessionId::new),
             settle: config.settle,
+            keep_used: config.keep_used_sessions,
         };
         let pool = build_pool(manager, &config, RecycleMode::OnAcquire)?;
         Ok(OpencodeV2Backend {
@@ -162,6 +164,7 @@ impl OpencodeV2Backend {
             directory,
             default_model: config.default_model.clone(),
             silence_probe: config.silence_probe,
+            keep_used_sessions: config.keep_used_sessions,
             reset: config.reset,
             max_per_role: config.max_per_role,
             warm_sessions: config.warm_sessions,
@@ -372,6 +375,10 @@ impl AgentBackend for OpencodeV2Backend {
             .guard
             .dirty
             .store(true, std::sync::atomic::Ordering::Release);
+        session
+            .guard
+            .used
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut permissions = Vec::new();
         let wait = waiter.wait(deadline);
         tokio::pin!(wait);
@@ -448,7 +455,13 @@ impl AgentBackend for OpencodeV2Backend {
         for id in sessions {
             let id = SessionId::new(id);
             if let Err(e) =
-                SessionManagerV2::close_session(&self.client, &id, Duration::from_secs(5)).await
+                SessionManagerV2::close_session(
+                    &self.client,
+                    &id,
+                    Duration::from_secs(5),
+                    self.keep_used_sessions,
+                )
+                .await
             {
                 warn!(session = %id, error = %e, "could not close a session left by an earlier run");
             }

@@ -19,6 +19,8 @@ pub struct PooledSessionV2 {
     pub(super) id: SessionId,
     /// Whether it ran a turn since it was created.
     pub(super) dirty: AtomicBool,
+    /// Whether it ever ran a turn.
+    pub(super) used: AtomicBool,
     pub(super) agent: Mutex<Option<String>>,
     pub(super) model: Mutex<Option<ModelRef>>,
 }
@@ -37,15 +39,18 @@ pub struct SessionManagerV2 {
     pub(super) directory: String,
     pub(super) parent: Option<SessionId>,
     pub(super) settle: Duration,
+    /// Retire used sessions without deleting them.
+    pub(super) keep_used: bool,
 }
 
 impl SessionManagerV2 {
     /// Deletes `id` only when it is safe: interrupted if it runs, its pending permission
-    /// requests rejected, idle (or `settle` passed), then deleted.
+    /// requests rejected, idle (or `settle` passed), then deleted (unless `keep`).
     pub(crate) async fn close_session(
         client: &Client,
         id: &SessionId,
         settle: Duration,
+        keep: bool,
     ) -> Result<(), orch_opencode::v2::Error> {
         let deadline = tokio::time::Instant::now() + settle;
         if client.is_active(id).await? {
@@ -61,6 +66,9 @@ impl SessionManagerV2 {
         }
         while client.is_active(id).await? && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if keep {
+            return Ok(());
         }
         match client.delete_session(id).await {
             Ok(()) => Ok(()),
@@ -85,6 +93,7 @@ impl Manager for SessionManagerV2 {
         Ok(PooledSessionV2 {
             id: session.id,
             dirty: AtomicBool::new(false),
+            used: AtomicBool::new(false),
             agent: Mutex::new(None),
             model: Mutex::new(None),
         })
@@ -109,8 +118,9 @@ impl Manager for SessionManagerV2 {
     }
 
     async fn teardown(&self, role: &AgentRole, session: PooledSessionV2, reason: TeardownReason) {
-        debug!(%role, session = %session.id, ?reason, "closing OpenCode 2 session");
-        if let Err(e) = Self::close_session(&self.client, &session.id, self.settle).await {
+        let keep = self.keep_used && session.used.load(std::sync::atomic::Ordering::Acquire);
+        debug!(%role, session = %session.id, ?reason, keep, "closing OpenCode 2 session");
+        if let Err(e) = Self::close_session(&self.client, &session.id, self.settle, keep).await {
             warn!(session = %session.id, error = %e, "could not close an OpenCode 2 session");
         }
     }
