@@ -84,13 +84,12 @@ pub(crate) async fn demo(
     let dir = demo_dir(dir)?;
     ui.note(format!("demo project: {}", dir.display()));
     let lock = crate::lifecycle::lock(&dir)?;
-    Saved {
+    let settings = Saved {
         mission: DEMO_MISSION.to_owned(),
         model_script: Some(BUILTIN_DEMO.to_owned()),
         opencode_generation: generation.map(|g| g.as_str().to_owned()),
         ..Saved::default()
-    }
-    .save(&dir)?;
+    };
     let exit = runner::run(
         ui,
         signals,
@@ -103,6 +102,7 @@ pub(crate) async fn demo(
             config: demo_config(),
             agents: AgentSet::builtin(),
             parent_session: None,
+            settings: Some(settings),
         },
     )
     .await?;

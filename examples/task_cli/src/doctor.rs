@@ -385,7 +385,9 @@ impl Probe {
                 if let Some((u, p)) = endpoint.credentials() {
                     b = b.basic_auth(u, p);
                 }
-                b.build().ok().map(|c| Probe::V1(c.with_directory(directory)))
+                b.build()
+                    .ok()
+                    .map(|c| Probe::V1(c.with_directory(directory)))
             }
             Generation::V2 => {
                 let mut b = orch_opencode::v2::Client::builder(&endpoint.url);
@@ -419,7 +421,9 @@ impl Probe {
                             Value::Object(o) => Some(format!(
                                 "{}/{}",
                                 o.get("providerID").and_then(Value::as_str)?,
-                                o.get("model").or_else(|| o.get("id")).and_then(Value::as_str)?
+                                o.get("model")
+                                    .or_else(|| o.get("id"))
+                                    .and_then(Value::as_str)?
                             )),
                             _ => None,
                         })
@@ -466,7 +470,11 @@ async fn own_server_checks(checks: &mut Checks, bin: &OpencodeBinary, dir: &Path
     let (answer, anonymous, probe) = match server.generation() {
         Generation::V1 => {
             let client = server.client().with_directory(directory);
-            let answer = client.health().await.map(|h| h.version).map_err(|e| e.to_string());
+            let answer = client
+                .health()
+                .await
+                .map(|h| h.version)
+                .map_err(|e| e.to_string());
             let anonymous = match orch_opencode::Client::builder(server.base_url()).build() {
                 Ok(anon) => tokio::time::timeout(Duration::from_secs(5), anon.health())
                     .await
@@ -477,7 +485,11 @@ async fn own_server_checks(checks: &mut Checks, bin: &OpencodeBinary, dir: &Path
         }
         Generation::V2 => {
             let client = server.client_v2();
-            let answer = client.info().await.map(|i| i.version).map_err(|e| e.to_string());
+            let answer = client
+                .info()
+                .await
+                .map(|i| i.version)
+                .map_err(|e| e.to_string());
             let anonymous = match orch_opencode::v2::Client::builder(server.base_url()).build() {
                 Ok(anon) => tokio::time::timeout(Duration::from_secs(5), anon.info())
                     .await

@@ -60,7 +60,9 @@ pub(crate) fn install(
 ) -> anyhow::Result<u8> {
     let agents = agents(dir)?;
     let (generation, why) = generation(forced)?;
-    ui.note(format!("writing the OpenCode {generation} config shape ({why})"));
+    ui.note(format!(
+        "writing the OpenCode {generation} config shape ({why})"
+    ));
     let spec = agents_spec(&agents, generation).force(force);
     let installer = ConfigInstaller::new(dir);
     let report = if dry_run {

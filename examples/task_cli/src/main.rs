@@ -433,7 +433,7 @@ async fn start(
             found => ServerChoice::ServiceOr(found),
         }
     };
-    Saved {
+    let settings = Saved {
         mission: mission.clone(),
         model,
         model_script,
@@ -446,8 +446,7 @@ async fn start(
         opencode_generation: generation.map(|g| g.as_str().to_owned()),
         standalone,
         limits,
-    }
-    .save(&dir)?;
+    };
     runner::run(
         ui,
         signals,
@@ -460,6 +459,7 @@ async fn start(
             config,
             agents,
             parent_session: backend.parent_session.clone(),
+            settings: Some(settings),
         },
     )
     .await

@@ -212,7 +212,6 @@ fn run_installer(dir: &Path, generation: Generation) -> anyhow::Result<PathBuf> 
     Ok(bin)
 }
 
-
 /// Starts `opencode serve` of `bin` for `dir` on 127.0.0.1 with a random password.
 pub(crate) async fn start_server(
     bin: &OpencodeBinary,
@@ -228,13 +227,23 @@ pub(crate) async fn start_server(
         builder = builder.isolated_home(home);
     }
     builder.start_async().await.map_err(|e| {
+        let text = e.to_string();
+        let fix = if bin.generation == Generation::V1
+            && text.contains("Database is not empty and has no session table")
+        {
+            // Checked with 1.18.33 and 2.1.2: OpenCode 1 cannot open a database that
+            // OpenCode 2 created (one OpenCode 1 created serves both).
+            "OpenCode 2 owns this user's OpenCode data directory ($XDG_DATA_HOME/opencode, by default ~/.local/share/opencode) and OpenCode 1 cannot read it: use OpenCode 2 (`--opencode-generation v2`, or point OPENCODE_BIN at it), or run OpenCode 1 with its own XDG_DATA_HOME"
+        } else {
+            "run `task_cli doctor`; check that the binary runs (`opencode --version`) and that its config parses"
+        };
         Failure::env(
             format!(
-                "cannot start the OpenCode server ({}, OpenCode {}): {e}",
+                "cannot start the OpenCode server ({}, OpenCode {}): {text}",
                 bin.path.display(),
                 bin.generation
             ),
-            "run `task_cli doctor`; check that the binary runs (`opencode --version`) and that its config parses",
+            fix,
         )
     })
 }
@@ -252,7 +261,10 @@ impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("url", &self.url)
-            .field("credentials", &self.credentials.as_ref().map(|(u, _)| (u, "…")))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|(u, _)| (u, "…")),
+            )
             .field("generation", &self.generation)
             .field("version", &self.version)
             .finish()
@@ -309,14 +321,13 @@ pub(crate) async fn connect_remote(
     let within = Duration::from_secs(10);
     let (generation, version) = match forced {
         None => {
-            let detected =
-                tokio::time::timeout(within, Generation::of_server(url, creds))
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(|e| match e {
-                        orch_opencode::Error::InvalidUrl { .. } => bad_url(&e),
-                        _ => unreachable(&e),
-                    })?;
+            let detected = tokio::time::timeout(within, Generation::of_server(url, creds))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| match e {
+                    orch_opencode::Error::InvalidUrl { .. } => bad_url(&e),
+                    _ => unreachable(&e),
+                })?;
             (detected.generation, detected.version)
         }
         Some(Generation::V1) => {
@@ -364,10 +375,7 @@ pub(crate) async fn attach_service() -> Result<Option<Endpoint>, orch_opencode::
     match orch_opencode::v2::attach_service(Some(&path)).await {
         Ok((_, file, info)) => Ok(Some(Endpoint {
             url: file.url.trim_end_matches('/').to_owned(),
-            credentials: file
-                .password
-                .clone()
-                .map(|p| ("opencode".to_owned(), p)),
+            credentials: file.password.clone().map(|p| ("opencode".to_owned(), p)),
             generation: Generation::V2,
             version: info.version,
         })),
@@ -387,8 +395,7 @@ mod tests {
         let Some(root) = repo_root() else { return };
         for generation in [Generation::V1, Generation::V2] {
             let dir = root.join(generation.install_dir());
-            let stamp =
-                std::fs::read_to_string(dir.join(".installed-version")).unwrap_or_default();
+            let stamp = std::fs::read_to_string(dir.join(".installed-version")).unwrap_or_default();
             if !installed_bin(&dir).is_file() || stamp.trim() != generation.pinned_version() {
                 continue; // would download: not a unit test's business
             }

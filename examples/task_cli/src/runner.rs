@@ -62,6 +62,9 @@ pub(crate) struct LaunchSpec {
     pub(crate) agents: AgentSet,
     /// Open every session of the mission as a child of this OpenCode session.
     pub(crate) parent_session: Option<String>,
+    /// The settings `resume` continues with, saved once the server is settled and the
+    /// config checked (a run refused before that leaves the directory as it was).
+    pub(crate) settings: Option<state::Saved>,
 }
 
 /// The install spec of the orchestrator's agents in a project config of `generation`.
@@ -271,10 +274,7 @@ async fn settle_server(
                 return Err(Failure::usage(
                     format!(
                         "{} is OpenCode {} but {} is OpenCode {}: one mission runs on servers of one generation",
-                        endpoints[0].url,
-                        endpoints[0].generation,
-                        other.url,
-                        other.generation
+                        endpoints[0].url, endpoints[0].generation, other.url, other.generation
                     ),
                     "pass --server only for servers of one generation",
                 ));
@@ -288,10 +288,11 @@ async fn settle_server(
             };
             match (attached, bin) {
                 (Ok(Some(endpoint)), _) => {
-                    ui.step("attaching to OpenCode 2's background service").done(format!(
-                        "{} (OpenCode {}): the mission's sessions show in your OpenCode TUI",
-                        endpoint.url, endpoint.version
-                    ));
+                    ui.step("attaching to OpenCode 2's background service")
+                        .done(format!(
+                            "{} (OpenCode {}): the mission's sessions show in your OpenCode TUI",
+                            endpoint.url, endpoint.version
+                        ));
                     return Ok(Some(Target::Service));
                 }
                 (Ok(None), Ok(bin)) => {
@@ -317,14 +318,22 @@ async fn settle_server(
                 }
                 (Err(service), Err(e)) => {
                     return Err(Failure::env(
-                        format!("OpenCode was not found ({e}) and its background service does not answer: {service}"),
-                        format!("start it with `opencode service start`, or {}", opencode_env::INSTALL_HINT),
+                        format!(
+                            "OpenCode was not found ({e}) and its background service does not answer: {service}"
+                        ),
+                        format!(
+                            "start it with `opencode service start`, or {}",
+                            opencode_env::INSTALL_HINT
+                        ),
                     ));
                 }
             }
         }
     };
-    let step = ui.step(&format!("starting the OpenCode server (OpenCode {})", bin.generation));
+    let step = ui.step(&format!(
+        "starting the OpenCode server (OpenCode {})",
+        bin.generation
+    ));
     let server = tokio::select! {
         server = opencode_env::start_server(&bin, dir, home) => server?,
         () = stop.cancelled() => return Ok(None),
@@ -400,7 +409,9 @@ async fn run_locked(
         && matches!(spec.server, ServerChoice::Own(_))
     {
         return Err(Failure::usage(
-            format!("--parent-session {parent} names a session of a server this command does not start"),
+            format!(
+                "--parent-session {parent} names a session of a server this command does not start"
+            ),
             "pass the server that holds it with --server, or drop --parent-session",
         ));
     }
@@ -437,9 +448,16 @@ async fn run_locked(
     let Some(target) =
         settle_server(ui, spec.server, &dir, home.as_deref(), stop, server_slot).await?
     else {
+        // Interrupted, not refused: `resume` continues it.
+        if let Some(settings) = &spec.settings {
+            settings.save(&dir)?;
+        }
         return Ok(stopped_at_start(ui, &dir));
     };
     check_config(target.generation())?;
+    if let Some(settings) = &spec.settings {
+        settings.save(&dir)?;
+    }
     // On a server of the user's the sessions that worked stay, for the user to look at.
     let keep_used_sessions = !matches!(target, Target::Own(_));
     let connector = Arc::new(Connector {

@@ -12,18 +12,37 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_task_cli");
 
-/// An empty `XDG_STATE_HOME` for the tests: no OpenCode 2 background service of the
-/// machine's user is ever found (a test that wants one points it at its own).
-pub fn isolated_state() -> &'static Path {
-    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    STATE
-        .get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
-        .path()
+/// A home of this test process for `task_cli` (HOME and the XDG directories), under the
+/// target directory: no test reads or writes the machine user's OpenCode data, config or
+/// background service (a test that wants a service points XDG_STATE_HOME at its own).
+/// Homes of test processes that have ended are removed.
+pub fn isolated_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("task_cli-homes");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let ended = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if ended {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let home = root.join(std::process::id().to_string());
+        for sub in ["config", "data", "state", "cache"] {
+            std::fs::create_dir_all(home.join(sub)).expect("a test home");
+        }
+        home
+    })
 }
 
 /// The CLI with a clean environment: no colours, no terminal, OpenCode from the project's
-/// install (so `demo` does not try to install it; `OPENCODE_BIN` picks the generation), no
-/// background service.
+/// install (so `demo` does not try to install it; `OPENCODE_BIN` picks the generation), a
+/// home of the tests' own ([`isolated_home`]).
 pub fn task_cli(cwd: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd)
@@ -31,7 +50,11 @@ pub fn task_cli(cwd: &Path) -> Command {
         .env_remove("TASK_LOG")
         .env_remove("OPENCODE_SERVER_PASSWORD")
         .env_remove("OPENCODE_SERVER_USERNAME")
-        .env("XDG_STATE_HOME", isolated_state())
+        .env("HOME", isolated_home())
+        .env("XDG_CONFIG_HOME", isolated_home().join("config"))
+        .env("XDG_DATA_HOME", isolated_home().join("data"))
+        .env("XDG_STATE_HOME", isolated_home().join("state"))
+        .env("XDG_CACHE_HOME", isolated_home().join("cache"))
         .env("OPENCODE_BIN", orch_testkit::opencode::require_binary())
         .stdin(Stdio::null());
     cmd
