@@ -4,12 +4,23 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%4ds] %s\n' "$SECONDS" "$*"; }
 
-step "install the pinned OpenCode (idempotent)"
-OPENCODE_BIN="$(./scripts/install-opencode.sh | tail -n 1)"
-export OPENCODE_BIN
-echo "using $OPENCODE_BIN ($("$OPENCODE_BIN" --version))"
+step "install both pinned OpenCode generations (idempotent)"
+installed="$(./scripts/install-opencode.sh all)"
+OPENCODE_BIN_V1="$(sed -n 's/^v1 //p' <<<"$installed")"
+OPENCODE_BIN_V2="$(sed -n 's/^v2 //p' <<<"$installed")"
+[ -x "$OPENCODE_BIN_V1" ] && [ -x "$OPENCODE_BIN_V2" ] || {
+  echo "error: the installer did not report both binaries: $installed" >&2
+  exit 1
+}
+export OPENCODE_BIN_V1 OPENCODE_BIN_V2
+echo "OpenCode 1: $OPENCODE_BIN_V1 ($("$OPENCODE_BIN_V1" --version))"
+echo "OpenCode 2: $OPENCODE_BIN_V2 ($("$OPENCODE_BIN_V2" --version))"
+# The first pass runs on OpenCode 2 (what new users install); the tests that drive whole
+# missions run again on OpenCode 1 below. Tests of both generations at once (orch-opencode's
+# clients, the scripted model's) find each through OPENCODE_BIN_V1/V2.
+export OPENCODE_BIN="$OPENCODE_BIN_V2"
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -25,6 +36,13 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # OpenCode server per binary, which is why this is `cargo test` and not one process per test.
 step "cargo test (all targets: tests, examples, benches in test mode)"
 cargo test --workspace --all-targets --locked
+
+# The same missions on OpenCode 1: every test binary that runs missions on the generation
+# OPENCODE_BIN selects.
+step "missions again on OpenCode 1 (orch-agents, task_cli)"
+OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p orch-agents \
+  --test opencode_mission --test opencode_multi --test opencode_resilience
+OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p task_cli --tests
 
 step "doc tests"
 cargo test --workspace --doc --locked

@@ -554,7 +554,7 @@ fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
             .iter()
             .filter_map(|r| match &r.entry {
                 orch_agents::JournalEntry::SessionOpened { role, session } => {
-                    Some((role.clone(), session.clone()))
+                    Some((*role, session.clone()))
                 }
                 _ => None,
             })
@@ -571,9 +571,10 @@ fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
             format!("children of the parent {children:?}, sessions that worked {worked:?}")
         })?;
         let all = common::session_ids(&shared.server, dir.path()).await?;
-        ensure(all.iter().all(|id| *id == parent || children.contains(id)), || {
-            format!("sessions outside the parent: {all:?}")
-        })
+        ensure(
+            all.iter().all(|id| *id == parent || children.contains(id)),
+            || format!("sessions outside the parent: {all:?}"),
+        )
     })
 }
 

@@ -454,14 +454,13 @@ impl AgentBackend for OpencodeV2Backend {
     async fn cleanup(&self, sessions: Vec<String>) {
         for id in sessions {
             let id = SessionId::new(id);
-            if let Err(e) =
-                SessionManagerV2::close_session(
-                    &self.client,
-                    &id,
-                    Duration::from_secs(5),
-                    self.keep_used_sessions,
-                )
-                .await
+            if let Err(e) = SessionManagerV2::close_session(
+                &self.client,
+                &id,
+                Duration::from_secs(5),
+                self.keep_used_sessions,
+            )
+            .await
             {
                 warn!(session = %id, error = %e, "could not close a session left by an earlier run");
             }
