@@ -310,7 +310,7 @@ fn rate_limits_are_honoured_then_recover() -> Result<(), Failed> {
     // OpenCode 1 gives a rate-limited turn up after a few attempts of its own, so the
     // mission must retry it; OpenCode 2 keeps retrying with its own (long) backoff, so the
     // mission must wait, showing each upstream retry, and not give the turn up.
-    let v2 = shared.server.generation() == orch_opencode::Generation::V2;
+    let v2 = shared.server().generation() == orch_opencode::Generation::V2;
     let times = if v2 { 2 } else { 6 };
     run(async {
         let rules = Rules {
@@ -527,7 +527,7 @@ fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
         rules.worker_writes("T2", "test_calc.py", TESTS)?;
         rules.worker_writes("T3", "README.md", README)?;
         rules.calc_reviews()?;
-        let parent = common::user_session(&shared.server, dir.path()).await?;
+        let parent = common::user_session(shared.server(), dir.path()).await?;
         let (report, _) = common::run_mission_on(
             &shared,
             dir.path(),
@@ -544,7 +544,7 @@ fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
         ensure(report.status == MissionStatus::Completed, || {
             format!("{report:#?}")
         })?;
-        let mut children = common::children(&shared.server, dir.path(), &parent).await?;
+        let mut children = common::children(shared.server(), dir.path(), &parent).await?;
         children.sort();
         // The sessions that worked: those the mission opened for its turns.
         let journal = orch_agents::Journal::read(&dir.path().join(".orchestrator"))
@@ -570,7 +570,7 @@ fn sessions_open_under_the_parent_and_are_kept() -> Result<(), Failed> {
         ensure(children == worked, || {
             format!("children of the parent {children:?}, sessions that worked {worked:?}")
         })?;
-        let all = common::session_ids(&shared.server, dir.path()).await?;
+        let all = common::session_ids(shared.server(), dir.path()).await?;
         ensure(
             all.iter().all(|id| *id == parent || children.contains(id)),
             || format!("sessions outside the parent: {all:?}"),

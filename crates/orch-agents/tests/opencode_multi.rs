@@ -12,29 +12,19 @@ use orch_agents::backend::multi::MultiBackend;
 use orch_agents::{AgentSet, Mission, MissionSpec};
 use orch_agents::{MissionEvent, MissionStatus};
 use orch_opencode::OpencodeServer;
-use orch_testkit::opencode::{IsolatedHome, require_binary};
+use orch_testkit::opencode::{TestServer, require_opencode};
 
 /// A second server of its own (home, working directory), serving the same projects.
 struct Extra {
-    server: OpencodeServer,
-    _home: IsolatedHome,
-    _cwd: tempfile::TempDir,
+    server: TestServer,
 }
 
-fn extra_server() -> Result<Extra, String> {
-    let home = IsolatedHome::new().map_err(|e| e.to_string())?;
-    let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = OpencodeServer::builder()
-        .binary(require_binary())
-        .project_dir(cwd.path())
-        .isolated_home(home.path())
+fn extra_server(shared: &common::Shared) -> Result<Extra, String> {
+    let server = TestServer::builder(shared.model.base_url())
+        .binary(require_opencode())
         .start()
         .map_err(|e| e.to_string())?;
-    Ok(Extra {
-        server,
-        _home: home,
-        _cwd: cwd,
-    })
+    Ok(Extra { server })
 }
 
 /// The shared server and `extra` behind one [`MultiBackend`], both serving `dir`.
@@ -44,7 +34,7 @@ async fn two_servers(
     dir: &std::path::Path,
 ) -> Result<Arc<MultiBackend>, String> {
     let backends = vec![
-        connect(&shared.server, dir).await?,
+        connect(shared.server(), dir).await?,
         connect(extra, dir).await?,
     ];
     Ok(Arc::new(
@@ -111,14 +101,14 @@ async fn run_multi(
 fn sessions_spread_over_two_servers() -> Result<(), Failed> {
     let shared = shared()?;
     let dir = project(&shared)?;
-    let extra = extra_server()?;
+    let extra = extra_server(&shared)?;
     run(async {
         let rules = Rules {
             model: &shared.model,
             tag: "two servers [spread]".into(),
         };
         wide_mission(&rules, 4, Duration::from_millis(300))?;
-        let multi = two_servers(&shared, &extra.server, dir.path()).await?;
+        let multi = two_servers(&shared, extra.server.server(), dir.path()).await?;
         let report = run_multi(Arc::clone(&multi), dir.path(), &rules.tag, |_| {}).await?;
         ensure(report.status == MissionStatus::Completed, || {
             format!("{report:#?}")
@@ -143,7 +133,7 @@ fn sessions_spread_over_two_servers() -> Result<(), Failed> {
 fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
     let shared = shared()?;
     let dir = project(&shared)?;
-    let extra = extra_server()?;
+    let extra = extra_server(&shared)?;
     run(async {
         let rules = Rules {
             model: &shared.model,
@@ -151,7 +141,7 @@ fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
         };
         // Worker turns take 1.5 s: both Workers are mid-turn when the server dies.
         wide_mission(&rules, 4, Duration::from_millis(1500))?;
-        let multi = two_servers(&shared, &extra.server, dir.path()).await?;
+        let multi = two_servers(&shared, extra.server.server(), dir.path()).await?;
         // Kill the second server while a Worker turn runs on it: once the model holds the
         // (1.5 s) first request of a Worker session of that server, whatever the machine's load.
         let victim = Arc::new(tokio::sync::Mutex::new(Some(extra)));
@@ -175,7 +165,7 @@ fn a_server_killed_mid_mission_loses_no_item() -> Result<(), Failed> {
                     for _ in 0..2400 {
                         let mut held = victim.lock().await;
                         let Some(extra) = held.as_ref() else { return };
-                        let ours = common::session_ids(&extra.server, &project_dir)
+                        let ours = common::session_ids(extra.server.server(), &project_dir)
                             .await
                             .unwrap_or_default();
                         let working = shared.model.requests().iter().any(|r| {

@@ -195,7 +195,7 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
         )?;
         calc_rules(&rules, Duration::ZERO)?;
         let backend = Arc::new(
-            AnyOpencode::connect_server(&shared.server, dir.path(), backend_config())
+            AnyOpencode::connect_server(shared.server(), dir.path(), backend_config())
                 .await
                 .map_err(|e| e.to_string())?,
         );
@@ -235,7 +235,7 @@ fn stop_mid_turn_then_resume() -> Result<(), Failed> {
             format!("{report:#?}")
         })?;
         backend.shutdown().await;
-        let busy = common::busy_sessions(&shared.server, dir.path()).await?;
+        let busy = common::busy_sessions(shared.server(), dir.path()).await?;
         ensure(busy.is_empty(), || {
             format!("sessions still busy after stop: {busy:?}")
         })?;
@@ -270,13 +270,13 @@ fn spawn_child(shared: &common::Shared, dir: &Path, request: &str) -> Result<Chi
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     Command::new(exe)
         .env("ORCH_CHILD_MISSION", "1")
-        .env("ORCH_CHILD_URL", shared.server.base_url())
-        .env("ORCH_CHILD_USER", shared.server.username())
-        .env("ORCH_CHILD_PASSWORD", shared.server.password())
+        .env("ORCH_CHILD_URL", shared.server().base_url())
+        .env("ORCH_CHILD_USER", shared.server().username())
+        .env("ORCH_CHILD_PASSWORD", shared.server().password())
         .env("ORCH_CHILD_DIR", dir)
         .env(
             "ORCH_CHILD_GENERATION",
-            match shared.server.generation() {
+            match shared.server().generation() {
                 orch_opencode::Generation::V2 => "v2",
                 _ => "v1",
             },
@@ -545,7 +545,7 @@ fn sigint_stops_the_process_within_two_seconds() -> Result<(), Failed> {
             format!("exit took {took:?}")
         })?;
         ensure(exit.code() == Some(130), || format!("exit status {exit}"))?;
-        let busy = common::busy_sessions(&shared.server, dir.path()).await?;
+        let busy = common::busy_sessions(shared.server(), dir.path()).await?;
         ensure(busy.is_empty(), || {
             format!("sessions still busy after SIGINT: {busy:?}")
         })?;

@@ -73,7 +73,7 @@ pub enum Error {
         message: String,
     },
     /// Any other transport error (connection reset mid-body, invalid header value, …).
-    #[error("http error for {url}: {source}")]
+    #[error("http error for {url}: {}", causes(source))]
     Http {
         /// The URL that was requested.
         url: String,
@@ -136,6 +136,22 @@ impl Error {
 }
 
 /// Up to `max` bytes of `body` as text, cut on a character boundary.
+/// `error` and each of its sources, joined by `: ` (reqwest's own message stops at "error
+/// sending request"; the cause, such as a connection closed by the server, is below it).
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
     let text = String::from_utf8_lossy(body);
     if text.len() <= max {

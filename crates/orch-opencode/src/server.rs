@@ -540,13 +540,26 @@ impl OpencodeServer {
 
     /// A client with the server's credentials (not scoped to a directory; use
     /// [`Client::with_directory`]). Speaks OpenCode 1: see [`OpencodeServer::client_v2`].
+    ///
+    /// A new client (its own connection pool) each call: pooled connections are driven by
+    /// tasks of the Tokio runtime that opened them, so a client shared by code on two
+    /// runtimes (a server kept across tests that each build a runtime) fails with "dispatch
+    /// task is gone" once the first runtime is dropped. Clone the client to share it within
+    /// one runtime.
     pub fn client(&self) -> Client {
-        self.client.clone()
+        ClientBuilder::new(self.url.clone())
+            .basic_auth(self.username.clone(), self.password.clone())
+            .build()
+            .unwrap_or_else(|_| self.client.clone())
     }
 
-    /// An OpenCode 2 client with the server's credentials.
+    /// An OpenCode 2 client with the server's credentials; a new one each call, as
+    /// [`OpencodeServer::client`].
     pub fn client_v2(&self) -> crate::v2::Client {
-        self.client_v2.clone()
+        crate::v2::Client::builder(self.url.clone())
+            .basic_auth(self.username.clone(), self.password.clone())
+            .build()
+            .unwrap_or_else(|_| self.client_v2.clone())
     }
 
     /// The generation of the running binary.

@@ -15,15 +15,22 @@ use orch_agents::{
 };
 use orch_core::RetryPolicy;
 use orch_opencode::{ConfigInstaller, Generation, OpencodeServer};
-use orch_testkit::opencode::{IsolatedHome, fake_provider_config, require_opencode};
+use orch_testkit::opencode::{TestServer, fake_provider_config, require_opencode};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
 
 pub struct Shared {
     pub model: ScriptedModel,
-    pub server: OpencodeServer,
-    _home: IsolatedHome,
-    _cwd: tempfile::TempDir,
+    /// An isolated `opencode serve` (its own home and working directory) of the generation
+    /// `OPENCODE_BIN` selects; projects name the scripted model in their own config.
+    pub test_server: TestServer,
+}
+
+impl Shared {
+    /// The shared server.
+    pub fn server(&self) -> &OpencodeServer {
+        self.test_server.server()
+    }
 }
 
 /// The shared server and model: the only long-lived strong reference, taken (and so dropped,
@@ -36,7 +43,6 @@ pub fn shared() -> Result<Arc<Shared>, Failed> {
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(|| {
             let start = || -> Result<Arc<Shared>, String> {
-                let bin = require_opencode().path;
                 // Compaction (session reset in the pool) and nothing else is shared by trials.
                 let model = ScriptedModel::start(
                     Script::new().rule(
@@ -46,20 +52,11 @@ pub fn shared() -> Result<Arc<Shared>, Failed> {
                     ),
                 )
                 .map_err(|e| e.to_string())?;
-                let home = IsolatedHome::new().map_err(|e| e.to_string())?;
-                let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
-                let server = OpencodeServer::builder()
-                    .binary(bin)
-                    .project_dir(cwd.path())
-                    .isolated_home(home.path())
+                let test_server = TestServer::builder(model.base_url())
+                    .binary(require_opencode())
                     .start()
                     .map_err(|e| e.to_string())?;
-                let shared = Arc::new(Shared {
-                    model,
-                    server,
-                    _home: home,
-                    _cwd: cwd,
-                });
+                let shared = Arc::new(Shared { model, test_server });
                 Ok(shared)
             };
             start()
@@ -81,7 +78,7 @@ pub fn project(shared: &Shared) -> Result<tempfile::TempDir, Failed> {
         .map_err(|e| Failed::from(e.to_string()))?;
     ConfigInstaller::new(dir.path())
         .install(&install_spec(
-            shared.server.generation(),
+            shared.server().generation(),
             &AgentSet::builtin(),
         ))
         .map_err(|e| Failed::from(e.to_string()))?;
@@ -264,7 +261,7 @@ pub async fn run_mission_on(
     backend: OpencodeBackendConfig,
 ) -> Result<(MissionReport, Vec<MissionEvent>), String> {
     let backend = Arc::new(
-        AnyOpencode::connect_server(&shared.server, dir, backend)
+        AnyOpencode::connect_server(shared.server(), dir, backend)
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -454,6 +451,23 @@ pub fn calc_plan(title: &str) -> String {
 /// never dropped) and exits with the harness's code.
 pub fn run_trials(trials: Vec<Trial>) -> ! {
     let conclusion = libtest_mimic::run(&Arguments::from_args(), trials);
-    drop(SHARED.lock().unwrap_or_else(|e| e.into_inner()).take());
+    let shared = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if conclusion.has_failed()
+        && let Some(Ok(shared)) = &shared
+    {
+        let log = shared.test_server.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!(
+            "--- the shared OpenCode server ({}) {} running; the end of its output:\n{}",
+            shared.test_server.generation(),
+            if shared.test_server.is_running() {
+                "is still"
+            } else {
+                "is no longer"
+            },
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    drop(shared);
     conclusion.exit()
 }

@@ -92,7 +92,7 @@ pub enum Error {
         message: String,
     },
     /// Any other transport error (connection reset mid-body, invalid header value, …).
-    #[error("http error for {url}: {source}")]
+    #[error("http error for {url}: {}", crate::error::causes(source))]
     Http {
         /// The URL that was requested.
         url: String,
