@@ -26,21 +26,22 @@
 //! deadline on every turn. Every step is published as a [`MissionEvent`]; the end is a
 //! [`MissionReport`] (also written to `.orchestrator/report.json`).
 //!
-//! Turns run on an [`AgentBackend`]: [`OpencodeBackend`] (a real OpenCode server, sessions
-//! pooled per role by `orch-pool`) or [`SimulatedBackend`] (latency, failures and token use
-//! drawn from distributions, for dry runs and benchmarks).
+//! Turns run on an [`AgentBackend`]: [`OpencodeBackend`] (a real OpenCode 1 server, sessions
+//! pooled per role by `orch-pool`), [`OpencodeV2Backend`] (the same on OpenCode 2),
+//! [`AnyOpencode`] (whichever a server is), or [`SimulatedBackend`] (latency, failures and
+//! token use drawn from distributions, for dry runs and benchmarks).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use orch_agents::{Latency, Mission, MissionStatus, SimulatedBackend};
+//! use orch_agents::{Latency, Mission, MissionSpec, MissionStatus, SimulatedBackend};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let backend = SimulatedBackend::builder()
 //!     .latency(Latency::Fixed(Duration::from_millis(1)))
 //!     .build(); // plans three items, passes every review
 //! let project = tempfile::tempdir().unwrap();
-//! let report = Mission::new(Arc::new(backend), "build a thing", project.path())
+//! let report = Mission::new(Arc::new(backend), MissionSpec::new("build a thing", project.path()))
 //!     .run()
 //!     .await
 //!     .unwrap();
@@ -48,6 +49,8 @@
 //! assert_eq!(report.items.len(), 3);
 //! # });
 //! ```
+// The README's examples are compiled as doc tests (as a new crate would use them).
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 
 mod agents;

@@ -66,6 +66,8 @@
 //! assert!(model.base_url().starts_with("http://127.0.0.1:"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// The README's examples are compiled as doc tests (as a new crate would use them).
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 
 mod dialect;
