@@ -42,7 +42,13 @@ cargo test --workspace --all-targets --locked
 step "missions again on OpenCode 1 (orch-agents, task_cli)"
 OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p orch-agents \
   --test opencode_mission --test opencode_multi --test opencode_resilience
-OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p task_cli --tests
+OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p task_cli \
+  --test cli --test faults --test lifecycle --test servers
+
+# The /task plugin's own tests (Node's test runner, offline, a stand-in engine); its
+# end-to-end tests on both generations are task_cli's `tests/plugin.rs`, run above.
+step "the /task plugin's Node tests"
+(cd integrations/opencode-plugin && node --test test/*.test.js)
 
 step "doc tests"
 cargo test --workspace --doc --locked

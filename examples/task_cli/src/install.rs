@@ -57,9 +57,25 @@ pub(crate) fn install(
     dry_run: bool,
     force: bool,
     forced: Option<Generation>,
+    plugin: bool,
+) -> anyhow::Result<u8> {
+    let (generation, why) = generation(forced)?;
+    let exit = install_agents(ui, dir, dry_run, force, generation, &why)?;
+    if plugin && exit == code::SUCCESS {
+        return crate::plugin::install(ui, dir, generation, dry_run, force);
+    }
+    Ok(exit)
+}
+
+fn install_agents(
+    ui: &Ui,
+    dir: &Path,
+    dry_run: bool,
+    force: bool,
+    generation: Generation,
+    why: &str,
 ) -> anyhow::Result<u8> {
     let agents = agents(dir)?;
-    let (generation, why) = generation(forced)?;
     ui.note(format!(
         "writing the OpenCode {generation} config shape ({why})"
     ));
@@ -118,6 +134,19 @@ pub(crate) fn install(
 /// `task_cli uninstall [--dry-run]`: the agents in the shape of `forced`, else in both
 /// shapes (each entry removed only when it is exactly what install wrote).
 pub(crate) fn uninstall(
+    ui: &Ui,
+    dir: &Path,
+    dry_run: bool,
+    forced: Option<Generation>,
+    plugin: bool,
+) -> anyhow::Result<u8> {
+    if plugin {
+        crate::plugin::uninstall(ui, dir, dry_run)?;
+    }
+    uninstall_agents(ui, dir, dry_run, forced)
+}
+
+fn uninstall_agents(
     ui: &Ui,
     dir: &Path,
     dry_run: bool,

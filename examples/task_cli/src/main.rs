@@ -15,6 +15,7 @@ mod install;
 mod lifecycle;
 mod opencode_env;
 mod output;
+mod plugin;
 mod runner;
 mod state;
 
@@ -93,19 +94,25 @@ enum Command {
         /// Show the diff and change nothing
         #[arg(long)]
         dry_run: bool,
-        /// Replace agents of the same name that differ
+        /// Replace agents of the same name that differ (and plugin files you changed, backed up first)
         #[arg(long)]
         force: bool,
+        /// Also install the /task plugin into .opencode/plugins/ (OpenCode loads it by itself): type /task in OpenCode's TUI
+        #[arg(long)]
+        plugin: bool,
         #[command(flatten)]
         generation: GenerationArg,
     },
-    /// Remove the orchestrator's agents from the project's opencode.json(c)
+    /// Remove the orchestrator's agents from the project's opencode.json(c); with --plugin also the /task plugin
     Uninstall {
         #[command(flatten)]
         dir: DirArg,
         /// Show the diff and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Also remove the /task plugin (only its files that are as installed)
+        #[arg(long)]
+        plugin: bool,
         #[command(flatten)]
         generation: GenerationArg,
     },
@@ -288,6 +295,7 @@ async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
             dir,
             dry_run,
             force,
+            plugin,
             generation,
         } => install::install(
             ui,
@@ -295,16 +303,19 @@ async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
             dry_run,
             force,
             generation.opencode_generation,
+            plugin,
         ),
         Command::Uninstall {
             dir,
             dry_run,
+            plugin,
             generation,
         } => install::uninstall(
             ui,
             &project_dir(dir.dir.as_deref())?,
             dry_run,
             generation.opencode_generation,
+            plugin,
         ),
         Command::Doctor {
             dir,

@@ -102,7 +102,7 @@ impl Default for MissionConfig {
 }
 
 /// A mission could not run at all (as opposed to running and failing, which is a
-/// [`MissionStatus`] in the report).
+/// [`MissionStatus`](crate::MissionStatus) in the report).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MissionError {

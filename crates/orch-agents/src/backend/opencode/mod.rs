@@ -161,7 +161,7 @@ pub struct SessionPoolStats {
     pub created: u64,
     /// Sessions created ahead of time, in the background.
     pub prewarmed: u64,
-    /// Sessions reset by compaction ([`SessionReset::Compact`], and [`AgentBackend::reset`]).
+    /// Sessions reset by compaction ([`SessionReset::Compact`]).
     pub resets: u64,
     /// Used sessions closed and replaced by clean ones ([`SessionReset::Replace`]).
     pub replaced: u64,
