@@ -136,6 +136,49 @@ pub enum MissionEvent {
         /// Attempts it took.
         attempts: u32,
     },
+    /// A passed item was committed on the mission's branch (git missions).
+    ItemCommitted {
+        /// The item.
+        item: String,
+        /// The item's commit.
+        sha: String,
+        /// The mission's branch.
+        branch: String,
+        /// The merge of the lane's branch into the mission's branch, when it was not a
+        /// fast-forward (a worktree per lane).
+        #[serde(default)]
+        merge: Option<String>,
+        /// Found on the branch when the mission resumed (the commit was made, its record was
+        /// lost in a crash).
+        #[serde(default)]
+        reconciled: bool,
+    },
+    /// A passed item's lane could not be merged into the mission's branch: the branch
+    /// changed the same lines meanwhile. The merge was aborted (the branch is as it was) and
+    /// the item goes back to pending, an attempt charged.
+    MergeConflict {
+        /// The item.
+        item: String,
+        /// The conflicting paths.
+        paths: Vec<String>,
+    },
+    /// The mission works on a git branch in a worktree of its own (published at the start of
+    /// every run of a git mission).
+    GitBranch {
+        /// The branch.
+        branch: String,
+        /// The worktree where the agents work.
+        worktree: std::path::PathBuf,
+        /// The user's branch it started from.
+        base_branch: String,
+        /// Whether a run before this one created it.
+        resumed: bool,
+        /// Tracked paths of the user's checkout with uncommitted changes when the mission
+        /// started: they stay where they are and are not part of the mission (it starts from
+        /// the user's `HEAD`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        uncommitted: Vec<String>,
+    },
     /// An item failed for good.
     ItemFailed {
         /// The item.
@@ -259,6 +302,38 @@ pub struct ItemReport {
     pub verdicts: Vec<Verdict>,
     /// Blocked by these failed items.
     pub blocked_by: Vec<String>,
+    /// Its commit on the mission's branch (git missions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// The git side of a mission's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitReport {
+    /// The mission's branch.
+    pub branch: String,
+    /// The user's branch it started from (where it merges back).
+    pub base_branch: String,
+    /// The commit it started from.
+    pub base: String,
+    /// The mission's worktree, while it exists (removed when the mission completes).
+    #[serde(default)]
+    pub worktree: Option<std::path::PathBuf>,
+    /// The branch's commits since `base`, oldest first.
+    pub commits: Vec<CommitReport>,
+    /// The command that merges the branch into `base_branch`.
+    pub merge_command: String,
+}
+
+/// One commit of the mission's branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// The hash.
+    pub sha: String,
+    /// The subject.
+    pub subject: String,
+    /// The plan item it commits (`None`: a merge, or a commit made by hand).
+    pub item: Option<String>,
 }
 
 /// Figures for one role.
@@ -314,6 +389,9 @@ pub struct MissionReport {
     /// Every run, in order, the last one being this one.
     #[serde(default)]
     pub runs: Vec<crate::totals::RunSummary>,
+    /// The mission's branch, its commits and how to merge it (git missions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitReport>,
 }
 
 impl MissionReport {

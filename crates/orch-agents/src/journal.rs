@@ -64,6 +64,36 @@ pub enum JournalEntry {
         /// Who asked, and why.
         reason: String,
     },
+    /// The mission's git workspace, recorded before its branch and worktree are created (a
+    /// resumed run creates what is missing, and finds them again).
+    GitWorkspace {
+        /// How the mission uses git.
+        mode: crate::git::GitMode,
+        /// The mission's branch.
+        branch: String,
+        /// Its worktree.
+        worktree: PathBuf,
+        /// The commit it starts from.
+        base: String,
+        /// The user's branch it starts from (and merges back into).
+        base_branch: String,
+    },
+    /// A Worker lane's branch and worktree, recorded before they are created.
+    GitLane {
+        /// The lane.
+        lane: usize,
+        /// Its branch.
+        branch: String,
+        /// Its worktree.
+        worktree: PathBuf,
+    },
+    /// Worktrees removed and branches deleted (the end of a mission, or `clean`).
+    GitRemoved {
+        /// The worktrees.
+        worktrees: Vec<PathBuf>,
+        /// The branches.
+        branches: Vec<String>,
+    },
 }
 
 /// A journal line.
@@ -131,7 +161,10 @@ impl JournalContents {
                 }
                 JournalEntry::Event { .. }
                 | JournalEntry::Reconciled { .. }
-                | JournalEntry::ItemsReset { .. } => {}
+                | JournalEntry::ItemsReset { .. }
+                | JournalEntry::GitWorkspace { .. }
+                | JournalEntry::GitLane { .. }
+                | JournalEntry::GitRemoved { .. } => {}
             }
         }
         open
@@ -186,6 +219,34 @@ impl JournalContents {
             }
         }
         passed
+    }
+
+    /// The commit of each item on the mission's branch (`ItemCommitted` events).
+    pub fn commits(&self) -> std::collections::BTreeMap<String, String> {
+        let mut commits = std::collections::BTreeMap::new();
+        for record in &self.records {
+            if let JournalEntry::Event {
+                event: MissionEvent::ItemCommitted { item, sha, .. },
+            } = &record.entry
+            {
+                commits.insert(item.clone(), sha.clone());
+            }
+        }
+        commits
+    }
+
+    /// The lane each item last started on (`ItemStarted` events).
+    pub fn lanes(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut lanes = std::collections::BTreeMap::new();
+        for record in &self.records {
+            if let JournalEntry::Event {
+                event: MissionEvent::ItemStarted { item, lane, .. },
+            } = &record.entry
+            {
+                lanes.insert(item.clone(), *lane);
+            }
+        }
+        lanes
     }
 
     /// How many times each item was marked done (events, and reconciliations on resume).

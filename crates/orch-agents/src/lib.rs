@@ -56,6 +56,7 @@
 mod agents;
 pub mod backend;
 mod events;
+pub mod git;
 mod hooks;
 mod journal;
 mod mission;
@@ -83,7 +84,10 @@ pub use backend::{
     AgentBackend, BackendError, Disposition, EditScope, ModelSpec, NoticeSink, PermissionDecision,
     SessionSpec, TokenUsage, ToolCallRecord, TurnNotice, TurnReport, TurnRequest, ignore_notices,
 };
-pub use events::{ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage};
+pub use events::{
+    CommitReport, GitReport, ItemReport, MissionEvent, MissionReport, MissionStatus, RoleUsage,
+};
+pub use git::{GitError, GitMode, MissionGit};
 pub use hooks::{HookEvent, MissionHooks};
 pub use journal::{
     JOURNAL_FILE, Journal, JournalContents, JournalEntry, JournalError, JournalRecord,

@@ -919,6 +919,7 @@ mod tests {
                 ),
                 run(6, 0, 1, Some(MissionStatus::Completed)),
             ],
+            git: None,
         };
         let text = totals_lines(&report);
         assert!(text.contains("completed in 3.0 s over 2 runs"), "{text}");

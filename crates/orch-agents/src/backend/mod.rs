@@ -87,11 +87,18 @@ pub mod opencode;
 pub mod opencode2;
 pub mod simulated;
 
-/// The files a session may edit, relative to the project (empty: none). A backend enforces
-/// it its own way (OpenCode: per-session permission rules, and requests outside it rejected).
+/// What a session may do, and where: the files it may edit (relative to its directory;
+/// empty: none), the shell commands it may run (glob patterns, `*` matching anything; empty:
+/// what its agent allows), and the directory it works in (`None`: the backend's project
+/// directory; a git mission's worktree otherwise). A backend enforces it its own way
+/// (OpenCode: per-session permission rules, and requests outside it rejected).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EditScope {
     files: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    commands: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dir: Option<std::path::PathBuf>,
 }
 
 impl EditScope {
@@ -104,12 +111,39 @@ impl EditScope {
     pub fn files(files: impl IntoIterator<Item = impl Into<String>>) -> Self {
         EditScope {
             files: files.into_iter().map(Into::into).collect(),
+            ..EditScope::default()
         }
+    }
+
+    /// This scope, in `dir` (an absolute directory): the session works there, and its files
+    /// are relative to it.
+    #[must_use]
+    pub fn within(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// This scope, allowed to run exactly the shell commands matching `patterns` (`python3 -m
+    /// unittest*`) and no other; an empty list leaves commands to the agent's own rules.
+    #[must_use]
+    pub fn commands(mut self, patterns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.commands = patterns.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The files, as given.
     pub fn as_slice(&self) -> &[String] {
         &self.files
+    }
+
+    /// The shell commands allowed (glob patterns); empty when the agent's rules decide.
+    pub fn allowed_commands(&self) -> &[String] {
+        &self.commands
+    }
+
+    /// The directory the session works in (`None`: the backend's project directory).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
     }
 
     /// Whether no file may be edited.

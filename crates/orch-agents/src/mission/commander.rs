@@ -7,23 +7,23 @@
 //! add fix-up items and the loop goes on) or stuck. The run ends winding down the lanes and
 //! reviews, then [`Commander::finish`] writes the report.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use orch_mvcc::{Item, ItemId, ItemState, Plan, TodoStore};
 use orch_queue::LaneScheduler;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, warn};
 
 use super::context::Ctx;
-use super::files::{current_contents, project_files};
+use super::files::project_files;
 use super::item::{self, ItemChange};
 use super::lane::{WorkOrder, lane_loop};
 use super::planning;
-use super::review::review;
+use super::workspace::Committed;
 use super::{MissionError, Outcome};
 use crate::backend::{AgentBackend, BackendError};
 use crate::events::{MissionEvent, MissionReport, MissionStatus};
@@ -34,6 +34,9 @@ use crate::protocol::{self, Verdict};
 use crate::ready::ReadyIndex;
 use orch_core::AgentRole;
 
+mod git;
+mod reviews;
+
 /// What runs while the plan executes: the lanes, their scheduler, the reviews, and the
 /// channel outcomes come back on.
 struct Execution {
@@ -42,6 +45,9 @@ struct Execution {
     reviews: JoinSet<()>,
     tx: mpsc::UnboundedSender<Outcome>,
     rx: mpsc::UnboundedReceiver<Outcome>,
+    /// With a worktree per lane, one permit per lane: held by an item from its start to the
+    /// end of its review and commit.
+    gates: Vec<Arc<Semaphore>>,
 }
 
 pub(crate) struct Commander<B: AgentBackend> {
@@ -68,6 +74,12 @@ pub(crate) struct Commander<B: AgentBackend> {
     watch: ProgressWatch,
     /// Lane statistics, recorded when execution winds down, for the report.
     lane_stats: Vec<(String, f64)>,
+    /// Set when git failed (a commit, a lane's worktree): the run ends failed.
+    git_failed: Option<String>,
+    /// Whether this run created the mission's git workspace.
+    git_created: bool,
+    /// Items the mission's branch has a commit of (found when the run started).
+    committed: BTreeSet<String>,
 }
 
 impl<B: AgentBackend> Commander<B> {
@@ -77,6 +89,7 @@ impl<B: AgentBackend> Commander<B> {
         store: TodoStore,
         history: JournalContents,
         restart: u32,
+        git_created: bool,
     ) -> Self {
         let watch = ProgressWatch::new(&ctx.config.policy);
         Commander {
@@ -94,6 +107,9 @@ impl<B: AgentBackend> Commander<B> {
             history,
             watch,
             lane_stats: Vec::new(),
+            git_failed: None,
+            git_created,
+            committed: BTreeSet::new(),
         }
     }
 
@@ -149,6 +165,7 @@ impl<B: AgentBackend> Commander<B> {
         ] {
             self.ctx.backend.provision(role, sessions);
         }
+        self.announce_git(resumed).await;
         self.reconcile(self.current(), &self.history.done_counts());
         let stale = self.history.open_sessions();
         if !stale.is_empty() {
@@ -169,7 +186,7 @@ impl<B: AgentBackend> Commander<B> {
 
     /// Plans the mission and commits the plan; or how the mission ends without one.
     async fn planning(&mut self) -> Result<Result<(), MissionStatus>, MissionError> {
-        let dir = self.ctx.dir.clone();
+        let dir = self.ctx.work.main_dir();
         let files = self.ctx.files.run(move || project_files(&dir)).await;
         let plan = match planning::plan(&self.ctx, &self.request, &files).await {
             Ok(plan) => plan,
@@ -206,8 +223,16 @@ impl<B: AgentBackend> Commander<B> {
             .map_err(|e| MissionError::Config(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
+        let gates: Vec<Arc<Semaphore>> = if self.ctx.work.per_lane() {
+            (0..lanes.len())
+                .map(|_| Arc::new(Semaphore::new(1)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for lane in lanes {
-            tasks.spawn(lane_loop(Arc::clone(&self.ctx), lane, tx.clone()));
+            let gate = gates.get(lane.id().index()).cloned();
+            tasks.spawn(lane_loop(Arc::clone(&self.ctx), lane, tx.clone(), gate));
         }
         Ok(Execution {
             scheduler,
@@ -215,6 +240,7 @@ impl<B: AgentBackend> Commander<B> {
             reviews: JoinSet::new(),
             tx,
             rx,
+            gates,
         })
     }
 
@@ -268,6 +294,11 @@ impl<B: AgentBackend> Commander<B> {
         self.check_budgets();
         if let Some(status) = self.observe_progress().await {
             return Ok(Some(status));
+        }
+        if let Some(reason) = &self.git_failed {
+            return Ok(Some(MissionStatus::Failed {
+                reason: format!("git: {reason}"),
+            }));
         }
         Ok(self
             .server_lost
@@ -350,36 +381,6 @@ impl<B: AgentBackend> Commander<B> {
         ];
     }
 
-    /// After a restart: items in review are reviewed; an item whose last Worker turn the
-    /// journal shows finished (and not reviewed since) goes to review too (its work is not
-    /// redone); an item the journal shows passed review is done (its plan change had not been
-    /// written yet); other items in progress (their session died with the process) go back to
-    /// pending.
-    async fn recover(&mut self, run: &mut Execution) -> Result<(), MissionError> {
-        for (id, change) in item::recovery(self.current(), &self.history) {
-            self.change_item(&id, change);
-        }
-        self.ready.invalidate();
-        self.writer.sync().await?;
-        let in_review: Vec<Item> = self
-            .current()
-            .items
-            .iter()
-            .filter(|i| i.state == ItemState::InReview)
-            .cloned()
-            .collect();
-        for item in in_review {
-            let (dir, files) = (self.ctx.dir.clone(), item.files.clone());
-            let text = self
-                .ctx
-                .files
-                .run(move || current_contents(&dir, &files))
-                .await;
-            self.spawn_review(item, text, run);
-        }
-        Ok(())
-    }
-
     /// Marks every ready item in progress and queues it on the lanes, keyed by its files.
     fn dispatch(&mut self, scheduler: &LaneScheduler<String, WorkOrder>) {
         // Ready: pending, dependencies done, no file shared with an item in progress or in
@@ -423,31 +424,16 @@ impl<B: AgentBackend> Commander<B> {
         }
     }
 
-    fn spawn_review(&mut self, item: Item, diff: String, run: &mut Execution) {
-        let context = protocol::mission_context(&self.request, self.current(), Some(&item));
-        let prompt = protocol::review_prompt(&context, &item, &diff);
-        let ctx = Arc::clone(&self.ctx);
-        let tx = run.tx.clone();
-        self.running.insert(item.id.clone());
-        let span = info_span!("review", item = %item.id);
-        run.reviews.spawn(
-            async move {
-                let attempt = item.attempts + 1;
-                let result = review(&ctx, Some((&item.id, attempt)), prompt).await;
-                let _ = tx.send(Outcome::Reviewed {
-                    item: item.id,
-                    result,
-                });
-            }
-            .instrument(span),
-        );
-    }
-
     /// Applies one outcome to the working copy and starts what follows from it (a review).
     /// Never waits.
     fn handle(&mut self, outcome: Outcome, run: &mut Execution) {
         match outcome {
-            Outcome::WorkerDone { item, report, diff } => {
+            Outcome::WorkerDone {
+                item,
+                report,
+                diff,
+                place,
+            } => {
                 self.on_lanes = self.on_lanes.saturating_sub(1);
                 self.running.remove(&item);
                 if let Some(detail) = self.watch.observe_turn(&item, &report) {
@@ -465,7 +451,7 @@ impl<B: AgentBackend> Commander<B> {
                 }
                 self.change_item(&item, ItemChange::WorkDone);
                 match self.current().item(&item).cloned() {
-                    Some(moved) => self.spawn_review(moved, diff, run),
+                    Some(moved) => self.spawn_review(moved, diff, run, place),
                     None => warn!(item = %item, "item vanished from the plan (external edit)"),
                 }
             }
@@ -481,10 +467,20 @@ impl<B: AgentBackend> Commander<B> {
                     error => self.attempt_failed(&item, format!("worker error: {error}")),
                 }
             }
-            Outcome::Reviewed { item, result } => {
+            Outcome::GitFailed { item, error } => {
+                self.on_lanes = self.on_lanes.saturating_sub(1);
+                self.running.remove(&item);
+                self.change_item(&item, ItemChange::Interrupted);
+                self.git_failed.get_or_insert(error.to_string());
+            }
+            Outcome::Reviewed {
+                item,
+                result,
+                commit,
+            } => {
                 self.running.remove(&item);
                 match result {
-                    Ok((verdict, _)) => self.reviewed(item, verdict),
+                    Ok((verdict, _)) => self.reviewed_and_committed(item, verdict, commit),
                     Err(e) if e.is_interruption() => {
                         // The item stays in review; resume reviews it.
                         if let Some(lost) = e.server_lost() {
@@ -548,9 +544,20 @@ impl<B: AgentBackend> Commander<B> {
     /// Outcomes that arrive while winding down: record them without starting new work.
     fn settle(&mut self, outcome: Outcome) {
         match outcome {
-            Outcome::WorkerDone { item, .. } | Outcome::WorkerFailed { item, .. } => {
+            Outcome::WorkerDone { item, .. }
+            | Outcome::WorkerFailed { item, .. }
+            | Outcome::GitFailed { item, .. } => {
                 self.running.remove(&item);
                 self.change_item(&item, ItemChange::Interrupted);
+            }
+            // A commit that was made is recorded: the item is done.
+            Outcome::Reviewed {
+                item,
+                result: Ok((verdict @ Verdict::Pass, _)),
+                commit: commit @ Some(Ok(Committed::Done { .. })),
+            } => {
+                self.running.remove(&item);
+                self.reviewed_and_committed(item, verdict, commit);
             }
             Outcome::Reviewed { item, .. } => {
                 // An interrupted review leaves the item in review; resume reviews it.
@@ -669,6 +676,7 @@ impl<B: AgentBackend> Commander<B> {
         if let Ok(journal) = self.ctx.files.run(move || Journal::read(&state_dir)).await {
             self.reconcile(&plan, &journal.done_counts());
         }
+        let git = self.finish_git(&status).await;
         self.ctx.emit(MissionEvent::Finished {
             status: status.clone(),
             rounds: self.rounds,
@@ -683,6 +691,7 @@ impl<B: AgentBackend> Commander<B> {
             version,
             engine,
             &self.ctx.totals(),
+            git,
         ))
     }
 }

@@ -14,6 +14,7 @@ use tracing::{Instrument, info_span, warn};
 
 use super::MissionConfig;
 use super::files::Offload;
+use super::workspace::Workspace;
 use crate::agents::AgentSet;
 use crate::backend::guard::{Guarded, model_key};
 use crate::backend::hooks::Hooked;
@@ -34,7 +35,8 @@ pub(crate) struct Ctx<B: AgentBackend> {
     pub(crate) backend: Layered<B>,
     pub(crate) agents: AgentSet,
     pub(crate) config: MissionConfig,
-    pub(crate) dir: PathBuf,
+    /// Where the agents work (the project, or the mission's worktrees).
+    pub(crate) work: Workspace,
     pub(crate) stop: CancellationToken,
     pub(crate) files: Offload,
     events: broadcast::Sender<MissionEvent>,
@@ -49,7 +51,7 @@ impl<B: AgentBackend> Ctx<B> {
         backend: Layered<B>,
         agents: AgentSet,
         config: MissionConfig,
-        dir: PathBuf,
+        work: Workspace,
         stop: CancellationToken,
         events: broadcast::Sender<MissionEvent>,
         journal: Journal,
@@ -59,12 +61,27 @@ impl<B: AgentBackend> Ctx<B> {
             backend,
             agents,
             config,
-            dir,
+            work,
             stop,
             files: Offload::new(2),
             events,
             journal: Mutex::new(journal),
             toasts: Mutex::new(Some(toasts)),
+        }
+    }
+
+    /// `scope` in the directory of the mission-wide sessions (the mission's worktree in a
+    /// git mission; the backend's own directory otherwise).
+    pub(crate) fn main_scope(&self, scope: EditScope) -> EditScope {
+        self.scope_in(scope, self.work.main_dir())
+    }
+
+    /// `scope` in `dir`, when the mission works elsewhere than the backend's directory (git).
+    pub(crate) fn scope_in(&self, scope: EditScope, dir: PathBuf) -> EditScope {
+        if self.work.mode().is_on() {
+            scope.within(dir)
+        } else {
+            scope
         }
     }
 

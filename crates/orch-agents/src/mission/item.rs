@@ -111,11 +111,17 @@ pub fn apply(
 
 /// What a resumed run does to the open items of `plan`, by what the journal of the earlier
 /// runs says (`TODO.md` is written behind the journal, so it may lag): an item whose last
-/// attempt passed review is done; an item whose last Worker turn finished (and was not
-/// reviewed since) goes to review, its work not redone; any other item in progress (its
-/// session died with the process) goes back to pending.
-pub(crate) fn recovery(plan: &Plan, history: &JournalContents) -> Vec<(ItemId, ItemChange)> {
-    let passed = history.passed();
+/// attempt passed review, or that has a commit on the mission's branch (`committed`), is
+/// done; an item whose last Worker turn finished (and was not reviewed since) goes to
+/// review, its work not redone; any other item in progress (its session died with the
+/// process) goes back to pending.
+pub(crate) fn recovery(
+    plan: &Plan,
+    history: &JournalContents,
+    committed: &std::collections::BTreeSet<String>,
+) -> Vec<(ItemId, ItemChange)> {
+    let mut passed = history.passed();
+    passed.extend(committed.iter().cloned());
     plan.items
         .iter()
         .filter(|i| !i.state.is_terminal())
@@ -241,7 +247,7 @@ mod tests {
             ],
             repaired_bytes: 0,
         };
-        let changes: Vec<(String, ItemChange)> = recovery(&plan, &history)
+        let changes: Vec<(String, ItemChange)> = recovery(&plan, &history, &Default::default())
             .into_iter()
             .map(|(id, c)| (id.to_string(), c))
             .collect();
@@ -252,6 +258,12 @@ mod tests {
                 ("B".to_owned(), ItemChange::RecoveredForReview),
                 ("C".to_owned(), ItemChange::RecoveredPassed),
             ]
+        );
+        // A commit of the item on the mission's branch is a pass the journal lost.
+        let committed = std::iter::once("A".to_owned()).collect();
+        assert_eq!(
+            recovery(&plan, &history, &committed)[0],
+            (ItemId::new("A").unwrap(), ItemChange::RecoveredPassed)
         );
     }
 

@@ -29,6 +29,7 @@ use crate::backend::guard::{GuardConfig, Guarded};
 use crate::backend::hooks::Hooked;
 use crate::backend::{AgentBackend, BackendError, TurnReport};
 use crate::events::{MissionEvent, MissionReport};
+use crate::git::{GitError, GitMode};
 use crate::hooks::MissionHooks;
 use crate::journal::{Journal, JournalError};
 use crate::policy::PolicyConfig;
@@ -42,6 +43,7 @@ mod lane;
 mod planning;
 mod report;
 mod review;
+pub(crate) mod workspace;
 
 use commander::Commander;
 use context::Ctx;
@@ -79,6 +81,15 @@ pub struct MissionConfig {
     /// the plan and writes changes behind, batched; the journal, written first, is what resume
     /// rebuilds unwritten changes from. Zero writes as soon as the previous write ends.
     pub store_interval: Duration,
+    /// How the mission uses git (default [`GitMode::Off`]: agents edit the project in
+    /// place). A mission that already has a plan keeps what it started with (the journal
+    /// says).
+    pub git: GitMode,
+    /// Shell commands a Worker may run (glob patterns, `*` matching anything: `python3 -m
+    /// unittest*`, `cargo test*`); any other command is rejected and recorded as a permission
+    /// decision. Empty (the default): the Worker agent's own rules decide (the built-in
+    /// Worker may run none).
+    pub worker_commands: Vec<String>,
 }
 
 impl Default for MissionConfig {
@@ -97,6 +108,8 @@ impl Default for MissionConfig {
             policy: PolicyConfig::default(),
             journal_fsync: true,
             store_interval: Duration::from_millis(20),
+            git: GitMode::Off,
+            worker_commands: Vec::new(),
         }
     }
 }
@@ -115,6 +128,10 @@ pub enum MissionError {
     /// The journal could not be read or written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The git workspace could not be prepared (not a repository, no commit, a detached
+    /// `HEAD`, git missing…); nothing was written.
+    #[error("git: {0}")]
+    Git(#[from] GitError),
     /// The report could not be written.
     #[error("cannot write {path}: {source}")]
     Report {
@@ -290,8 +307,44 @@ impl<B: AgentBackend> Mission<B> {
             ));
         }
         let state_dir = spec.state_dir();
+        let prepared = {
+            let (state_dir, dir, request) =
+                (state_dir.clone(), spec.dir.clone(), spec.request.clone());
+            let mode = config.git;
+            workspace::blocking(move || -> Result<workspace::Prepared, MissionError> {
+                // Decided from what is on disk, before anything is written.
+                let history = Journal::read(&state_dir)?;
+                let has_plan = std::fs::read_to_string(state_dir.join("TODO.md"))
+                    .ok()
+                    .and_then(|t| orch_mvcc::parse(&t).ok())
+                    .is_some_and(|p| !p.items.is_empty());
+                Ok(workspace::prepare(
+                    &dir, mode, &request, &history, has_plan,
+                )?)
+            })
+            .await?
+        };
         let store = TodoStore::open(&state_dir)?;
-        let (journal, history) = Journal::open(store.dir(), config.journal_fsync)?;
+        let (mut journal, history) = Journal::open(store.dir(), config.journal_fsync)?;
+        if prepared.new
+            && let Some(git) = &prepared.git
+        {
+            // Recorded before the branch and the worktree exist: they are provably the
+            // mission's, and a crash leaves the next run to create them.
+            journal.append(crate::journal::JournalEntry::GitWorkspace {
+                mode: git.mode,
+                branch: git.branch.clone(),
+                worktree: git.worktree.clone(),
+                base: git.base.clone(),
+                base_branch: git.base_branch.clone(),
+            })?;
+        }
+        let created = prepared.new;
+        let work = {
+            let (dir, history) = (spec.dir.clone(), history.clone());
+            workspace::blocking(move || workspace::Workspace::open(&dir, prepared, &history))
+                .await?
+        };
         let guard = GuardConfig {
             workers: config.workers,
             reviewers: config.reviewers,
@@ -317,7 +370,7 @@ impl<B: AgentBackend> Mission<B> {
             layered,
             spec.agents.clone(),
             config,
-            spec.dir.clone(),
+            work,
             spec.stop.clone(),
             spec.events.clone(),
             journal,
@@ -330,6 +383,7 @@ impl<B: AgentBackend> Mission<B> {
             store,
             history,
             spec.restart,
+            created,
         );
         let report = commander.run().instrument(span).await;
         ctx.close_notices();
@@ -364,7 +418,8 @@ pub(crate) fn report_of(
     engine: std::collections::BTreeMap<String, f64>,
     totals: &crate::totals::MissionTotals,
 ) -> MissionReport {
-    report::build(request, status, plan, version, engine, totals)
+    // Without a run there is no workspace at hand; `MissionGit::read` gives the branch.
+    report::build(request, status, plan, version, engine, totals, None)
 }
 
 /// Results sent back to the Commander by lanes and reviews.
@@ -373,15 +428,33 @@ pub(crate) enum Outcome {
         item: ItemId,
         report: TurnReport,
         diff: String,
+        place: Place,
     },
     WorkerFailed {
         item: ItemId,
         error: BackendError,
     },
+    /// A lane's worktree could not be readied for the item (git failed): the item was not
+    /// started; the run ends.
+    GitFailed {
+        item: ItemId,
+        error: GitError,
+    },
     Reviewed {
         item: ItemId,
         result: Result<(Verdict, TurnReport), ReviewError>,
+        /// A passed item's commit (git missions).
+        commit: Option<Result<workspace::Committed, GitError>>,
     },
+}
+
+/// Where an item's work is: its lane, the directory, and (a worktree per lane) the lane's
+/// permit, held until the item's review and commit are over so the lane does not reset its
+/// worktree under them.
+pub(crate) struct Place {
+    pub(crate) lane: Option<usize>,
+    pub(crate) dir: PathBuf,
+    pub(crate) permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Items that can never run because `failed` failed (its transitive dependants).

@@ -17,10 +17,8 @@ pub(crate) async fn plan<B: AgentBackend>(
     request: &str,
     project_files: &[String],
 ) -> Result<Plan, MissionStatus> {
-    let session = match ctx
-        .open_session(AgentRole::Planner, EditScope::none())
-        .await
-    {
+    let scope = ctx.main_scope(EditScope::none());
+    let session = match ctx.open_session(AgentRole::Planner, scope.clone()).await {
         Ok(s) => s,
         Err(BackendError::ServerLost { message }) => {
             return Err(MissionStatus::ServerLost { reason: message });
@@ -43,7 +41,7 @@ pub(crate) async fn plan<B: AgentBackend>(
                 AgentRole::Planner,
                 None,
                 prompt.clone(),
-                EditScope::none(),
+                scope.clone(),
             )
             .await
         {
@@ -97,20 +95,15 @@ pub(crate) async fn diagnose<B: AgentBackend>(
     plan: &Plan,
     unchanged: u32,
 ) -> Option<String> {
+    let scope = ctx.main_scope(EditScope::none());
     let session = ctx
-        .open_session(AgentRole::Commander, EditScope::none())
+        .open_session(AgentRole::Commander, scope.clone())
         .await
         .ok()?;
     let prompt =
         protocol::diagnostic_prompt(&protocol::mission_context(request, plan, None), unchanged);
     let result = ctx
-        .turn(
-            &session,
-            AgentRole::Commander,
-            None,
-            prompt,
-            EditScope::none(),
-        )
+        .turn(&session, AgentRole::Commander, None, prompt, scope)
         .await;
     let disposition = if result.is_ok() {
         Disposition::Reusable
@@ -138,7 +131,9 @@ pub(crate) async fn integrate<B: AgentBackend>(
     round: u32,
 ) -> Result<Integration, ReviewError> {
     let context = protocol::mission_context(request, plan, None);
-    let (verdict, report) = review(ctx, None, protocol::integration_prompt(&context)).await?;
+    let scope = ctx.main_scope(EditScope::none());
+    let (verdict, report) =
+        review(ctx, None, protocol::integration_prompt(&context), scope).await?;
     let fixups = match &verdict {
         Verdict::Pass => Vec::new(),
         Verdict::Fail { .. } => protocol::parse_fixups(&report.text)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use orch_mvcc::{ItemId, ItemState, Plan};
 
-use crate::events::{ItemReport, MissionReport, MissionStatus};
+use crate::events::{GitReport, ItemReport, MissionReport, MissionStatus};
 use crate::totals::MissionTotals;
 
 /// The report of a mission whose run ended with `status` and `plan` (at `version`), its
@@ -16,6 +16,7 @@ pub(crate) fn build(
     version: u64,
     engine: BTreeMap<String, f64>,
     totals: &MissionTotals,
+    git: Option<GitReport>,
 ) -> MissionReport {
     let failed: Vec<&ItemId> = plan
         .items
@@ -41,6 +42,12 @@ pub(crate) fn build(
                 .filter(|f| super::dependants(plan, f).contains(&item.id.to_string()))
                 .map(ToString::to_string)
                 .collect(),
+            commit: git.as_ref().and_then(|g| {
+                g.commits
+                    .iter()
+                    .find(|c| c.item.as_deref() == Some(item.id.as_str()))
+                    .map(|c| c.sha.clone())
+            }),
         })
         .collect();
     MissionReport {
@@ -57,6 +64,7 @@ pub(crate) fn build(
         engine,
         elapsed: totals.elapsed(),
         runs: totals.runs.clone(),
+        git,
     }
 }
 

@@ -41,16 +41,16 @@ impl ReviewError {
     }
 }
 
-/// One review turn (unit, with `item`'s `attempt`, or integration) on a Reviewer session.
+/// One review turn (unit, with `item`'s `attempt`, or integration) on a Reviewer session of
+/// `scope` (it edits nothing; its directory is where the work is).
 pub(crate) async fn review<B: AgentBackend>(
     ctx: &Ctx<B>,
     item: Option<(&ItemId, u32)>,
     prompt: String,
+    scope: EditScope,
 ) -> Result<(Verdict, TurnReport), ReviewError> {
     let id = item.map(|(id, _)| id);
-    let session = ctx
-        .open_session(AgentRole::Reviewer, EditScope::none())
-        .await?;
+    let session = ctx.open_session(AgentRole::Reviewer, scope.clone()).await?;
     let mut prompt = prompt;
     let mut result = Err(ReviewError::NoVerdict(ProtocolError::NoVerdict));
     for _ in 0..2 {
@@ -60,7 +60,7 @@ pub(crate) async fn review<B: AgentBackend>(
                 AgentRole::Reviewer,
                 item,
                 prompt.clone(),
-                EditScope::none(),
+                scope.clone(),
             )
             .await
         {

@@ -290,6 +290,40 @@ pub async fn run_mission_on(
     Ok((report, events))
 }
 
+/// Runs the mission `spec` (its project at `dir`) on a backend with [`backend_config`]; the
+/// report and every event published.
+pub async fn run_mission_spec(
+    shared: &Shared,
+    dir: &Path,
+    spec: MissionSpec,
+) -> Result<(MissionReport, Vec<MissionEvent>), String> {
+    let backend = Arc::new(
+        AnyOpencode::connect_server(shared.server(), dir, backend_config())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let mission = Mission::new(Arc::clone(&backend), spec);
+    let mut rx = mission.spec().subscribe();
+    let collector = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Ok(event) = rx.recv().await {
+            let end = matches!(event, MissionEvent::Finished { .. });
+            events.push(event);
+            if end {
+                break;
+            }
+        }
+        events
+    });
+    let report = tokio::time::timeout(Duration::from_secs(240), mission.run())
+        .await
+        .map_err(|_| "the mission did not end within 240 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    backend.shutdown().await;
+    let events = collector.await.map_err(|e| e.to_string())?;
+    Ok((report, events))
+}
+
 pub fn run<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Result<(), Failed> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -20,6 +20,8 @@
 //!   ([`orch_opencode::TurnWaiter`]) with a deadline and the stop signal; a turn that is given
 //!   up on is aborted on the server.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,11 +43,14 @@ use super::{
 };
 
 mod config;
+mod errors;
+use errors::{client_error, turn_error};
 pub(crate) mod permissions;
+mod places;
 pub(crate) mod pool;
 
 pub use config::{agent_entry, config_agents, install_spec};
-pub use permissions::{edit_allowed, edit_patterns, worker_session_rules};
+pub use permissions::{edit_allowed, edit_patterns, session_rules, worker_session_rules};
 pub use pool::{PooledSession, SessionManager, SessionReset};
 
 /// The OpenCode form of a model.
@@ -61,6 +66,9 @@ const LOST_PROBE: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct OpencodeSession {
     guard: PooledResource<SessionManager>,
+    /// The backend of the session's directory, when it is not the main one (see
+    /// [`EditScope::within`]).
+    place: Option<Arc<OpencodeBackend>>,
 }
 
 impl OpencodeSession {
@@ -147,6 +155,14 @@ pub struct OpencodeBackend {
     /// sessions kept on top of what a mission holds.
     max_per_role: usize,
     warm_sessions: usize,
+    /// The settings, for the backends of other directories.
+    config: OpencodeBackendConfig,
+    /// Backends of the other directories sessions were opened in (a git mission's
+    /// worktrees): OpenCode 1 scopes events, status and permission replies by directory, so
+    /// each directory has its own client, event stream and pool.
+    places: tokio::sync::Mutex<HashMap<PathBuf, Arc<OpencodeBackend>>>,
+    /// What `provision` said per role, for the places opened later.
+    provisioned: parking_lot::Mutex<HashMap<AgentRole, usize>>,
 }
 
 /// Counters of an [`OpencodeBackend`]'s session pool.
@@ -202,7 +218,7 @@ impl OpencodeBackend {
             client,
             router,
             pool,
-            default_model: config.default_model,
+            default_model: config.default_model.clone(),
             toasts: config.toasts,
             keep_used_sessions: config.keep_used_sessions,
             silence_probe: config.silence_probe,
@@ -212,6 +228,9 @@ impl OpencodeBackend {
             replaced: AtomicU64::new(0),
             max_per_role: config.max_per_role,
             warm_sessions: config.warm_sessions,
+            config,
+            places: tokio::sync::Mutex::default(),
+            provisioned: parking_lot::Mutex::default(),
         })
     }
 
@@ -243,8 +262,14 @@ impl OpencodeBackend {
         &self.client
     }
 
-    /// Closes the pool: idle sessions are deleted safely. Call when the mission is over.
+    /// Closes the pool (and those of the other directories sessions were opened in): idle
+    /// sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
+        let places: Vec<Arc<OpencodeBackend>> =
+            self.places.lock().await.values().cloned().collect();
+        for place in places {
+            place.pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -370,70 +395,13 @@ impl OpencodeBackend {
     }
 }
 
-/// How a client error looks to the mission.
-fn client_error(e: orch_opencode::Error) -> BackendError {
-    match &e {
-        orch_opencode::Error::Connect { .. } => BackendError::ServerLost {
-            message: e.to_string(),
-        },
-        orch_opencode::Error::Status { status, .. }
-            if (400..500).contains(status) && *status != 429 =>
-        {
-            BackendError::Session {
-                message: e.to_string(),
-            }
-        }
-        orch_opencode::Error::Unauthorized { .. } => BackendError::Session {
-            message: e.to_string(),
-        },
-        _ => BackendError::Unavailable {
-            status: None,
-            message: e.to_string(),
-        },
-    }
-}
-
-fn turn_error(e: TurnError, stopped: bool) -> BackendError {
-    let status = e.upstream_status();
-    let retry_after = e.retry_after();
-    match e {
-        TurnError::Failed { error, .. } => match status {
-            Some(429) => BackendError::RateLimited {
-                retry_after,
-                message: error.message().to_owned(),
-            },
-            Some(s) if s >= 500 => BackendError::Unavailable {
-                status: Some(s),
-                message: error.message().to_owned(),
-            },
-            _ if error.data.is_retryable == Some(true) => BackendError::Unavailable {
-                status,
-                message: error.message().to_owned(),
-            },
-            _ => BackendError::Session {
-                message: format!("{}: {}", error.name, error.message()),
-            },
-        },
-        TurnError::Aborted { .. } if stopped => BackendError::Stopped,
-        TurnError::Client(e) => client_error(e),
-        other @ TurnError::ServerLost { .. } => BackendError::ServerLost {
-            message: other.to_string(),
-        },
-        other => BackendError::Session {
-            message: other.to_string(),
-        },
-    }
-}
-
-impl AgentBackend for OpencodeBackend {
-    type Session = OpencodeSession;
-
-    fn provision(&self, role: AgentRole, sessions: usize) {
+impl OpencodeBackend {
+    fn provision_here(&self, role: AgentRole, sessions: usize) {
         let limit = (sessions + self.warm_sessions).max(self.max_per_role);
         self.pool.set_max_for_key(role, limit);
     }
 
-    async fn open(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
+    async fn open_here(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
         let guard = match self.pool.get(spec.role).await {
             Ok(guard) => guard,
             Err(PoolError::Create { source, .. }) => {
@@ -448,20 +416,20 @@ impl AgentBackend for OpencodeBackend {
                     .await);
             }
         };
-        let session = OpencodeSession { guard };
-        if !spec.scope.is_empty() {
-            self.rescope(&session, &spec.scope).await?;
+        let session = OpencodeSession { guard, place: None };
+        if !spec.scope.is_empty() || !spec.scope.allowed_commands().is_empty() {
+            self.rescope_here(&session, &spec.scope).await?;
         }
         Ok(session)
     }
 
-    async fn rescope(
+    async fn rescope_here(
         &self,
         session: &OpencodeSession,
         scope: &EditScope,
     ) -> Result<(), BackendError> {
         // PATCH appends; the rules start with `edit *` so earlier items' files are cancelled.
-        let rules = worker_session_rules(self.dir(), scope.as_slice());
+        let rules = permissions::session_rules(self.dir(), scope);
         match self
             .client
             .update_session(
@@ -475,7 +443,7 @@ impl AgentBackend for OpencodeBackend {
         }
     }
 
-    async fn run_turn(
+    async fn run_turn_here(
         &self,
         session: &OpencodeSession,
         turn: TurnRequest,
@@ -553,7 +521,7 @@ impl AgentBackend for OpencodeBackend {
         }
     }
 
-    async fn abort(&self, session: &OpencodeSession) -> Result<(), BackendError> {
+    async fn abort_here(&self, session: &OpencodeSession) -> Result<(), BackendError> {
         self.client
             .abort(session.id())
             .await
@@ -561,7 +529,7 @@ impl AgentBackend for OpencodeBackend {
             .map_err(client_error)
     }
 
-    async fn close(
+    async fn close_here(
         &self,
         mut session: OpencodeSession,
         disposition: Disposition,
@@ -578,6 +546,75 @@ impl AgentBackend for OpencodeBackend {
         drop(session);
         Ok(())
     }
+}
+
+impl AgentBackend for OpencodeBackend {
+    type Session = OpencodeSession;
+
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        self.provisioned.lock().insert(role, sessions);
+        self.provision_here(role, sessions);
+        for place in self.places_now() {
+            place.provision_here(role, sessions);
+        }
+    }
+
+    async fn open(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
+        match self.place(spec.scope.dir()).await? {
+            None => self.open_here(spec).await,
+            Some(place) => {
+                let mut session = place.open_here(spec).await?;
+                session.place = Some(place);
+                Ok(session)
+            }
+        }
+    }
+
+    async fn rescope(
+        &self,
+        session: &OpencodeSession,
+        scope: &EditScope,
+    ) -> Result<(), BackendError> {
+        let owner = self.owner(session);
+        if scope.dir().is_some_and(|d| d != owner.dir()) {
+            return Err(BackendError::Session {
+                message: format!(
+                    "session {} works in {}, not in the scope's directory",
+                    session.id(),
+                    owner.dir().display()
+                ),
+            });
+        }
+        owner.rescope_here(session, scope).await
+    }
+
+    async fn run_turn(
+        &self,
+        session: &OpencodeSession,
+        turn: TurnRequest,
+        deadline: Instant,
+        stop: &CancellationToken,
+        notices: NoticeSink<'_>,
+    ) -> Result<TurnReport, BackendError> {
+        self.owner(session)
+            .run_turn_here(session, turn, deadline, stop, notices)
+            .await
+    }
+
+    async fn abort(&self, session: &OpencodeSession) -> Result<(), BackendError> {
+        self.owner(session).abort_here(session).await
+    }
+
+    async fn close(
+        &self,
+        session: OpencodeSession,
+        disposition: Disposition,
+    ) -> Result<(), BackendError> {
+        match session.place.clone() {
+            Some(place) => place.close_here(session, disposition).await,
+            None => self.close_here(session, disposition).await,
+        }
+    }
 
     async fn notify(&self, message: &str) {
         self.toast(message).await;
@@ -590,10 +627,17 @@ impl AgentBackend for OpencodeBackend {
     async fn cleanup(&self, sessions: Vec<String>) {
         for id in sessions {
             let id = SessionId::new(id);
+            // Status and permission requests are per directory: use the session's.
+            let client = match self.client.session(&id).await {
+                Ok(s) if Some(s.directory.as_str()) != self.client.directory() => {
+                    self.client.with_directory(&s.directory)
+                }
+                _ => self.client.clone(),
+            };
             let closed = if self.keep_used_sessions {
-                pool::quiesce(&self.client, &id, Duration::from_secs(5)).await
+                pool::quiesce(&client, &id, Duration::from_secs(5)).await
             } else {
-                self.client.close_session(&id, Duration::from_secs(5)).await
+                client.close_session(&id, Duration::from_secs(5)).await
             };
             if let Err(e) = closed {
                 warn!(session = %id, error = %e, "could not close a session left by an earlier run");
@@ -602,31 +646,16 @@ impl AgentBackend for OpencodeBackend {
     }
 
     fn stats(&self) -> Vec<(String, f64)> {
-        let pool = self.pool.stats();
-        let sessions = self.pool_stats();
-        let router = self.router.stats();
-        vec![
-            ("pool.created".into(), pool.created as f64),
-            ("pool.hits".into(), pool.hits as f64),
-            ("pool.misses".into(), pool.misses as f64),
-            ("pool.prewarmed".into(), pool.prewarmed as f64),
-            ("pool.reused".into(), pool.reused as f64),
-            ("pool.resets".into(), sessions.resets as f64),
-            ("pool.replaced".into(), sessions.replaced as f64),
-            ("pool.recycled".into(), pool.recycled as f64),
-            ("pool.discarded".into(), pool.discarded as f64),
-            ("pool.waits".into(), pool.waits as f64),
-            (
-                "permissions.allowed".into(),
-                self.allowed.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "permissions.rejected".into(),
-                self.rejected.load(Ordering::Relaxed) as f64,
-            ),
-            ("events.published".into(), router.published as f64),
-            ("events.dropped".into(), router.dropped as f64),
-        ]
+        let mut stats = self.stats_here();
+        for place in self.places_now() {
+            for (key, value) in place.stats_here() {
+                match stats.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, total)) => *total += value,
+                    None => stats.push((key, value)),
+                }
+            }
+        }
+        stats
     }
 }
 

@@ -54,6 +54,32 @@ pub fn worker_session_rules(dir: &Path, files: &[String]) -> Vec<PermissionRule>
     rules
 }
 
+/// The session rules of a session of `scope` in the project at `dir`: the Worker rules of
+/// its files ([`worker_session_rules`]) and, when the scope allows commands, `bash` asking for
+/// every command but the allowed ones (the orchestrator rejects and records the others; a
+/// `deny` would not be seen). The last matching rule wins, so these follow the agent's own.
+pub fn session_rules(dir: &Path, scope: &EditScope) -> Vec<PermissionRule> {
+    let mut rules = worker_session_rules(dir, scope.as_slice());
+    rules.extend(command_rules(scope).map(|(pattern, allow)| {
+        let action = if allow {
+            PermissionAction::Allow
+        } else {
+            PermissionAction::Ask
+        };
+        PermissionRule::new("bash", pattern, action)
+    }));
+    rules
+}
+
+/// The shell rules of a scope that allows commands, in order: `(pattern, allowed)`, first
+/// `*` asking, then each allowed pattern. Nothing when the scope leaves commands to the agent.
+pub(crate) fn command_rules(scope: &EditScope) -> impl Iterator<Item = (&str, bool)> {
+    let commands = scope.allowed_commands();
+    let ask = (!commands.is_empty()).then_some(("*", false));
+    ask.into_iter()
+        .chain(commands.iter().map(|c| (c.as_str(), true)))
+}
+
 /// The policy's answer to a permission request that reached the orchestrator during a turn
 /// of a session whose project is `dir` and whose scope is `scope`: edits inside the scope
 /// are allowed once; anything else is rejected with a message the agent reads.
@@ -91,6 +117,17 @@ pub(crate) fn rejection(permission: &str, scope: &EditScope) -> String {
             } else {
                 files.join(", ")
             }
+        )
+    } else if matches!(permission, "bash" | "shell") && !scope.allowed_commands().is_empty() {
+        format!(
+            "The orchestrator rejected this command: only commands matching {} may run here \
+             (`*` matches anything). Run one of those instead.",
+            scope
+                .allowed_commands()
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     } else {
         format!("The orchestrator does not allow `{permission}` for this agent.")
@@ -201,5 +238,38 @@ mod tests {
         let (reply, message) = decide(dir, &request("bash", "rm -rf /"), &scope);
         assert_eq!(reply, PermissionReply::Reject);
         assert!(message.unwrap().contains("does not allow `bash`"));
+        let (reply, message) = decide(
+            dir,
+            &request("bash", "rm -rf /"),
+            &scope.clone().commands(["python3 -m unittest*"]),
+        );
+        assert_eq!(reply, PermissionReply::Reject);
+        assert!(message.unwrap().contains("`python3 -m unittest*`"));
+    }
+
+    #[test]
+    fn allowed_commands_follow_an_asking_catch_all() {
+        let dir = Path::new("/tmp/proj");
+        let scope = EditScope::files(["a.py"]).commands(["python3 -m unittest*", "ls"]);
+        let rules = session_rules(dir, &scope);
+        let bash: Vec<(&str, PermissionAction)> = rules
+            .iter()
+            .filter(|r| r.permission == "bash")
+            .map(|r| (r.pattern.as_str(), r.action.clone()))
+            .collect();
+        assert_eq!(
+            bash,
+            [
+                ("*", PermissionAction::Ask),
+                ("python3 -m unittest*", PermissionAction::Allow),
+                ("ls", PermissionAction::Allow),
+            ]
+        );
+        // Without commands, the agent's own rules decide: no shell rule at all.
+        assert!(
+            session_rules(dir, &EditScope::files(["a.py"]))
+                .iter()
+                .all(|r| r.permission != "bash")
+        );
     }
 }

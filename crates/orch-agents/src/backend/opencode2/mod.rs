@@ -16,6 +16,9 @@
 //!   to its terminal event); the deadline and the stop signal interrupt it on the server.
 //! - OpenCode 2's server has no toast route (toasts belong to TUI plugins): `notify` logs.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ use super::{
 
 mod config;
 mod permissions;
+mod places;
 mod pool;
 
 pub use config::{agent_entry, config_agents, install_spec};
@@ -53,6 +57,8 @@ fn model_ref(model: &ModelSpec) -> ModelRef {
 #[derive(Debug)]
 pub struct OpencodeV2Session {
     guard: PooledResource<SessionManagerV2>,
+    /// The backend of the session's directory, when it is not the main one.
+    place: Option<Arc<OpencodeV2Backend>>,
 }
 
 impl OpencodeV2Session {
@@ -78,6 +84,14 @@ pub struct OpencodeV2Backend {
     allowed: AtomicU64,
     rejected: AtomicU64,
     replaced: AtomicU64,
+    /// The settings, for the backends of other directories.
+    config: OpencodeBackendConfig,
+    /// Backends of other directories sessions were opened in (a git mission's worktrees):
+    /// their own pools and session directory, this backend's client and event stream
+    /// (OpenCode 2's stream is global and its replies are routed by session).
+    places: tokio::sync::Mutex<HashMap<PathBuf, Arc<OpencodeV2Backend>>>,
+    /// What `provision` said per role, for the places opened later.
+    provisioned: parking_lot::Mutex<HashMap<AgentRole, usize>>,
 }
 
 /// How a client error looks to the mission.
@@ -149,6 +163,16 @@ impl OpencodeV2Backend {
         let router = EventRouter::connect_v2(client.clone(), RouterConfig::default())
             .await
             .map_err(client_error)?;
+        Self::assemble(client, router, directory, config)
+    }
+
+    /// A backend for `directory` on `client`, its events from `router`.
+    fn assemble(
+        client: Client,
+        router: EventRouter,
+        directory: String,
+        config: OpencodeBackendConfig,
+    ) -> Result<Self, BackendError> {
         let manager = SessionManagerV2 {
             client: client.clone(),
             directory: directory.clone(),
@@ -171,6 +195,9 @@ impl OpencodeV2Backend {
             allowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
+            config,
+            places: tokio::sync::Mutex::default(),
+            provisioned: parking_lot::Mutex::default(),
         })
     }
 
@@ -179,8 +206,14 @@ impl OpencodeV2Backend {
         &self.client
     }
 
-    /// Closes the pool: idle sessions are deleted safely. Call when the mission is over.
+    /// Closes the pool (and those of the other directories sessions were opened in): idle
+    /// sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
+        let places: Vec<Arc<OpencodeV2Backend>> =
+            self.places.lock().await.values().cloned().collect();
+        for place in places {
+            place.pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -296,15 +329,13 @@ impl OpencodeV2Backend {
     }
 }
 
-impl AgentBackend for OpencodeV2Backend {
-    type Session = OpencodeV2Session;
-
-    fn provision(&self, role: AgentRole, sessions: usize) {
+impl OpencodeV2Backend {
+    fn provision_here(&self, role: AgentRole, sessions: usize) {
         let limit = (sessions + self.warm_sessions).max(self.max_per_role);
         self.pool.set_max_for_key(role, limit);
     }
 
-    async fn open(&self, spec: SessionSpec) -> Result<OpencodeV2Session, BackendError> {
+    async fn open_here(&self, spec: SessionSpec) -> Result<OpencodeV2Session, BackendError> {
         let guard = match self.pool.get(spec.role).await {
             Ok(guard) => guard,
             Err(PoolError::Create { source, .. }) => {
@@ -319,12 +350,12 @@ impl AgentBackend for OpencodeV2Backend {
                     .await);
             }
         };
-        let session = OpencodeV2Session { guard };
-        self.rescope(&session, &spec.scope).await?;
+        let session = OpencodeV2Session { guard, place: None };
+        self.rescope_here(&session, &spec.scope).await?;
         Ok(session)
     }
 
-    async fn rescope(
+    async fn rescope_here(
         &self,
         session: &OpencodeV2Session,
         scope: &EditScope,
@@ -339,7 +370,7 @@ impl AgentBackend for OpencodeV2Backend {
         }
     }
 
-    async fn run_turn(
+    async fn run_turn_here(
         &self,
         session: &OpencodeV2Session,
         turn: TurnRequest,
@@ -414,7 +445,7 @@ impl AgentBackend for OpencodeV2Backend {
         }
     }
 
-    async fn abort(&self, session: &OpencodeV2Session) -> Result<(), BackendError> {
+    async fn abort_here(&self, session: &OpencodeV2Session) -> Result<(), BackendError> {
         self.client
             .interrupt(session.id())
             .await
@@ -422,7 +453,7 @@ impl AgentBackend for OpencodeV2Backend {
             .map_err(client_error)
     }
 
-    async fn close(
+    async fn close_here(
         &self,
         mut session: OpencodeV2Session,
         disposition: Disposition,
@@ -441,6 +472,78 @@ impl AgentBackend for OpencodeV2Backend {
         }
         drop(session);
         Ok(())
+    }
+}
+
+impl AgentBackend for OpencodeV2Backend {
+    type Session = OpencodeV2Session;
+
+    fn provision(&self, role: AgentRole, sessions: usize) {
+        self.provisioned.lock().insert(role, sessions);
+        self.provision_here(role, sessions);
+        for place in self.places_now() {
+            place.provision_here(role, sessions);
+        }
+    }
+
+    async fn open(&self, spec: SessionSpec) -> Result<OpencodeV2Session, BackendError> {
+        match self.place(spec.scope.dir()).await? {
+            None => self.open_here(spec).await,
+            Some(place) => {
+                let mut session = place.open_here(spec).await?;
+                session.place = Some(place);
+                Ok(session)
+            }
+        }
+    }
+
+    async fn rescope(
+        &self,
+        session: &OpencodeV2Session,
+        scope: &EditScope,
+    ) -> Result<(), BackendError> {
+        let owner = self.owner(session);
+        if scope
+            .dir()
+            .is_some_and(|d| d != std::path::Path::new(&owner.directory))
+        {
+            return Err(BackendError::Session {
+                message: format!(
+                    "session {} works in {}, not in the scope's directory",
+                    session.id(),
+                    owner.directory
+                ),
+            });
+        }
+        owner.rescope_here(session, scope).await
+    }
+
+    async fn run_turn(
+        &self,
+        session: &OpencodeV2Session,
+        turn: TurnRequest,
+        deadline: Instant,
+        stop: &CancellationToken,
+        notices: NoticeSink<'_>,
+    ) -> Result<TurnReport, BackendError> {
+        self.owner(session)
+            .run_turn_here(session, turn, deadline, stop, notices)
+            .await
+    }
+
+    async fn abort(&self, session: &OpencodeV2Session) -> Result<(), BackendError> {
+        self.owner(session).abort_here(session).await
+    }
+
+    async fn close(
+        &self,
+        session: OpencodeV2Session,
+        disposition: Disposition,
+    ) -> Result<(), BackendError> {
+        match session.place.clone() {
+            Some(place) => place.close_here(session, disposition).await,
+            None => self.close_here(session, disposition).await,
+        }
     }
 
     async fn notify(&self, message: &str) {
@@ -468,30 +571,15 @@ impl AgentBackend for OpencodeV2Backend {
     }
 
     fn stats(&self) -> Vec<(String, f64)> {
-        let pool = self.pool.stats();
-        let router = self.router.stats();
-        vec![
-            ("pool.created".into(), pool.created as f64),
-            ("pool.hits".into(), pool.hits as f64),
-            ("pool.misses".into(), pool.misses as f64),
-            ("pool.prewarmed".into(), pool.prewarmed as f64),
-            ("pool.reused".into(), pool.reused as f64),
-            (
-                "pool.replaced".into(),
-                self.replaced.load(Ordering::Relaxed) as f64,
-            ),
-            ("pool.discarded".into(), pool.discarded as f64),
-            ("pool.waits".into(), pool.waits as f64),
-            (
-                "permissions.allowed".into(),
-                self.allowed.load(Ordering::Relaxed) as f64,
-            ),
-            (
-                "permissions.rejected".into(),
-                self.rejected.load(Ordering::Relaxed) as f64,
-            ),
-            ("events.published".into(), router.published as f64),
-            ("events.dropped".into(), router.dropped as f64),
-        ]
+        let mut stats = self.stats_here();
+        for place in self.places_now() {
+            for (key, value) in place.stats_here() {
+                match stats.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, total)) => *total += value,
+                    None => stats.push((key, value)),
+                }
+            }
+        }
+        stats
     }
 }

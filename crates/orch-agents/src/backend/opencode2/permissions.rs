@@ -21,6 +21,16 @@ pub(crate) fn session_rules(scope: &EditScope) -> Vec<PermissionRule> {
             .iter()
             .map(|f| PermissionRule::allow("edit", f.trim_start_matches("./"))),
     );
+    // Commands: every one asks (rejected and recorded by the orchestrator) but the allowed.
+    rules.extend(
+        crate::backend::opencode::permissions::command_rules(scope).map(|(pattern, allow)| {
+            if allow {
+                PermissionRule::allow("shell", pattern)
+            } else {
+                PermissionRule::ask("shell", pattern)
+            }
+        }),
+    );
     rules.push(PermissionRule::deny("external_directory", "*"));
     rules.push(PermissionRule::deny("subagent", "*"));
     rules.push(PermissionRule::deny("question", "*"));
@@ -118,5 +128,23 @@ mod tests {
                 .iter()
                 .any(|r| r["action"] == "external_directory" && r["effect"] == "deny")
         );
+        assert!(rules.iter().all(|r| r["action"] != "shell"));
+        let with = serde_json::to_value(session_rules(
+            &EditScope::files(["a.rs"]).commands(["cargo test*"]),
+        ))
+        .unwrap();
+        let shell: Vec<(&str, &str)> = with
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "shell")
+            .map(|r| {
+                (
+                    r["resource"].as_str().unwrap(),
+                    r["effect"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(shell, [("*", "ask"), ("cargo test*", "allow")]);
     }
 }
