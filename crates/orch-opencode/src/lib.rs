@@ -132,6 +132,8 @@
 //! client.delete_session(&session.id).await?;
 //! # Ok(()) }
 //! ```
+// The README's examples are compiled as doc tests (as a new crate would use them).
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 
 mod client;
