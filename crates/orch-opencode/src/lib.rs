@@ -137,6 +137,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod detect;
 mod envelope;
 mod error;
