@@ -11,6 +11,7 @@ use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::connect::{Connection, Endpoint};
 use crate::error::{Error, error_name, excerpt};
 use crate::ids::{MessageId, PermissionId, QuestionId, SessionId};
 use crate::types::{
@@ -27,13 +28,9 @@ const BODY_EXCERPT: usize = 512;
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    base_url: String,
+    endpoint: Endpoint,
     directory: Option<String>,
-    username: String,
-    password: Option<String>,
-    timeout: Duration,
     turn_timeout: Duration,
-    connect_timeout: Duration,
 }
 
 impl ClientBuilder {
@@ -41,42 +38,29 @@ impl ClientBuilder {
     /// credentials.
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
-            base_url: base_url.into(),
+            endpoint: Endpoint::new(base_url.into()),
             directory: None,
-            username: DEFAULT_USERNAME.to_owned(),
-            password: None,
-            timeout: Duration::from_secs(30),
             turn_timeout: Duration::from_secs(30 * 60),
-            connect_timeout: Duration::from_secs(5),
         }
     }
 
     /// Reads `OPENCODE_SERVER_PASSWORD` and `OPENCODE_SERVER_USERNAME` (default `opencode`),
     /// the variables the server itself uses.
     pub fn credentials_from_env(mut self) -> Self {
-        if let Ok(p) = std::env::var("OPENCODE_SERVER_PASSWORD")
-            && !p.is_empty()
-        {
-            self.password = Some(p);
-        }
-        if let Ok(u) = std::env::var("OPENCODE_SERVER_USERNAME")
-            && !u.is_empty()
-        {
-            self.username = u;
-        }
+        self.endpoint.credentials_from_env();
         self
     }
 
     /// Basic-auth credentials.
     pub fn basic_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.username = username.into();
-        self.password = Some(password.into());
+        self.endpoint.username = username.into();
+        self.endpoint.password = Some(password.into());
         self
     }
 
     /// Password with the default username.
     pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
+        self.endpoint.password = Some(password.into());
         self
     }
 
@@ -89,7 +73,7 @@ impl ClientBuilder {
 
     /// Timeout of ordinary requests (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.endpoint.timeout = timeout;
         self
     }
 
@@ -102,7 +86,7 @@ impl ClientBuilder {
 
     /// TCP connect timeout (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.endpoint.connect_timeout = timeout;
         self
     }
 
@@ -113,45 +97,13 @@ impl ClientBuilder {
     /// [`Error::InvalidUrl`] for a base URL that does not parse; [`Error::Http`] if the HTTP
     /// stack cannot be initialised.
     pub fn build(self) -> Result<Client, Error> {
-        let mut base = Url::parse(&self.base_url).map_err(|e| Error::InvalidUrl {
-            url: self.base_url.clone(),
-            message: e.to_string(),
-        })?;
-        if base.cannot_be_a_base() {
-            return Err(Error::InvalidUrl {
-                url: self.base_url,
-                message: "not a base url".into(),
-            });
-        }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|source| Error::Http {
-                url: self.base_url.clone(),
-                source,
-            })?;
-        let auth = self.password.as_ref().map(|p| {
-            let token = base64_encode(format!("{}:{}", self.username, p).as_bytes());
-            // Base64 output is always a valid header value.
-            HeaderValue::from_str(&format!("Basic {token}"))
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                })
-                .unwrap_or_else(|_| HeaderValue::from_static(""))
-        });
+        let Connection { http, base, auth } = self.endpoint.open(Duration::from_secs(60))?;
         Ok(Client {
             inner: Arc::new(Shared {
                 http,
                 base,
                 auth,
-                timeout: self.timeout,
+                timeout: self.endpoint.timeout,
                 turn_timeout: self.turn_timeout,
                 requests: AtomicU64::new(0),
                 response_bytes: AtomicU64::new(0),
@@ -901,33 +853,6 @@ pub(crate) fn decode<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, E
     })
 }
 
-/// Standard base64 (for the basic-auth header) — 20 lines instead of a dependency.
-pub(crate) fn base64_encode(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 /// Object-safe serialization of request bodies (keeps `call` non-generic in the body type).
 mod erased {
     pub(super) trait Body: Sync {
@@ -944,15 +869,6 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_known_vectors() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"opencode:s3cret"), "b3BlbmNvZGU6czNjcmV0");
-    }
 
     #[test]
     fn urls_carry_path_segments_and_directory() {

@@ -176,6 +176,8 @@ pub(crate) fn error_name(body: &[u8]) -> Option<String> {
     named.name.or(named.tag)
 }
 
+crate::connect::from_connect_error!(Error);
+
 #[cfg(test)]
 mod tests {
     use super::*;

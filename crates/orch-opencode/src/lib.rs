@@ -132,9 +132,12 @@
 //! client.delete_session(&session.id).await?;
 //! # Ok(()) }
 //! ```
+// The README's examples are compiled as doc tests (as a new crate would use them).
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![forbid(unsafe_code)]
 
 mod client;
+mod connect;
 mod detect;
 mod envelope;
 mod error;

@@ -4,8 +4,8 @@
 //! (each session's `location.directory`) and its own sessions, and keys its model rules on
 //! its session ids. Tool calls are written in OpenCode 2's shapes (`write {path, content}`).
 //! `harness = false` (libtest-mimic) so the server is stopped before the process exits. The
-//! binary is OpenCode 2 whatever `OPENCODE_BIN` selects ([`orch_opencode::find_generation`]);
-//! a missing one skips the tests, or fails them when `CI` is set.
+//! binary is OpenCode 2 whatever `OPENCODE_BIN` selects (`OPENCODE_BIN_V2`, else
+//! [`orch_opencode::find_generation`]); a missing one skips the tests, or fails them when `CI` is set.
 
 #[path = "support/opencode_bin.rs"]
 mod opencode_bin;
@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use orch_opencode::EventRouter;
 use orch_opencode::v2::{
     self, Command, CreateSession, Decision, Event, EventKind, InterruptReason, KindSet,
     ListSessions, Message, MessageQuery, ModelRef, PermissionReply, PermissionRule, Prompt,
@@ -24,7 +25,6 @@ use orch_opencode::{
     Delivery, Generation, MessageId, OpencodeServer, RetryNotice, RouterConfig, ServerBuilder,
     SessionId,
 };
-use orch_opencode::{EventRouter, find_generation};
 use orch_testkit::opencode::{IsolatedHome, TestProject, fake_provider_config, merge_json};
 use orch_testkit::{Reply, Rule, Script, ScriptedModel, ToolCall};
 use serde_json::json;
@@ -1163,13 +1163,9 @@ fn generation_detection(env: &Env) -> Result<(), Failed> {
         ensure!(via_client == v2, "{via_client:?}");
         Ok::<(), Failed>(())
     })?;
-    let v1_bin = match find_generation(Generation::V1) {
-        Ok(b) => b.path,
-        Err(e) if std::env::var_os("CI").is_some() => return Err(e.to_string().into()),
-        Err(e) => {
-            eprintln!("OpenCode 1 not installed, its detection is not checked: {e}");
-            return Ok(());
-        }
+    let Some(v1_bin) = opencode_bin::binary_or_skip(Generation::V1) else {
+        eprintln!("OpenCode 1 not installed, its detection is not checked");
+        return Ok(());
     };
     let home = IsolatedHome::new()?;
     let project = project_for(&env.model, json!({}));

@@ -81,7 +81,7 @@ export function installHelp(tried) {
     "task_cli (the orchestrator engine) was not found.",
     `Looked at: ${tried.join("; ")}.`,
     "Install it and this plugin from a clone of the Rust OpenCode Orchestrator:",
-    "  cargo install --path examples/task_cli",
+    "  cargo install --locked --path examples/task_cli",
     "  task_cli install --plugin --dir <your project>",
     "or point OpenCode at a binary: start it with TASK_CLI=/path/to/task_cli in its environment.",
   ].join("\n");

@@ -190,7 +190,7 @@ test("no engine: /task says how to install it; no server: /task says why", async
   const dir = tempDir(t);
   const host = recordingHost();
   const c = new MissionController({ dir, host, env: {}, engine: () => findEngine({ env: { PATH: "" }, exists: () => false }) });
-  assert.match(await c.handle("task", "x", "s"), /cargo install --path examples\/task_cli\n {2}task_cli install --plugin/);
+  assert.match(await c.handle("task", "x", "s"), /cargo install --locked --path examples\/task_cli\n {2}task_cli install --plugin/);
   assert.match(await c.handle("task-status", "", "s"), /was not found/);
 
   const noServer = controller(t, {}, { server: { error: "cannot tell the URL" } });

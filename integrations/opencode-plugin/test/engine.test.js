@@ -58,7 +58,7 @@ test("no engine: the message says how to install it in two commands", () => {
   const help = installHelp(found.tried);
   assert.match(help, /task_cli \(the orchestrator engine\) was not found/);
   assert.match(help, /TASK_CLI \(not set\)/);
-  assert.match(help, /cargo install --path examples\/task_cli/);
+  assert.match(help, /cargo install --locked --path examples\/task_cli/);
   assert.match(help, /task_cli install --plugin/);
 });
 

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::client::{ClientStats, DEFAULT_USERNAME, base64_encode};
+use crate::client::ClientStats;
+use crate::connect::{Connection, Endpoint};
 use crate::error::excerpt;
 use crate::ids::{MessageId, PermissionId, SessionId};
 
@@ -29,11 +30,7 @@ const BODY_EXCERPT: usize = 512;
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
-    base_url: String,
-    username: String,
-    password: Option<String>,
-    timeout: Duration,
-    connect_timeout: Duration,
+    endpoint: Endpoint,
 }
 
 impl ClientBuilder {
@@ -41,51 +38,38 @@ impl ClientBuilder {
     /// credentials.
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
-            base_url: base_url.into(),
-            username: DEFAULT_USERNAME.to_owned(),
-            password: None,
-            timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
+            endpoint: Endpoint::new(base_url.into()),
         }
     }
 
     /// Reads `OPENCODE_SERVER_PASSWORD` and `OPENCODE_SERVER_USERNAME` (default `opencode`).
     pub fn credentials_from_env(mut self) -> Self {
-        if let Ok(p) = std::env::var("OPENCODE_SERVER_PASSWORD")
-            && !p.is_empty()
-        {
-            self.password = Some(p);
-        }
-        if let Ok(u) = std::env::var("OPENCODE_SERVER_USERNAME")
-            && !u.is_empty()
-        {
-            self.username = u;
-        }
+        self.endpoint.credentials_from_env();
         self
     }
 
     /// Basic-auth credentials.
     pub fn basic_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
-        self.username = username.into();
-        self.password = Some(password.into());
+        self.endpoint.username = username.into();
+        self.endpoint.password = Some(password.into());
         self
     }
 
     /// Password with the default username.
     pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
+        self.endpoint.password = Some(password.into());
         self
     }
 
     /// Timeout of ordinary requests (default 30 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.endpoint.timeout = timeout;
         self
     }
 
     /// TCP connect timeout (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.endpoint.connect_timeout = timeout;
         self
     }
 
@@ -95,46 +79,14 @@ impl ClientBuilder {
     /// [`Error::InvalidUrl`] for a base URL that does not parse; [`Error::Http`] if the HTTP
     /// stack cannot be initialised.
     pub fn build(self) -> Result<Client, Error> {
-        let mut base = Url::parse(&self.base_url).map_err(|e| Error::InvalidUrl {
-            url: self.base_url.clone(),
-            message: e.to_string(),
-        })?;
-        if base.cannot_be_a_base() {
-            return Err(Error::InvalidUrl {
-                url: self.base_url,
-                message: "not a base url".into(),
-            });
-        }
-        if !base.path().ends_with('/') {
-            let p = format!("{}/", base.path());
-            base.set_path(&p);
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            // The server closes idle connections after 5 s (`Keep-Alive: timeout=5`): drop
-            // ours first, so a request never goes out on a connection being closed.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|source| Error::Http {
-                url: self.base_url.clone(),
-                source,
-            })?;
-        let auth = self.password.as_ref().map(|p| {
-            let token = base64_encode(format!("{}:{}", self.username, p).as_bytes());
-            HeaderValue::from_str(&format!("Basic {token}"))
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                })
-                .unwrap_or_else(|_| HeaderValue::from_static(""))
-        });
+        // The server closes idle connections after 5 s (`Keep-Alive: timeout=5`).
+        let Connection { http, base, auth } = self.endpoint.open(Duration::from_secs(4))?;
         Ok(Client {
             inner: Arc::new(Shared {
                 http,
                 base,
                 auth,
-                timeout: self.timeout,
+                timeout: self.endpoint.timeout,
                 requests: AtomicU64::new(0),
                 response_bytes: AtomicU64::new(0),
             }),

@@ -171,3 +171,5 @@ impl Error {
         }
     }
 }
+
+crate::connect::from_connect_error!(Error);
