@@ -41,9 +41,9 @@ cargo test --workspace --all-targets --locked
 # OPENCODE_BIN selects.
 step "missions again on OpenCode 1 (orch-agents, task_cli)"
 OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p orch-agents \
-  --test opencode_mission --test opencode_multi --test opencode_resilience
+  --test opencode_mission --test opencode_multi --test opencode_resilience --test git_missions
 OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p task_cli \
-  --test cli --test faults --test lifecycle --test servers
+  --test cli --test faults --test lifecycle --test servers --test git
 
 # The /task plugin's own tests (Node's test runner, offline, a stand-in engine); its
 # end-to-end tests on both generations are task_cli's `tests/plugin.rs`, run above.

@@ -241,6 +241,11 @@ impl RunLock {
         })
     }
 
+    /// The state directory this lock holds.
+    pub fn state_dir(&self) -> &Path {
+        self.lock_path.parent().unwrap_or(Path::new("."))
+    }
+
     /// This run's pid, id and start time.
     pub fn info(&self) -> &RunInfo {
         &self.info

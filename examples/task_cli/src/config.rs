@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use orch_agents::MissionConfig;
+use orch_agents::{GitMode, MissionConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::failure::Failure;
@@ -44,6 +44,40 @@ pub(crate) struct Limits {
     /// Config file with the same limits [default: DIR/.orchestrator/task.toml if present]
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// How the mission uses git: branch (a branch and worktree of its own, a commit per item; the default inside a git repository), worktree-per-lane (also one per Worker lane), off (edit DIR in place; the default elsewhere)
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub(crate) git: Option<GitChoice>,
+    /// Edit DIR in place even inside a git repository (as --git off)
+    #[arg(long, conflicts_with = "git")]
+    #[serde(skip)]
+    pub(crate) no_git: bool,
+    /// A branch and worktree per Worker lane, merged into the mission's branch (as --git worktree-per-lane)
+    #[arg(long, conflicts_with_all = ["git", "no_git"])]
+    #[serde(skip)]
+    pub(crate) worktree_per_lane: bool,
+}
+
+/// How a mission uses git (`--git`, `git` in `task.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum GitChoice {
+    /// A branch and a worktree of its own; one commit per passed item.
+    Branch,
+    /// Also a branch and a worktree per Worker lane.
+    WorktreePerLane,
+    /// No git: agents edit the directory in place.
+    Off,
+}
+
+impl GitChoice {
+    /// The library's mode.
+    pub(crate) fn mode(self) -> GitMode {
+        match self {
+            GitChoice::Branch => GitMode::Branch,
+            GitChoice::WorktreePerLane => GitMode::WorktreePerLane,
+            GitChoice::Off => GitMode::Off,
+        }
+    }
 }
 
 /// The most Worker lanes (and parallel reviews) a mission runs.
@@ -84,6 +118,10 @@ pub(crate) struct FileConfig {
     pub(crate) server: Option<OneOrMany>,
     /// `v1` or `v2`: the OpenCode generation used when `--opencode-generation` is not given.
     pub(crate) opencode_generation: Option<String>,
+    /// `branch`, `worktree-per-lane` or `off`: used when no git flag is given.
+    pub(crate) git: Option<GitChoice>,
+    /// Shell commands a Worker may run (`*` matches anything): `["python3 -m unittest*"]`.
+    pub(crate) worker_commands: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -94,7 +132,7 @@ impl FileConfig {
                 format!("cannot read the config file {}: {e}", path.display()),
                 "fix the line named above (keys: workers, reviewers, max_attempts, max_rounds, \
                  integration_rounds, turn_timeout_secs, token_budget, cost_budget, model, server, \
-                 opencode_generation)",
+                 opencode_generation, git, worker_commands)",
             )
         })
     }
@@ -137,10 +175,25 @@ impl Limits {
             token_budget: self.token_budget.or(saved.token_budget),
             cost_budget: self.cost_budget.or(saved.cost_budget),
             config: self.config.clone().or_else(|| saved.config.clone()),
+            git: self.git_choice().or(saved.git),
+            no_git: false,
+            worktree_per_lane: false,
         }
     }
 
-    /// The mission configuration: these flags over `file` over the defaults.
+    /// The git choice the flags make (`None`: no git flag).
+    pub(crate) fn git_choice(&self) -> Option<GitChoice> {
+        if self.no_git {
+            Some(GitChoice::Off)
+        } else if self.worktree_per_lane {
+            Some(GitChoice::WorktreePerLane)
+        } else {
+            self.git
+        }
+    }
+
+    /// The mission configuration: these flags over `file` over the defaults (git is decided
+    /// by the caller, which knows the directory).
     pub(crate) fn mission_config(&self, file: &FileConfig) -> anyhow::Result<MissionConfig> {
         let defaults = MissionConfig::default();
         let config = MissionConfig {
@@ -167,8 +220,15 @@ impl Limits {
                 .map_or(defaults.turn_timeout, Duration::from_secs),
             token_budget: self.token_budget.or(file.token_budget),
             cost_budget: self.cost_budget.or(file.cost_budget),
+            worker_commands: file.worker_commands.clone().unwrap_or_default(),
             ..defaults
         };
+        if let Some(bad) = config.worker_commands.iter().find(|c| c.trim().is_empty()) {
+            return Err(Failure::usage(
+                format!("worker_commands holds an empty command ({bad:?})"),
+                "list commands such as worker_commands = [\"python3 -m unittest*\"]",
+            ));
+        }
         if config.workers == 0 || config.reviewers == 0 || config.max_attempts == 0 {
             return Err(Failure::usage(
                 "workers, reviewers and max_attempts must be at least 1",
@@ -235,6 +295,30 @@ mod tests {
         .unwrap();
         assert_eq!(many.server.unwrap().to_vec(), ["http://a:1", "http://b:2"]);
         assert_eq!(many.opencode_generation.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn git_and_worker_commands_come_from_the_file_and_flags_win() {
+        let file = FileConfig::parse(
+            "git = \"worktree-per-lane\"\nworker_commands = [\"python3 -m unittest*\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(file.git, Some(GitChoice::WorktreePerLane));
+        let config = Limits::default().mission_config(&file).unwrap();
+        assert_eq!(config.worker_commands, ["python3 -m unittest*"]);
+        let flags = Limits {
+            no_git: true,
+            ..Limits::default()
+        };
+        assert_eq!(flags.git_choice(), Some(GitChoice::Off));
+        let saved = Limits {
+            git: Some(GitChoice::Branch),
+            ..Limits::default()
+        };
+        assert_eq!(Limits::default().over(&saved).git, Some(GitChoice::Branch));
+        assert_eq!(flags.over(&saved).git, Some(GitChoice::Off));
+        assert!(FileConfig::parse("git = \"sometimes\"\n", Path::new("t.toml")).is_err());
     }
 
     #[test]

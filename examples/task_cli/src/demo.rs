@@ -30,14 +30,70 @@ pub(crate) fn demo_script() -> anyhow::Result<Script> {
     })
 }
 
-/// The demo's limits: two Worker lanes, short turn deadline.
+/// The demo's limits: two Worker lanes, short turn deadline, Workers that may run the
+/// project's tests (and nothing else).
 pub(crate) fn demo_config() -> MissionConfig {
     MissionConfig {
         workers: 2,
         reviewers: 2,
         turn_timeout: Duration::from_secs(120),
+        worker_commands: vec!["python3 -m unittest*".to_owned()],
         ..MissionConfig::default()
     }
+}
+
+/// Makes the demo's new project a git repository with one empty commit on `main`, so that the
+/// mission runs on a branch of its own with a commit per item. `false` (and nothing done)
+/// when git is missing or `dir` is already inside a repository.
+fn init_repository(dir: &Path) -> anyhow::Result<bool> {
+    match orch_agents::git::Repo::discover(dir) {
+        Err(orch_agents::GitError::NotARepository { .. }) => {}
+        _ => return Ok(false),
+    }
+    let git = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("LC_ALL", "C")
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Failure::env(
+                format!(
+                    "`git {}` failed in the demo project: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                "check your git installation",
+            ))
+        }
+    };
+    git(&["init", "-q", "-b", "main"])?;
+    // The user's identity when git has one, a stand-in for this one commit otherwise.
+    let configured = |key: &str| {
+        std::process::Command::new("git")
+            .args(["config", key])
+            .current_dir(dir)
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+    };
+    let mut args = vec![];
+    if !configured("user.name") {
+        args.extend(["-c", "user.name=task_cli demo"]);
+    }
+    if !configured("user.email") {
+        args.extend(["-c", "user.email=demo@localhost"]);
+    }
+    args.extend([
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "Start the calculator project",
+    ]);
+    git(&args)?;
+    Ok(true)
 }
 
 /// A new directory for the demo project: `dir` (new or empty), else a fresh one under the
@@ -83,6 +139,12 @@ pub(crate) async fn demo(
     let bin = opencode_env::find_or_install(ui, generation)?;
     let dir = demo_dir(dir)?;
     ui.note(format!("demo project: {}", dir.display()));
+    let git = init_repository(&dir)?;
+    let mut config = demo_config();
+    if git {
+        ui.note("the project is a new git repository: the mission works on a branch of its own, one commit per item");
+        config.git = orch_agents::GitMode::Branch;
+    }
     let lock = crate::lifecycle::lock(&dir)?;
     let settings = Saved {
         mission: DEMO_MISSION.to_owned(),
@@ -99,13 +161,33 @@ pub(crate) async fn demo(
             request: DEMO_MISSION.to_owned(),
             server: ServerChoice::Own(bin),
             model: ModelChoice::Script(demo_script()?),
-            config: demo_config(),
+            config,
             agents: AgentSet::builtin(),
             parent_session: None,
             settings: Some(settings),
         },
     )
     .await?;
+    if exit == code::SUCCESS && git {
+        // The demo's checkout is its own: bring the mission's branch into it.
+        let merged = orch_agents::MissionGit::read(&dir)
+            .ok()
+            .flatten()
+            .map(|g| (g.merge(), g.branch));
+        // The report is the last line in --json mode: the merge is said only to people.
+        let people = ui.mode() != crate::output::Mode::Json;
+        match merged {
+            _ if !people => {}
+            Some((Ok(orch_agents::git::MergeOutcome::Merged { .. }), branch)) => ui.notice(format!(
+                "merged the mission's branch {branch} into main: `git log --oneline --graph` in the project shows one commit per item"
+            )),
+            Some((outcome, branch)) => ui.notice(format!(
+                "the mission's branch {branch} was not merged ({outcome:?}); `task_cli merge --dir {}` says why",
+                dir.display()
+            )),
+            None => {}
+        }
+    }
     if exit == code::SUCCESS && ui.mode() != crate::output::Mode::Json {
         ui.notice(format!(
             "The demo project is in {0}\nTry it: cd {0} && python3 -m unittest -v\nInspect the mission: task_cli status --dir {0}",

@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod doctor;
 mod failure;
+mod git;
 mod install;
 mod lifecycle;
 mod opencode_env;
@@ -86,6 +87,23 @@ enum Command {
         /// Seconds to wait for it to stop
         #[arg(long, default_value_t = 30, value_name = "SECS")]
         wait: u64,
+    },
+    /// Merge the mission's git branch into the branch your checkout is on (when it merges cleanly; a conflict changes nothing)
+    #[command(after_help = EXIT_CODES_HELP)]
+    Merge {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Only say whether it would merge cleanly (nothing is changed)
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove the git worktrees and lane branches a mission left, and its branch once merged
+    Clean {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Also delete the mission's branch when it is not merged (its commits are then only in git's reflog)
+        #[arg(long)]
+        delete_branch: bool,
     },
     /// Install the orchestrator's agents into the project's opencode.json(c)
     Install {
@@ -291,6 +309,10 @@ async fn dispatch(ui: &Ui, command: Command) -> anyhow::Result<u8> {
             &project_dir(dir.dir.as_deref())?,
             Duration::from_secs(wait),
         ),
+        Command::Merge { dir, check } => git::merge(ui, &project_dir(dir.dir.as_deref())?, check),
+        Command::Clean { dir, delete_branch } => {
+            git::clean(ui, &project_dir(dir.dir.as_deref())?, delete_branch)
+        }
         Command::Install {
             dir,
             dry_run,
@@ -377,7 +399,8 @@ async fn start(
     if let Some(path) = file_path {
         ui.note(format!("config: {}", path.display()));
     }
-    let config = limits.mission_config(&file)?;
+    let mut config = limits.mission_config(&file)?;
+    config.git = git::resolve(ui, &dir, limits.git_choice().or(file.git))?;
     let model_script = backend
         .model_script
         .as_ref()
@@ -503,10 +526,12 @@ async fn run(ui: &Ui, signals: Signals, args: RunArgs) -> anyhow::Result<u8> {
     let d = dir.display();
     let mut saved = Saved::load(&dir)?;
     let archive = |why: String| -> anyhow::Result<()> {
+        let branch = git::set_aside(&dir, &lock)?;
         let to = lifecycle::archive(&dir, &lock)?;
         ui.notice(format!(
-            "{why}; its state is archived in {} and the new mission is planned",
-            to.display()
+            "{why}; its state is archived in {}{} and the new mission is planned",
+            to.display(),
+            branch.map(|b| format!(", {b}")).unwrap_or_default()
         ));
         Ok(())
     };

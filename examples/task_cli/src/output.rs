@@ -540,6 +540,42 @@ impl Progress {
                     "⟳ the OpenCode server was lost ({reason}); reconnecting (attempt {attempt}), then resuming"
                 ));
             }
+            MissionEvent::GitBranch {
+                branch,
+                worktree,
+                base_branch,
+                resumed,
+                uncommitted,
+            } => {
+                self.ui.note(format!(
+                    "git: {} branch {branch} (from {base_branch}), worked on in {}",
+                    if *resumed {
+                        "on the mission's"
+                    } else {
+                        "a new"
+                    },
+                    worktree.display()
+                ));
+                if !uncommitted.is_empty() {
+                    self.ui.notice(format!(
+                        "your uncommitted changes ({}) stay in your checkout and are not part of the mission, which starts from your last commit",
+                        uncommitted.join(", ")
+                    ));
+                }
+            }
+            MissionEvent::ItemCommitted {
+                item, sha, branch, ..
+            } => {
+                let short = sha.get(..10).unwrap_or(sha);
+                self.ui
+                    .note(format!("⎇ {item} committed on {branch} ({short})"));
+            }
+            MissionEvent::MergeConflict { item, paths } => {
+                self.ui.note(format!(
+                    "⚠ {item} conflicts with the mission's branch on {}: sent back to be redone",
+                    paths.join(", ")
+                ));
+            }
             MissionEvent::Finished { .. } => self.finish(),
             _ => {}
         }
@@ -833,6 +869,9 @@ pub(crate) fn summary(report: &MissionReport, dir: &Path) -> String {
             out.push_str(&format!("{line}\n"));
         }
     }
+    if let Some(git) = &report.git {
+        out.push_str(&git_lines(git, dir));
+    }
     out.push_str(&format!("\nProject: {}\n", dir.display()));
     let todo = dir.join(".orchestrator/TODO.md");
     if todo.is_file() {
@@ -842,6 +881,31 @@ pub(crate) fn summary(report: &MissionReport, dir: &Path) -> String {
         "Report:  {}\n",
         dir.join(".orchestrator/report.json").display()
     ));
+    out
+}
+
+/// The summary's git section: the branch, its commits, how to merge it.
+pub(crate) fn git_lines(git: &orch_agents::GitReport, dir: &Path) -> String {
+    let mut out = format!(
+        "\nGit: branch {} from {} — {} commit(s)\n",
+        git.branch,
+        git.base_branch,
+        git.commits.len()
+    );
+    for commit in &git.commits {
+        let short = commit.sha.get(..10).unwrap_or(&commit.sha);
+        out.push_str(&format!("  {short} {}\n", commit.subject));
+    }
+    if let Some(tree) = &git.worktree {
+        out.push_str(&format!("  worktree: {}\n", tree.display()));
+    }
+    if !git.commits.is_empty() {
+        out.push_str(&format!(
+            "  merge it: task_cli merge --dir {} (or: {})\n",
+            crate::state::shell_quote(&dir.display().to_string()),
+            git.merge_command
+        ));
+    }
     out
 }
 

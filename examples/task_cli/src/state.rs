@@ -210,6 +210,7 @@ pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
                 None => Value::Null,
             },
             "journal": journal_json,
+            "git": crate::git::status_json(dir),
             "report": report,
         }));
         return Ok(if audit_ok {
@@ -261,6 +262,9 @@ pub(crate) fn status(ui: &Ui, dir: &Path) -> anyhow::Result<u8> {
                 item.files.join(", ")
             ));
         }
+    }
+    if let Some(git) = crate::git::status_text(dir) {
+        out.push_str(&git);
     }
     match &audit {
         Some(Ok(s)) => out.push_str(&format!(

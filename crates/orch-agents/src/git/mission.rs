@@ -335,6 +335,33 @@ impl MissionGit {
                 pid: holder.pid,
             });
         }
+        self.clean_unchecked(branch)
+    }
+
+    /// [`MissionGit::clean`] by the process that holds the project's run lock (`lock`), so
+    /// that no run can start while it cleans (a command that archives a finished mission
+    /// before planning a new one, a `clean` command that owns the directory first).
+    ///
+    /// # Errors
+    /// [`GitError::MissionRunning`] when `lock` is another directory's; as
+    /// [`MissionGit::clean`] otherwise.
+    pub fn clean_holding(
+        &self,
+        branch: BranchCleanup,
+        lock: &crate::RunLock,
+    ) -> Result<Cleaned, GitError> {
+        let state_dir = self.project.join(".orchestrator");
+        if !same_path(lock.state_dir(), &state_dir) {
+            return Err(GitError::MissionRunning {
+                dir: self.project.clone(),
+                pid: lock.info().pid,
+            });
+        }
+        self.clean_unchecked(branch)
+    }
+
+    fn clean_unchecked(&self, branch: BranchCleanup) -> Result<Cleaned, GitError> {
+        let state_dir = self.project.join(".orchestrator");
         let repo = self.repo()?;
         let mut cleaned = Cleaned::default();
         let trees = repo.worktrees()?;
