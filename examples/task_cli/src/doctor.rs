@@ -233,6 +233,8 @@ pub(crate) async fn doctor(
         Err(e) => checks.fail("task.toml", e.to_string(), "fix the line named above"),
     }
 
+    git_check(&mut checks, dir);
+
     // The server: reachable, auth, model.
     if let Some(url) = server {
         match opencode_env::connect_remote(url, forced).await {
@@ -530,4 +532,46 @@ async fn own_server_checks(checks: &mut Checks, bin: &OpencodeBinary, dir: &Path
     }
     model_check(checks, Some(probe)).await;
     drop(server);
+}
+
+/// What a mission in `dir` would do with git (a branch of its own, or edits in place) and
+/// why.
+fn git_check(checks: &mut Checks, dir: &Path) {
+    use orch_agents::git::{GitError, Repo};
+    let repo = match Repo::discover(dir) {
+        Ok(repo) => repo,
+        Err(GitError::NotARepository { .. }) => {
+            return checks.ok(
+                "git",
+                "not a repository: missions edit the directory in place",
+            );
+        }
+        Err(GitError::Missing) => {
+            return checks.ok(
+                "git",
+                "git is not installed: missions edit the directory in place",
+            );
+        }
+        Err(e) => {
+            return checks.warn(
+                "git",
+                e.to_string(),
+                "fix the repository, or pass --no-git to edit the directory in place",
+            );
+        }
+    };
+    match repo.current_branch() {
+        Ok((branch, _)) => checks.ok(
+            "git",
+            format!(
+                "repository {} on {branch}: a mission works on a branch of its own (orch/...), one commit per item",
+                repo.root().display()
+            ),
+        ),
+        Err(e) => checks.warn(
+            "git",
+            format!("{e} — a mission without a git flag edits the directory in place"),
+            "commit on a branch to get a mission branch, or pass --no-git",
+        ),
+    }
 }

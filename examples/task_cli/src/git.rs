@@ -122,9 +122,15 @@ fn status_value(s: &GitStatus) -> Value {
     })
 }
 
-/// The mission of `dir` and its git record, for `merge` and `clean` (which need the run
-/// lock: no mission runs while they work).
+/// The mission of `dir` and its git record, for `merge` and `clean`, read before they take
+/// the run lock (a refused command writes nothing, not even the state folder).
 fn mission_git(dir: &Path) -> anyhow::Result<MissionGit> {
+    if !dir.join(".orchestrator").join("journal.jsonl").is_file() {
+        return Err(Failure::env(
+            format!("no mission in {}", dir.display()),
+            "pass the mission's directory with --dir (`task_cli status --dir DIR` shows what it holds)",
+        ));
+    }
     recorded(dir)?.ok_or_else(|| {
         Failure::env(
             format!("the mission in {} has no git branch", dir.display()),
@@ -155,8 +161,20 @@ fn git_failure(e: GitError, dir: &Path) -> anyhow::Error {
 /// `task_cli merge`: the mission's branch into the branch the user's checkout is on, when
 /// it merges cleanly; otherwise the conflicting paths, and nothing touched.
 pub(crate) fn merge(ui: &Ui, dir: &Path, check: bool) -> anyhow::Result<u8> {
-    let _lock = lifecycle::lock(dir)?;
     let git = mission_git(dir)?;
+    let _lock = lifecycle::lock(dir)?;
+    let status = git.status().map_err(|e| git_failure(e, dir))?;
+    if status.branch_exists && status.merged {
+        ui.json(&json!({"event": "merged", "branch": git.branch, "into": status.current_branch, "already": true}));
+        if ui.mode() != Mode::Json {
+            println!(
+                "{} is already merged into {}: nothing to do",
+                git.branch,
+                status.current_branch.as_deref().unwrap_or("your checkout")
+            );
+        }
+        return Ok(code::SUCCESS);
+    }
     let outcome = if check {
         match git.merge_check().map_err(|e| git_failure(e, dir))? {
             MergeCheck::Clean => None,
@@ -214,8 +232,8 @@ pub(crate) fn merge(ui: &Ui, dir: &Path, check: bool) -> anyhow::Result<u8> {
 /// `task_cli clean`: removes the worktrees and lane branches the mission of `dir` left, and
 /// its branch when `delete_branch` (merged or not) or when it is merged.
 pub(crate) fn clean(ui: &Ui, dir: &Path, delete_branch: bool) -> anyhow::Result<u8> {
-    let lock = lifecycle::lock(dir)?;
     let git = mission_git(dir)?;
+    let lock = lifecycle::lock(dir)?;
     let how = if delete_branch {
         BranchCleanup::Always
     } else {

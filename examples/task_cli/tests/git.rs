@@ -213,4 +213,67 @@ fn a_conflicting_merge_changes_nothing_and_no_git_edits_in_place() {
     let merge = run(task_cli(&other).args(["merge", "--dir"]).arg(&other));
     assert_eq!(merge.status.code(), Some(3), "{}", text(&merge.stderr));
     assert!(text(&merge.stderr).contains("has no git branch"));
+
+    // A refused merge or clean writes nothing, not even the state folder.
+    let nowhere = tmp.path().join("nowhere");
+    for command in ["merge", "clean"] {
+        let out = run(task_cli(tmp.path()).args([command, "--dir"]).arg(&nowhere));
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("no mission in"));
+        assert!(!nowhere.exists());
+    }
+}
+
+#[test]
+fn a_worktree_per_lane_mission_leaves_one_branch_and_no_lane_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("repo");
+    user_repository(&project);
+    let before = checkout(&project);
+    let output = json_run(
+        tmp.path(),
+        &[
+            "run",
+            "Add a greet function with a test",
+            "--worktree-per-lane",
+            "--workers",
+            "2",
+        ],
+        Some(&greet_script()),
+        &project,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        text(&output.stderr),
+        text(&output.stdout)
+    );
+    assert_eq!(checkout(&project), before);
+    let status = status_json(&project);
+    assert_eq!(status["git"]["mode"], "worktree_per_lane");
+    let branch = status["git"]["branch"].as_str().unwrap().to_owned();
+    // Both items on the mission's branch; no lane branch or worktree left.
+    let log = git(
+        &project,
+        &["log", "--format=%B", &format!("main..{branch}")],
+    );
+    assert!(
+        log.contains("Orch-Item: G1") && log.contains("Orch-Item: G2"),
+        "{log}"
+    );
+    assert_eq!(
+        status["git"]["lane_branches"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert_eq!(status["git"]["worktrees"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        git(&project, &["branch", "--list", "orch/*"])
+            .lines()
+            .count(),
+        1,
+        "{}",
+        git(&project, &["branch", "--list"])
+    );
+    assert_eq!(git(&project, &["worktree", "list"]).lines().count(), 1);
 }
