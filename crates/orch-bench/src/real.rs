@@ -14,9 +14,7 @@ use orch_agents::{
     SessionPoolStats, SessionReset, SessionSpec, TurnRequest,
 };
 use orch_opencode::{ConfigInstaller, CreateSession, Generation, OpencodeServer};
-use orch_testkit::opencode::{
-    IsolatedHome, fake_provider_config, find_generation, process_tree_cpu, require_binary,
-};
+use orch_testkit::opencode::{TestServer, fake_provider_config, process_tree_cpu};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
 use tokio::time::Instant;
@@ -34,10 +32,8 @@ pub const PING: &str = "PING";
 pub struct RealEnv {
     /// The scripted model.
     pub model: ScriptedModel,
-    /// The server.
-    pub server: OpencodeServer,
-    _home: IsolatedHome,
-    _cwd: tempfile::TempDir,
+    /// The server: orch-testkit's isolated test server (its own home and storage).
+    pub test_server: TestServer,
 }
 
 /// The script: compaction and pings at once, Planner/Worker/Reviewer after `delay`.
@@ -81,62 +77,50 @@ impl RealEnv {
 
     /// Starts one server using `model`.
     pub fn with_model(model: ScriptedModel) -> Result<Self, String> {
-        let (server, home, cwd) = start_server()?;
-        Ok(RealEnv {
-            model,
-            server,
-            _home: home,
-            _cwd: cwd,
-        })
+        let test_server = start_server(&model.base_url())?;
+        Ok(RealEnv { model, test_server })
+    }
+
+    /// The running `opencode serve`.
+    pub fn server(&self) -> &OpencodeServer {
+        self.test_server.server()
     }
 
     /// A project directory with the scripted provider, the orchestrator's agents, and
     /// OpenCode snapshots on or off (on: the directory is a git repository), for the
     /// server's generation.
     pub fn project(&self, snapshot: bool) -> Result<tempfile::TempDir, String> {
-        project_of(&self.model.base_url(), self.server.generation(), snapshot)
+        project_of(&self.model.base_url(), self.server().generation(), snapshot)
     }
 }
 
-/// Starts an `opencode serve` with its own isolated home (its own storage), of the generation
-/// `OPENCODE_BIN` selects.
-pub fn start_server() -> Result<(OpencodeServer, IsolatedHome, tempfile::TempDir), String> {
-    start_binary(require_binary())
+/// Starts an isolated `opencode serve` (orch-testkit's [`TestServer`]: its own home and
+/// storage) of the generation `OPENCODE_BIN` selects, whose model is the scripted one at
+/// `model_url`.
+pub fn start_server(model_url: &str) -> Result<TestServer, String> {
+    TestServer::builder(model_url)
+        .start()
+        .map_err(|e| e.to_string())
 }
 
-/// Starts an `opencode serve` of `generation` (`OPENCODE_BIN_V1` / `OPENCODE_BIN_V2`, else
-/// where [`find_generation`] looks) with its own isolated home. Also returns the version.
+/// [`start_server`] of `generation` (`OPENCODE_BIN_V1` / `OPENCODE_BIN_V2`, else where
+/// orch-testkit's `find_generation` looks). Also returns the version.
 pub fn start_server_of(
+    model_url: &str,
     generation: Generation,
-) -> Result<(OpencodeServer, IsolatedHome, tempfile::TempDir, String), String> {
-    let bin = find_generation(generation).map_err(|e| {
-        format!(
-            "{e} (set OPENCODE_BIN_{})",
-            generation.as_str().to_uppercase()
-        )
-    })?;
-    let (server, home, cwd) = start_binary(bin.path)?;
+) -> Result<(TestServer, String), String> {
+    let server = TestServer::builder(model_url)
+        .generation(generation)
+        .start()
+        .map_err(|e| e.to_string())?;
     if server.generation() != generation {
         return Err(format!(
             "asked for OpenCode {generation:?}, the server says {:?}",
             server.generation()
         ));
     }
-    Ok((server, home, cwd, bin.version))
-}
-
-fn start_binary(
-    binary: std::path::PathBuf,
-) -> Result<(OpencodeServer, IsolatedHome, tempfile::TempDir), String> {
-    let home = IsolatedHome::new().map_err(|e| e.to_string())?;
-    let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = OpencodeServer::builder()
-        .binary(binary)
-        .project_dir(cwd.path())
-        .isolated_home(home.path())
-        .start()
-        .map_err(|e| e.to_string())?;
-    Ok((server, home, cwd))
+    let version = server.binary().version.clone();
+    Ok((server, version))
 }
 
 /// See [`RealEnv::project`] (OpenCode 1).
@@ -413,10 +397,10 @@ fn saving(fresh: Duration, ours: Duration) -> String {
 
 /// Benchmark 4: session pool acquire vs creating a real session, and the per-turn saving.
 pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
-    warm_up(&env.model, &env.server).await?;
+    warm_up(&env.model, env.server()).await?;
     let project = env.project(false)?;
     let client = env
-        .server
+        .server()
         .client()
         .with_directory(project.path().to_string_lossy());
     // Baseline: POST /session.
@@ -430,7 +414,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
         create.push(t.elapsed());
     }
     // Ours: acquire a pooled session (the pool is warm after the first open).
-    let pooled = connect(&env.server, project.path(), backend_config(8, 1_000)).await?;
+    let pooled = connect(env.server(), project.path(), backend_config(8, 1_000)).await?;
     let first = pooled
         .open(spec(AgentRole::Reviewer))
         .await
@@ -463,7 +447,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     // between the seconds-long turns of a mission), and back to back (it overlaps the next
     // turns, whichever variant's).
     let fresh = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             warm_sessions: 0,
@@ -472,7 +456,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     )
     .await?;
     let replace = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             reset: SessionReset::Replace,
@@ -482,7 +466,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     )
     .await?;
     let compact = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             reset: SessionReset::Compact,
@@ -790,13 +774,13 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
     let n = 16;
     let delay = Duration::from_millis(500);
     let env = RealEnv::start(script(&plan_text(&dag(Shape::Wide, n)), delay)?)?;
-    let (warm_cpu, warm_wall) = warm_up(&env.model, &env.server).await?;
+    let (warm_cpu, warm_wall) = warm_up(&env.model, env.server()).await?;
     // Best of two runs each, alternating (noise only adds time).
     let (mut r1, mut r8): (Option<SpeedupRun>, Option<SpeedupRun>) = (None, None);
     for _ in 0..2 {
         for (workers, best) in [(1, &mut r1), (8, &mut r8)] {
             let project = env.project(false)?;
-            let run = speedup_run(&env.model, &env.server, project.path(), workers, delay).await?;
+            let run = speedup_run(&env.model, env.server(), project.path(), workers, delay).await?;
             if best.is_none_or(|b| run.items < b.items) {
                 *best = Some(run);
             }
@@ -901,7 +885,7 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
     }
     for snapshot in [false, true] {
         let project = env.project(snapshot)?;
-        let (tps, per_turn) = sustained(&env.server, project.path(), 16).await?;
+        let (tps, per_turn) = sustained(env.server(), project.path(), 16).await?;
         rows.push(Row::info(
             5,
             format!(
@@ -937,15 +921,19 @@ pub async fn sustained(
 pub async fn bench6() -> Result<Vec<Row>, String> {
     let model = ScriptedModel::start(script("", Duration::ZERO)?).map_err(|e| e.to_string())?;
     let project = project_for(&model.base_url(), false)?;
-    let mut servers = vec![start_server()?, start_server()?];
-    for (server, _, _) in &servers {
-        warm_up(&model, server).await?;
+    let mut servers = vec![
+        start_server(&model.base_url())?,
+        start_server(&model.base_url())?,
+    ];
+    for server in &servers {
+        warm_up(&model, server.server()).await?;
     }
     let mut rates = Vec::new();
     for n in [1usize, 2] {
         let mut backends = Vec::new();
-        for (server, _, _) in servers.iter().take(n) {
-            backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+        for server in servers.iter().take(n) {
+            backends
+                .push(connect(server.server(), project.path(), backend_config(32, 1_000)).await?);
         }
         let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
         // Warm every server (first prompt in a directory boots an instance).
@@ -970,8 +958,8 @@ pub async fn bench6() -> Result<Vec<Row>, String> {
     ];
     // Loss: 8 sessions on two servers, one server killed after 1 s; turns keep succeeding.
     let mut backends = Vec::new();
-    for (server, _, _) in &servers {
-        backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+    for server in &servers {
+        backends.push(connect(server.server(), project.path(), backend_config(32, 1_000)).await?);
     }
     let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
     let run = tokio::spawn(turns_per_second(

@@ -33,7 +33,7 @@ use std::time::Duration;
 use orch_opencode::{
     Client, Delivery, EventRouter, Generation, KindSet, OpencodeServer, RawEvent, RouterConfig, v2,
 };
-use orch_testkit::opencode::IsolatedHome;
+use orch_testkit::opencode::TestServer;
 use orch_testkit::{Reply, Rule, ScriptedModel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -65,21 +65,21 @@ pub const SESSIONS: usize = 16;
 struct Side {
     generation: Generation,
     version: String,
-    server: OpencodeServer,
-    _home: IsolatedHome,
-    _cwd: tempfile::TempDir,
+    test_server: TestServer,
 }
 
 impl Side {
-    fn start(generation: Generation) -> Result<Side, String> {
-        let (server, home, cwd, version) = real::start_server_of(generation)?;
+    fn start(generation: Generation, model: &ScriptedModel) -> Result<Side, String> {
+        let (test_server, version) = real::start_server_of(&model.base_url(), generation)?;
         Ok(Side {
             generation,
             version,
-            server,
-            _home: home,
-            _cwd: cwd,
+            test_server,
         })
+    }
+
+    fn server(&self) -> &OpencodeServer {
+        self.test_server.server()
     }
 
     fn name(&self) -> String {
@@ -145,7 +145,7 @@ impl Lane {
         let directory = project.path().to_string_lossy().into_owned();
         Ok(match side.generation {
             Generation::V1 => {
-                let client = side.server.client().with_directory(directory);
+                let client = side.server().client().with_directory(directory);
                 let router = EventRouter::connect(client.clone(), RouterConfig::default())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -156,7 +156,7 @@ impl Lane {
                 }
             }
             Generation::V2 => {
-                let client = side.server.client_v2();
+                let client = side.server().client_v2();
                 let router = EventRouter::connect_v2(client.clone(), RouterConfig::default())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -313,7 +313,10 @@ pub async fn bench7() -> Result<Vec<Row>, String> {
     for rule in write_rules()? {
         model.add_rule(rule).map_err(|e| e.to_string())?;
     }
-    let sides = [Side::start(Generation::V1)?, Side::start(Generation::V2)?];
+    let sides = [
+        Side::start(Generation::V1, &model)?,
+        Side::start(Generation::V2, &model)?,
+    ];
     let mut servers = Row::info(
         BENCH,
         "servers compared (ours = OpenCode 2, baseline = OpenCode 1; ratio > 1: OpenCode 2 better)",
@@ -323,7 +326,7 @@ pub async fn bench7() -> Result<Vec<Row>, String> {
     let mut rows = vec![servers];
     let mut warm = Vec::new();
     for side in &sides {
-        warm.push(real::warm_up(&model, &side.server).await?);
+        warm.push(real::warm_up(&model, side.server()).await?);
     }
     rows.push(
         Row::info(
@@ -401,7 +404,7 @@ async fn throughput(sides: &[Side; 2], model: &ScriptedModel) -> Result<Vec<Row>
         for _ in 0..passes {
             for (k, side) in sides.iter().enumerate() {
                 let project = real::project_of(&model.base_url(), side.generation, snapshot)?;
-                runs[k].push(real::sustained(&side.server, project.path(), SESSIONS).await?);
+                runs[k].push(real::sustained(side.server(), project.path(), SESSIONS).await?);
             }
         }
         let show = |r: &[(f64, Duration)]| {
@@ -437,7 +440,7 @@ async fn best_runs(
         for (workers, best) in [(1, &mut r1), (8, &mut r8)] {
             let project = real::project_of(&model.base_url(), side.generation, false)?;
             let run =
-                real::speedup_run(model, &side.server, project.path(), workers, delay).await?;
+                real::speedup_run(model, side.server(), project.path(), workers, delay).await?;
             if best.is_none_or(|b| run.items < b.items) {
                 *best = Some(run);
             }
