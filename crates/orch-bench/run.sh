@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every end-to-end benchmark of issue #10 and prints the table.
 # Usage: crates/orch-bench/run.sh [--only 1,2,..] [--tmp DIR]
+# Benchmarks 4-6 use the OpenCode that OPENCODE_BIN selects; benchmark 7 (OpenCode 2 beside
+# OpenCode 1) needs both generations: OPENCODE_BIN_V1 and OPENCODE_BIN_V2, or what
+# scripts/install-opencode.sh installed into .tools/opencode and .tools/opencode2.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"

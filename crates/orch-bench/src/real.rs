@@ -1,21 +1,20 @@
-//! Benchmarks 4 and 5 (and the server side of 6): a real `opencode serve` with the scripted
-//! model of `orch-testkit`.
+//! Benchmarks 4 and 5 (and the server side of 6 and 7): a real `opencode serve` with the
+//! scripted model of `orch-testkit`. The helpers that benchmark 7 shares ([`start_server_of`],
+//! [`project_of`], [`connect_any`], [`warm_up`], [`speedup_run`], [`turns_per_second`]) take
+//! either OpenCode generation; benchmark 4 is OpenCode 1's session pool.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use orch_agents::backend::opencode::install_spec;
 use orch_agents::{
-    AgentBackend, AgentRole, AgentSet, Disposition, EditScope, Mission, MissionConfig,
+    AgentBackend, AgentRole, AgentSet, AnyOpencode, Disposition, EditScope, Mission, MissionConfig,
     MissionEvent, MissionSpec, MissionStatus, ModelSpec, OpencodeBackend, OpencodeBackendConfig,
     SessionPoolStats, SessionReset, SessionSpec, TurnRequest,
 };
-use orch_opencode::{ConfigInstaller, CreateSession, OpencodeServer};
-use orch_testkit::opencode::{
-    IsolatedHome, fake_provider_config, process_tree_cpu, require_binary,
-};
+use orch_opencode::{ConfigInstaller, CreateSession, Generation, OpencodeServer};
+use orch_testkit::opencode::{TestServer, fake_provider_config, process_tree_cpu};
 use orch_testkit::{Reply, RequestKind, Rule, Script, ScriptedModel};
 use serde_json::json;
 use tokio::time::Instant;
@@ -33,10 +32,8 @@ pub const PING: &str = "PING";
 pub struct RealEnv {
     /// The scripted model.
     pub model: ScriptedModel,
-    /// The server.
-    pub server: OpencodeServer,
-    _home: IsolatedHome,
-    _cwd: tempfile::TempDir,
+    /// The server: orch-testkit's isolated test server (its own home and storage).
+    pub test_server: TestServer,
 }
 
 /// The script: compaction and pings at once, Planner/Worker/Reviewer after `delay`.
@@ -80,45 +77,82 @@ impl RealEnv {
 
     /// Starts one server using `model`.
     pub fn with_model(model: ScriptedModel) -> Result<Self, String> {
-        let (server, home, cwd) = start_server()?;
-        Ok(RealEnv {
-            model,
-            server,
-            _home: home,
-            _cwd: cwd,
-        })
+        let test_server = start_server(&model.base_url())?;
+        Ok(RealEnv { model, test_server })
+    }
+
+    /// The running `opencode serve`.
+    pub fn server(&self) -> &OpencodeServer {
+        self.test_server.server()
     }
 
     /// A project directory with the scripted provider, the orchestrator's agents, and
-    /// OpenCode snapshots on or off (on: the directory is a git repository).
+    /// OpenCode snapshots on or off (on: the directory is a git repository), for the
+    /// server's generation.
     pub fn project(&self, snapshot: bool) -> Result<tempfile::TempDir, String> {
-        project_for(&self.model.base_url(), snapshot)
+        project_of(&self.model.base_url(), self.server().generation(), snapshot)
     }
 }
 
-/// Starts an `opencode serve` with its own isolated home (its own storage).
-pub fn start_server() -> Result<(OpencodeServer, IsolatedHome, tempfile::TempDir), String> {
-    let home = IsolatedHome::new().map_err(|e| e.to_string())?;
-    let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = OpencodeServer::builder()
-        .binary(require_binary())
-        .project_dir(cwd.path())
-        .isolated_home(home.path())
+/// Starts an isolated `opencode serve` (orch-testkit's [`TestServer`]: its own home and
+/// storage) of the generation `OPENCODE_BIN` selects, whose model is the scripted one at
+/// `model_url`.
+pub fn start_server(model_url: &str) -> Result<TestServer, String> {
+    TestServer::builder(model_url)
         .start()
-        .map_err(|e| e.to_string())?;
-    Ok((server, home, cwd))
+        .map_err(|e| e.to_string())
 }
 
-/// See [`RealEnv::project`].
+/// [`start_server`] of `generation` (`OPENCODE_BIN_V1` / `OPENCODE_BIN_V2`, else where
+/// orch-testkit's `find_generation` looks). Also returns the version.
+pub fn start_server_of(
+    model_url: &str,
+    generation: Generation,
+) -> Result<(TestServer, String), String> {
+    let server = TestServer::builder(model_url)
+        .generation(generation)
+        .start()
+        .map_err(|e| e.to_string())?;
+    if server.generation() != generation {
+        return Err(format!(
+            "asked for OpenCode {generation:?}, the server says {:?}",
+            server.generation()
+        ));
+    }
+    let version = server.binary().version.clone();
+    Ok((server, version))
+}
+
+/// See [`RealEnv::project`] (OpenCode 1).
 pub fn project_for(model_url: &str, snapshot: bool) -> Result<tempfile::TempDir, String> {
+    project_of(model_url, Generation::V1, snapshot)
+}
+
+/// A project directory for a server of `generation`: the scripted provider, the
+/// orchestrator's agents in that generation's config shape, and OpenCode's snapshots on or
+/// off (`snapshot` for OpenCode 1, `snapshots` for OpenCode 2; on: the directory is a git
+/// repository).
+pub fn project_of(
+    model_url: &str,
+    generation: Generation,
+    snapshot: bool,
+) -> Result<tempfile::TempDir, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut config = fake_provider_config(model_url);
-    config["snapshot"] = json!(snapshot);
+    let key = match generation {
+        Generation::V1 => "snapshot",
+        Generation::V2 => "snapshots",
+    };
+    config[key] = json!(snapshot);
     std::fs::write(dir.path().join("opencode.json"), config.to_string())
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("README.md"), "# bench project\n").map_err(|e| e.to_string())?;
+    let spec = match generation {
+        Generation::V1 => orch_agents::backend::opencode::install_spec(&AgentSet::builtin()),
+        Generation::V2 => orch_agents::backend::opencode2::install_spec(&AgentSet::builtin()),
+    };
     ConfigInstaller::new(dir.path())
-        .install(&install_spec(&AgentSet::builtin()))
+        .install(&spec)
         .map_err(|e| e.to_string())?;
     if snapshot {
         for args in [
@@ -166,6 +200,25 @@ pub async fn connect(
     OpencodeBackend::connect(client, config)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Connects a backend of the server's generation to `server` for `project`.
+pub async fn connect_any(
+    server: &OpencodeServer,
+    project: &Path,
+    config: OpencodeBackendConfig,
+) -> Result<AnyOpencode, String> {
+    AnyOpencode::connect_server(server, project, config)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// HTTP requests a backend has sent to OpenCode so far (event stream included).
+pub fn requests_sent(backend: &AnyOpencode) -> u64 {
+    match backend {
+        AnyOpencode::V1(b) => b.client().stats().requests,
+        AnyOpencode::V2(b) => b.client().stats().requests,
+    }
 }
 
 fn ping(n: u64) -> TurnRequest {
@@ -344,10 +397,10 @@ fn saving(fresh: Duration, ours: Duration) -> String {
 
 /// Benchmark 4: session pool acquire vs creating a real session, and the per-turn saving.
 pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
-    warm_up(&env.model, &env.server).await?;
+    warm_up(&env.model, env.server()).await?;
     let project = env.project(false)?;
     let client = env
-        .server
+        .server()
         .client()
         .with_directory(project.path().to_string_lossy());
     // Baseline: POST /session.
@@ -361,7 +414,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
         create.push(t.elapsed());
     }
     // Ours: acquire a pooled session (the pool is warm after the first open).
-    let pooled = connect(&env.server, project.path(), backend_config(8, 1_000)).await?;
+    let pooled = connect(env.server(), project.path(), backend_config(8, 1_000)).await?;
     let first = pooled
         .open(spec(AgentRole::Reviewer))
         .await
@@ -394,7 +447,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     // between the seconds-long turns of a mission), and back to back (it overlaps the next
     // turns, whichever variant's).
     let fresh = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             warm_sessions: 0,
@@ -403,7 +456,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     )
     .await?;
     let replace = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             reset: SessionReset::Replace,
@@ -413,7 +466,7 @@ pub async fn bench4(env: &RealEnv) -> Result<Vec<Row>, String> {
     )
     .await?;
     let compact = connect(
-        &env.server,
+        env.server(),
         project.path(),
         OpencodeBackendConfig {
             reset: SessionReset::Compact,
@@ -542,8 +595,8 @@ fn compactions(model: &ScriptedModel) -> usize {
         .count()
 }
 
-/// Runs one mission of independent items on `workers` Workers and Reviewers on `server`.
-/// `delay` is how long the scripted model waits before it answers a Worker or Reviewer.
+/// Runs one mission of independent items on `workers` Workers and Reviewers on `server` (of
+/// either generation; `project` made for it, [`project_of`]). `delay` is how long the scripted model waits before it answers a Worker or Reviewer.
 pub async fn speedup_run(
     model: &ScriptedModel,
     server: &OpencodeServer,
@@ -552,7 +605,7 @@ pub async fn speedup_run(
     delay: Duration,
 ) -> Result<SpeedupRun, String> {
     let config = backend_config(workers.max(2) * 2, 10);
-    let backend = Arc::new(Recorder::new(connect(server, project, config).await?));
+    let backend = Arc::new(Recorder::new(connect_any(server, project, config).await?));
     let run = speedup_mission(&backend, model, server.pid(), project, workers, delay).await;
     backend.inner().shutdown().await;
     run
@@ -563,14 +616,14 @@ pub async fn speedup_run(
 /// second. The first contact of a new server process with a project sets off several
 /// seconds of CPU on both cores (measured 7–10 s of CPU over 6–10 s on OpenCode 1.18.33),
 /// once per process; a run measured during it measures that instead. Returns the CPU the
-/// server used and the wall time until it settled.
+/// server used and the wall time until it settled. Either generation.
 pub async fn warm_up(
     model: &ScriptedModel,
     server: &OpencodeServer,
 ) -> Result<(Duration, Duration), String> {
-    let project = project_for(&model.base_url(), false)?;
+    let project = project_of(&model.base_url(), server.generation(), false)?;
     let (cpu0, t0) = (server_cpu(server), Instant::now());
-    let backend = connect(server, project.path(), backend_config(2, 1_000)).await?;
+    let backend = connect_any(server, project.path(), backend_config(2, 1_000)).await?;
     let turn = one_turn(&backend, 0).await;
     backend.shutdown().await;
     turn?;
@@ -623,7 +676,7 @@ fn turn_split<B>(
 }
 
 async fn speedup_mission(
-    backend: &Arc<Recorder<OpencodeBackend>>,
+    backend: &Arc<Recorder<AnyOpencode>>,
     model: &ScriptedModel,
     server_pid: u32,
     project: &Path,
@@ -631,7 +684,7 @@ async fn speedup_mission(
     delay: Duration,
 ) -> Result<SpeedupRun, String> {
     let compactions0 = compactions(model);
-    let requests0 = backend.inner().client().stats();
+    let requests0 = requests_sent(backend.inner());
     let spec = MissionSpec::new("speed-up benchmark", project).config(MissionConfig {
         workers,
         reviewers: workers,
@@ -711,7 +764,7 @@ async fn speedup_mission(
             .sum(),
         setup,
         after,
-        requests: backend.inner().client().stats().since(&requests0).requests,
+        requests: requests_sent(backend.inner()) - requests0,
     })
 }
 
@@ -721,13 +774,13 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
     let n = 16;
     let delay = Duration::from_millis(500);
     let env = RealEnv::start(script(&plan_text(&dag(Shape::Wide, n)), delay)?)?;
-    let (warm_cpu, warm_wall) = warm_up(&env.model, &env.server).await?;
+    let (warm_cpu, warm_wall) = warm_up(&env.model, env.server()).await?;
     // Best of two runs each, alternating (noise only adds time).
     let (mut r1, mut r8): (Option<SpeedupRun>, Option<SpeedupRun>) = (None, None);
     for _ in 0..2 {
         for (workers, best) in [(1, &mut r1), (8, &mut r8)] {
             let project = env.project(false)?;
-            let run = speedup_run(&env.model, &env.server, project.path(), workers, delay).await?;
+            let run = speedup_run(&env.model, env.server(), project.path(), workers, delay).await?;
             if best.is_none_or(|b| run.items < b.items) {
                 *best = Some(run);
             }
@@ -832,24 +885,35 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
     }
     for snapshot in [false, true] {
         let project = env.project(snapshot)?;
-        let backend =
-            Arc::new(connect(&env.server, project.path(), backend_config(32, 1_000)).await?);
-        let _ = one_turn(backend.as_ref(), 0).await?;
-        let (cpu0, t0) = (server_cpu(&env.server), Instant::now());
-        let tps = turns_per_second(Arc::clone(&backend), 16, Duration::from_secs(4)).await?;
-        let turns = tps * t0.elapsed().as_secs_f64();
-        let per_turn = server_cpu(&env.server).saturating_sub(cpu0).as_secs_f64() / turns.max(1.0);
-        backend.shutdown().await;
+        let (tps, per_turn) = sustained(env.server(), project.path(), 16).await?;
         rows.push(Row::info(
             5,
             format!(
                 "turns/s one server sustains (16 sessions, instant model, snapshots {}); server CPU per turn",
                 if snapshot { "on" } else { "off" }
             ),
-            format!("{tps:.1} turns/s; {:.1} ms", per_turn * 1e3),
+            format!("{tps:.1} turns/s; {}", fmt_duration(per_turn)),
         ));
     }
     Ok(rows)
+}
+
+/// The ping turns per second `sessions` sessions sustain on `server` (either generation) for
+/// `project` over 4 s, after one turn of warm-up, and the server's CPU time per turn meanwhile
+/// (its whole process tree, `/proc/<pid>/stat`).
+pub async fn sustained(
+    server: &OpencodeServer,
+    project: &Path,
+    sessions: usize,
+) -> Result<(f64, Duration), String> {
+    let backend = Arc::new(connect_any(server, project, backend_config(32, 1_000)).await?);
+    let _ = one_turn(backend.as_ref(), 0).await?;
+    let (cpu0, t0) = (server_cpu(server), Instant::now());
+    let tps = turns_per_second(Arc::clone(&backend), sessions, Duration::from_secs(4)).await;
+    let turns = tps.as_ref().map_or(0.0, |t| t * t0.elapsed().as_secs_f64());
+    let cpu = server_cpu(server).saturating_sub(cpu0);
+    backend.shutdown().await;
+    Ok((tps?, cpu.div_f64(turns.max(1.0))))
 }
 
 /// Benchmark 6: turns per second with two OpenCode servers behind one [`MultiBackend`]
@@ -857,15 +921,19 @@ pub async fn bench5() -> Result<Vec<Row>, String> {
 pub async fn bench6() -> Result<Vec<Row>, String> {
     let model = ScriptedModel::start(script("", Duration::ZERO)?).map_err(|e| e.to_string())?;
     let project = project_for(&model.base_url(), false)?;
-    let mut servers = vec![start_server()?, start_server()?];
-    for (server, _, _) in &servers {
-        warm_up(&model, server).await?;
+    let mut servers = vec![
+        start_server(&model.base_url())?,
+        start_server(&model.base_url())?,
+    ];
+    for server in &servers {
+        warm_up(&model, server.server()).await?;
     }
     let mut rates = Vec::new();
     for n in [1usize, 2] {
         let mut backends = Vec::new();
-        for (server, _, _) in servers.iter().take(n) {
-            backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+        for server in servers.iter().take(n) {
+            backends
+                .push(connect(server.server(), project.path(), backend_config(32, 1_000)).await?);
         }
         let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
         // Warm every server (first prompt in a directory boots an instance).
@@ -890,8 +958,8 @@ pub async fn bench6() -> Result<Vec<Row>, String> {
     ];
     // Loss: 8 sessions on two servers, one server killed after 1 s; turns keep succeeding.
     let mut backends = Vec::new();
-    for (server, _, _) in &servers {
-        backends.push(connect(server, project.path(), backend_config(32, 1_000)).await?);
+    for server in &servers {
+        backends.push(connect(server.server(), project.path(), backend_config(32, 1_000)).await?);
     }
     let multi = Arc::new(MultiBackend::new(backends).map_err(|e| e.to_string())?);
     let run = tokio::spawn(turns_per_second(
