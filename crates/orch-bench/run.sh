@@ -9,7 +9,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 # The Node baseline of benchmark 3: the pinned SDK from package-lock.json.
 if command -v npm >/dev/null 2>&1; then
-  (cd "$here/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$here/node" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error >/dev/null)
 else
   echo "npm not found: benchmark 3 runs without its Node baseline" >&2
 fi

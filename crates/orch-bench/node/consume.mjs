@@ -8,6 +8,7 @@ const bySession = new Map();
 let events = 0;
 let routed = 0;
 const t0 = performance.now();
+const cpu0 = process.cpuUsage();
 const sub = await client.event.subscribe();
 for await (const ev of sub.stream) {
   if (ev.type === "bench.end") break;
@@ -27,5 +28,8 @@ for await (const ev of sub.stream) {
   }
 }
 const seconds = (performance.now() - t0) / 1000;
-console.log(JSON.stringify({ events, routed, seconds, sessions: bySession.size }));
+// CPU time of the whole process (all its threads) over the same interval.
+const cpu = process.cpuUsage(cpu0);
+const cpu_seconds = (cpu.user + cpu.system) / 1e6;
+console.log(JSON.stringify({ events, routed, seconds, cpu_seconds, sessions: bySession.size }));
 process.exit(0);

@@ -12,6 +12,10 @@
 //!   with either decoder, and a `serde_json::Value`-per-event baseline.
 //! * `route_without_sse_framing`, `envelope_only`: the same without the framing (the
 //!   envelope against a borrowing `serde_json` parse of the same three fields).
+//! * `replayed_decode_and_route`: the shape of `orch-bench`'s benchmark 3 in memory: 50
+//!   sessions each replaying the capture in its recorded order, interleaved (20,000
+//!   events), every event framed, routed and decoded into its typed `Event`, against
+//!   `eventsource-stream` + a `serde_json::Value` per event.
 //! * `decode_and_route_v2`: the captured OpenCode 2.1.2 streams (`tests/data/v2`, 50 copies
 //!   with rewritten session ids), framed, envelopes read with `RawEvent::parse_v2_str`
 //!   (`data`, `durable`) and routed (replays checked), against a `serde_json::Value` per
@@ -142,6 +146,25 @@ fn bench_events(c: &mut Criterion) {
     g.finish();
 }
 
+/// The replayed stream: kinds change from one event to the next.
+fn bench_replayed(c: &mut Criterion) {
+    let rec = replayed(20_000, 50);
+    let n = rec.chunks.len();
+    // Events without a session (bootstrap noise) have no subscriber here.
+    let delivered = routed(&rec, Decode::All, Framing::Ours);
+    assert!(delivered > n * 8 / 10, "{delivered} of {n} delivered");
+    let mut g = c.benchmark_group("replayed_decode_and_route");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(
+        BenchmarkId::new("eventsource_stream_serde_json_value_baseline", n),
+        |b| b.iter(|| baseline(&rec, Framing::EventsourceStream)),
+    );
+    g.bench_function(BenchmarkId::new("envelope_route_typed_all", n), |b| {
+        b.iter(|| routed(&rec, Decode::All, Framing::Ours))
+    });
+    g.finish();
+}
+
 /// The OpenCode 2 stream (`data` envelopes with `durable`), framed and routed.
 fn bench_events_v2(c: &mut Criterion) {
     let rec = recorded_v2();
@@ -167,7 +190,7 @@ fn bench_events_v2(c: &mut Criterion) {
 criterion_group! {
     name = events;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    targets = bench_framing, bench_events, bench_events_v2
+    targets = bench_framing, bench_events, bench_replayed, bench_events_v2
 }
 
 fn main() {

@@ -18,33 +18,40 @@
 //! values it skips are only checked for balanced brackets (counted, not matched by kind) and
 //! closed strings, and are validated when a subscriber decodes them.
 
-use std::sync::Arc;
-
-/// Where an envelope string is: a range of the event text, or (when the JSON string had
-/// escapes) its decoded copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where an envelope string is: the byte range of its content (between the quotes) in the
+/// event text. Copyable: a scan allocates nothing, even for strings with escapes, which are
+/// checked during the scan and decoded by [`unescape`] when the event is built (rare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slice {
     /// Absent, or not a string.
     None,
-    /// Byte range of the event text (a string without escapes).
+    /// A string without escapes: its text.
     Range(u32, u32),
-    /// The decoded string (it had escapes).
-    Owned(Arc<str>),
+    /// A string with (valid) escapes: its raw content, to decode with [`unescape`].
+    Escaped(u32, u32),
 }
 
 impl Slice {
     #[cfg(test)]
-    pub(crate) fn get<'a>(&'a self, text: &'a str) -> Option<&'a str> {
+    pub(crate) fn get(self, text: &str) -> Option<std::borrow::Cow<'_, str>> {
         match self {
             Slice::None => None,
-            Slice::Range(a, b) => text.get(*a as usize..*b as usize),
-            Slice::Owned(s) => Some(s),
+            Slice::Range(a, b) => text.get(a as usize..b as usize).map(Into::into),
+            Slice::Escaped(a, b) => unescape(text, a, b).ok().map(Into::into),
         }
     }
 }
 
+/// The decoded content of the JSON string whose content is `text[start..end]`.
+pub(crate) fn unescape(text: &str, start: u32, end: u32) -> Scan<String> {
+    let (start, end) = (start as usize, end as usize);
+    text.get(start.wrapping_sub(1)..end + 1)
+        .and_then(|quoted| serde_json::from_str::<String>(quoted).ok())
+        .map_or_else(|| fail("invalid escape in a string", start), Ok)
+}
+
 /// The envelope of one event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Envelope {
     /// `type` (always a string; an envelope without one is an error).
     pub(crate) kind: Slice,
@@ -90,7 +97,7 @@ enum Value {
 }
 
 /// Reads the envelope of an OpenCode 1 event (payload in `properties`).
-#[inline]
+#[inline(always)]
 pub(crate) fn scan(text: &str) -> Scan<Envelope> {
     if text.len() > u32::MAX as usize {
         return fail("event larger than 4 GiB", 0);
@@ -227,15 +234,15 @@ fn integer(number: &str) -> Option<u64> {
 /// matched as bytes and only the properties are scanned. `None` when the text has another
 /// layout (or a member after the properties), which the general walk then reads; nothing
 /// before the properties can repeat a key, and nothing may follow them.
-#[inline]
+#[inline(always)]
 fn opencode_layout(text: &str) -> Scan<Option<Envelope>> {
     const ID: &[u8] = b"{\"id\":\"";
     const TYPE: &[u8] = b"\",\"type\":\"";
     const PROPS: &[u8] = b"\",\"properties\":{";
     let b = text.as_bytes();
     let plain = |from: usize| -> Option<usize> {
-        let k = memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
-        (b[from + k] == b'"').then_some(from + k)
+        let k = quote_or_backslash(b, from)?;
+        (b[k] == b'"').then_some(k)
     };
     if !b.starts_with(ID) {
         return Ok(None);
@@ -289,8 +296,8 @@ fn opencode2_layout(text: &str) -> Scan<Option<Envelope>> {
     const ID: &[u8] = b"{\"id\":\"";
     let b = text.as_bytes();
     let plain = |from: usize| -> Option<usize> {
-        let k = memchr::memchr2(b'"', b'\\', b.get(from..)?)?;
-        (b[from + k] == b'"').then_some(from + k)
+        let k = quote_or_backslash(b, from)?;
+        (b[k] == b'"').then_some(k)
     };
     let expect = |at: usize, what: &[u8]| -> Option<usize> {
         (b.get(at..at + what.len())? == what).then_some(at + what.len())
@@ -399,10 +406,9 @@ fn slice(text: &str, s: Str) -> Scan<Slice> {
     if !s.escaped {
         return Ok(Slice::Range(s.start as u32, s.end as u32));
     }
-    match serde_json::from_str::<String>(&text[s.start - 1..s.end + 1]) {
-        Ok(decoded) => Ok(Slice::Owned(Arc::from(decoded))),
-        Err(_) => fail("invalid escape in a string", s.start),
-    }
+    // Checked now (so a bad escape fails the scan, as a parser would), decoded when built.
+    unescape(text, s.start as u32, s.end as u32)?;
+    Ok(Slice::Escaped(s.start as u32, s.end as u32))
 }
 
 fn string_or_skip(text: &str, at: usize) -> Scan<(usize, Value)> {
@@ -459,20 +465,6 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A 256-entry membership table of `bytes`.
-const fn table(bytes: &[u8]) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < bytes.len() {
-        t[bytes[i] as usize] = true;
-        i += 1;
-    }
-    t
-}
-
-/// Where a string ends or escapes.
-static STRING_STOP: [bool; 256] = table(b"\"\\");
-
 /// The string whose opening quote is at `at`.
 #[inline]
 fn string(b: &[u8], at: usize) -> Scan<Str> {
@@ -480,17 +472,7 @@ fn string(b: &[u8], at: usize) -> Scan<Str> {
     let mut i = start;
     let mut escaped = false;
     loop {
-        let rest = b.get(i..).unwrap_or_default();
-        // Most keys and ids are short: a table scan of their first bytes beats a call to
-        // memchr, which takes over for long strings.
-        let head = &rest[..rest.len().min(24)];
-        let found = match head.iter().position(|&c| STRING_STOP[c as usize]) {
-            Some(k) => Some(k),
-            None if rest.len() > head.len() => {
-                memchr::memchr2(b'"', b'\\', &rest[head.len()..]).map(|k| head.len() + k)
-            }
-            None => None,
-        };
+        let found = quote_or_backslash(b, i).map(|k| k - i);
         let Some(k) = found else {
             return fail("unterminated string", at);
         };
@@ -506,6 +488,27 @@ fn string(b: &[u8], at: usize) -> Scan<Str> {
         // Skip the backslash and the escaped byte (`\uXXXX` digits need no care).
         i = at_stop + 2;
     }
+}
+
+/// The first `"` or `\\` at or after `from`: eight bytes at a time (short strings, the
+/// usual case, end in the first word; a call to `memchr` costs more than that).
+#[inline]
+fn quote_or_backslash(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(word) = b.get(from..from + 8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let hit =
+            zero_bytes(w ^ (u64::from(b'"') * ONES)) | zero_bytes(w ^ (u64::from(b'\\') * ONES));
+        if hit != 0 {
+            return Some(from + hit.trailing_zeros() as usize / 8);
+        }
+        from += 8;
+    }
+    b.get(from..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| from + k)
 }
 
 /// Skips the value starting at `at`; returns the index after it.
@@ -549,7 +552,24 @@ fn literal(b: &[u8], at: usize, word: &[u8]) -> Scan<usize> {
 /// in-string mask. A byte-by-byte scan of JSON this dense mispredicts a branch at every
 /// token; here only brackets (and, with `session`, the strings directly inside the object)
 /// are visited one by one. Brackets are matched by count, not by kind.
-fn skip_container(text: &str, at: usize, mut session: Option<&mut Option<Value>>) -> Scan<usize> {
+///
+/// Most events hold no backslash at all (one `memchr` tells): their blocks are classified
+/// without the backslash mask and the escape carry.
+fn skip_container(text: &str, at: usize, session: Option<&mut Option<Value>>) -> Scan<usize> {
+    if memchr::memchr(b'\\', text.as_bytes().get(at..).unwrap_or_default()).is_some() {
+        skip_blocks::<true>(text, at, session)
+    } else {
+        skip_blocks::<false>(text, at, session)
+    }
+}
+
+/// [`skip_container`]'s block loop; `ESC`: the text from `at` on may hold backslashes.
+#[inline(always)]
+fn skip_blocks<const ESC: bool>(
+    text: &str,
+    at: usize,
+    mut session: Option<&mut Option<Value>>,
+) -> Scan<usize> {
     let b = text.as_bytes();
     let mut depth: u64 = 0;
     let mut in_string: u64 = 0;
@@ -557,39 +577,38 @@ fn skip_container(text: &str, at: usize, mut session: Option<&mut Option<Value>>
     let mut pos = at;
     while pos < b.len() {
         let m = match b.get(pos..pos + 64) {
-            Some(block) => Masks::of(block),
+            Some(block) => Masks::of::<ESC>(block),
             // The last, partial block: the text's last 64 bytes, shifted (no copy).
-            None if b.len() >= 64 => Masks::of(&b[b.len() - 64..]).shifted(pos + 64 - b.len()),
+            None if b.len() >= 64 => {
+                Masks::of::<ESC>(&b[b.len() - 64..]).shifted(pos + 64 - b.len())
+            }
             None => {
                 let mut block = [b' '; 64];
                 block[..b.len() - pos].copy_from_slice(&b[pos..]);
-                Masks::of(&block)
+                Masks::of::<ESC>(&block)
             }
         };
-        let escaped = if m.backslash == 0 && odd_backslash == 0 {
-            0
+        let quotes = if ESC && (m.backslash != 0 || odd_backslash != 0) {
+            m.quote & !odd_backslash_ends(m.backslash, &mut odd_backslash)
         } else {
-            odd_backslash_ends(m.backslash, &mut odd_backslash)
+            m.quote
         };
-        let quotes = m.quote & !escaped;
         let inside = prefix_xor(quotes) ^ in_string;
         in_string = ((inside as i64) >> 63) as u64;
         let opens = m.open & !inside;
-        let closes = m.close & !inside;
-        // Deep inside (the depth stays above 1 whatever the order of the brackets): count.
-        let closing = u64::from(closes.count_ones());
-        if depth > closing + 1 {
-            depth = depth + u64::from(opens.count_ones()) - closing;
-            pos += 64;
-            continue;
-        }
+        let mut brackets = opens | m.close & !inside;
         // Opening quotes of strings directly inside the tracked object (depth 1).
+        let starts = if session.is_some() {
+            quotes & inside
+        } else {
+            0
+        };
         let mut members: u64 = 0;
-        let starts = quotes & inside;
-        let mut brackets = opens | closes;
         let mut from = 0u32;
         let mut end = None;
         // Branch-free per bracket (its kind is data): only the end of the container branches.
+        // (A block holds few brackets; counting them with `count_ones` would cost more on
+        // x86-64's baseline, which has no `popcnt`.)
         while brackets != 0 {
             let bit = brackets.trailing_zeros();
             members |= starts & span(from, bit) & all_if(depth == 1);
@@ -612,11 +631,19 @@ fn skip_container(text: &str, at: usize, mut session: Option<&mut Option<Value>>
                 let later = quotes & !span(0, bit + 1);
                 let key = if later != 0 {
                     let close = later.trailing_zeros();
-                    Some((close, m.backslash & span(bit + 1, close) != 0))
+                    Some((close, ESC && m.backslash & span(bit + 1, close) != 0))
                 } else {
                     None
                 };
-                session_member(text, pos + bit as usize, key, slot)?;
+                let at = pos + bit as usize;
+                // Most members are not `sessionID`: an unescaped string closing in this block
+                // is rejected here unless it is 9 bytes long and starts like it.
+                if let Some((close, false)) = key
+                    && (close != bit + 10 || text.as_bytes().get(at + 1) != Some(&b's'))
+                {
+                    continue;
+                }
+                session_member(text, at, key, slot)?;
             }
         }
         if let Some(end) = end {
@@ -682,6 +709,7 @@ fn span(from: u32, to: u32) -> u64 {
 /// Bit masks of one 64-byte block: bit `i` is byte `i`.
 struct Masks {
     quote: u64,
+    /// Zero when the block was classified without backslashes.
     backslash: u64,
     /// `{` or `[`.
     open: u64,
@@ -690,11 +718,12 @@ struct Masks {
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
 
 impl Masks {
-    /// `block` holds 64 bytes.
-    #[inline]
-    fn of(block: &[u8]) -> Masks {
+    /// `block` holds 64 bytes; `ESC`: classify backslashes too.
+    #[inline(always)]
+    fn of<const ESC: bool>(block: &[u8]) -> Masks {
         let mut m = Masks {
             quote: 0,
             backslash: 0,
@@ -705,13 +734,19 @@ impl Masks {
             let mut bytes = [0u8; 8];
             bytes.copy_from_slice(word);
             let w = u64::from_le_bytes(bytes);
-            // `[` and `{` differ only in bit 5 (0x20), as do `]` and `}`.
-            let folded = w | (0x20 * ONES);
+            // `[` and `{` differ only in bit 5 (0x20), as do `]` and `}`: folded, a bracket
+            // is 0x7B or 0x7D. `(f ^ 0x7B) & !0x06` is zero for 0x79, 0x7B, 0x7D and 0x7F,
+            // of which only the brackets have bits 1 and 2 different; bit 1 set is `{`.
+            let f = w | (0x20 * ONES);
+            let bracket = zero_bytes((f ^ (0x7B * ONES)) & !(0x06 * ONES)) & ((f ^ (f >> 1)) << 6);
+            let open = bracket & (f << 6);
             let shift = 8 * k;
-            m.quote |= pack(equal_bytes(w, b'"')) << shift;
-            m.open |= pack(equal_bytes(folded, b'{')) << shift;
-            m.close |= pack(equal_bytes(folded, b'}')) << shift;
-            m.backslash |= pack(equal_bytes(w, b'\\')) << shift;
+            m.quote |= pack(zero_bytes(w ^ (u64::from(b'"') * ONES))) << shift;
+            m.open |= pack(open) << shift;
+            m.close |= pack(bracket & !open) << shift;
+            if ESC {
+                m.backslash |= pack(zero_bytes(w ^ (u64::from(b'\\') * ONES))) << shift;
+            }
         }
         m
     }
@@ -730,12 +765,11 @@ impl Masks {
     }
 }
 
-/// The high bit of each byte of `w` that equals `c` (exact: no borrow crosses bytes).
-#[inline]
-fn equal_bytes(w: u64, c: u8) -> u64 {
+/// The high bit of each byte of `t` that is zero (exact: no borrow crosses bytes).
+#[inline(always)]
+fn zero_bytes(t: u64) -> u64 {
     const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    let t = w ^ (u64::from(c) * ONES);
-    !(((t & LOW7).wrapping_add(LOW7)) | t) & !LOW7
+    !(((t & LOW7).wrapping_add(LOW7)) | t) & HIGH
 }
 
 /// Packs the high bit of each byte into the low 8 bits (byte `i` to bit `i`): the product
@@ -799,11 +833,11 @@ mod tests {
     ) {
         let e = scan(text).unwrap();
         (
-            e.kind.get(text).map(str::to_owned),
-            e.id.get(text).map(str::to_owned),
+            e.kind.get(text).map(std::borrow::Cow::into_owned),
+            e.id.get(text).map(std::borrow::Cow::into_owned),
             e.props
                 .map(|(a, b)| text[a as usize..b as usize].to_owned()),
-            e.session.get(text).map(str::to_owned),
+            e.session.get(text).map(std::borrow::Cow::into_owned),
         )
     }
 
@@ -860,9 +894,17 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..2000 {
             let block: Vec<u8> = (0..64)
-                .map(|_| b"\"\\{}[]ab ,:z]^~\x7f\x80\xff;"[rng.usize(..18)])
+                .map(|_| {
+                    let alphabet = b"\"\\{}[]ab ,:z]^~\x7f\x80\xff;yY_\x5f\x79\x7a\x7c\x7e\x7b";
+                    alphabet[rng.usize(..alphabet.len())]
+                })
                 .collect();
-            let m = Masks::of(&block);
+            let m = Masks::of::<true>(&block);
+            let plain = Masks::of::<false>(&block);
+            assert_eq!(
+                (plain.quote, plain.open, plain.close, plain.backslash),
+                (m.quote, m.open, m.close, 0)
+            );
             let mask = |f: &dyn Fn(u8) -> bool| {
                 block
                     .iter()

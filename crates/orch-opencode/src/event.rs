@@ -212,7 +212,7 @@ impl Span {
         end: u32::MAX,
     };
 
-    /// A range slice as a span (an owned one is none: see [`RawEvent::build`]).
+    /// A range slice as a span (an escaped one is none: see [`RawEvent::build`]).
     #[inline]
     fn of(slice: &Slice) -> Span {
         match slice {
@@ -276,32 +276,38 @@ impl RawEvent {
 
     /// The event of `text` and its envelope, with every envelope string a span of one
     /// buffer (decoded copies appended after the JSON).
-    #[inline]
+    #[inline(always)]
     fn build(text: &str, env: &Envelope, generation: Generation) -> Result<Self, EventParseError> {
         let json_len = u32::try_from(text.len()).map_err(|_| too_large(text))?;
-        let owned = |s: &Slice| matches!(s, Slice::Owned(_));
+        let owned = |s: &Slice| matches!(s, Slice::Escaped(..));
         let escaped =
             owned(&env.kind) || owned(&env.id) || owned(&env.session) || owned(&env.aggregate);
         let (buffer, [kind_at, id_at, session_at, aggregate_at]): (Arc<str>, [Span; 4]) = if escaped
         {
             // Rare: strings with escapes, decoded and appended after the JSON.
             let mut buffer = String::from(text);
-            let mut span = |s: &Slice| match s {
-                Slice::Owned(decoded) => {
+            let mut span = |s: &Slice| match *s {
+                Slice::Escaped(a, b) => {
+                    // Checked by the scan: cannot fail.
+                    let decoded =
+                        envelope::unescape(text, a, b).map_err(|e| EventParseError::Envelope {
+                            message: format!("{} at byte {}", e.message, e.at),
+                            excerpt: crate::error::excerpt(text.as_bytes(), 80),
+                        })?;
                     let start = buffer.len();
-                    buffer.push_str(decoded);
-                    Span {
+                    buffer.push_str(&decoded);
+                    Ok(Span {
                         start: start as u32,
                         end: buffer.len() as u32,
-                    }
+                    })
                 }
-                other => Span::of(other),
+                other => Ok(Span::of(&other)),
             };
             let spans = [
-                span(&env.kind),
-                span(&env.id),
-                span(&env.session),
-                span(&env.aggregate),
+                span(&env.kind)?,
+                span(&env.id)?,
+                span(&env.session)?,
+                span(&env.aggregate)?,
             ];
             if u32::try_from(buffer.len()).is_err() {
                 return Err(too_large(text));
@@ -448,31 +454,28 @@ impl RawEvent {
         Ok(match self.kind() {
             K::ServerConnected => Event::ServerConnected,
             K::ServerHeartbeat => Event::ServerHeartbeat,
-            K::SessionCreated => {
-                let p: SessionInfoProps = self.properties()?;
-                Event::SessionCreated { info: p.info }
-            }
-            K::SessionUpdated => {
-                let p: SessionInfoProps = self.properties()?;
-                Event::SessionUpdated { info: p.info }
-            }
-            K::SessionDeleted => {
-                let p: SessionInfoProps = self.properties()?;
-                Event::SessionDeleted { info: p.info }
-            }
+            K::SessionCreated => Event::SessionCreated {
+                info: self.session_info()?,
+            },
+            K::SessionUpdated => Event::SessionUpdated {
+                info: self.session_info()?,
+            },
+            K::SessionDeleted => Event::SessionDeleted {
+                info: self.session_info()?,
+            },
             K::SessionStatus => {
-                let p: StatusProps = self.properties()?;
-                Event::SessionStatus {
-                    session_id: p.session_id,
-                    status: p.status,
-                }
+                let (session_id, status) = match fast::status(self.properties_json()) {
+                    Some(p) => p,
+                    None => {
+                        let p: StatusProps = self.properties()?;
+                        (p.session_id, p.status)
+                    }
+                };
+                Event::SessionStatus { session_id, status }
             }
-            K::SessionIdle => {
-                let p: SessionProps = self.properties()?;
-                Event::SessionIdle {
-                    session_id: p.session_id,
-                }
-            }
+            K::SessionIdle => Event::SessionIdle {
+                session_id: self.only_session_id()?,
+            },
             K::SessionError => {
                 let p: ErrorProps = self.properties()?;
                 Event::SessionError {
@@ -481,22 +484,24 @@ impl RawEvent {
                 }
             }
             K::SessionDiff => {
-                let p: DiffProps = self.properties()?;
-                Event::SessionDiff {
-                    session_id: p.session_id,
-                    diff: p.diff,
-                }
+                let (session_id, diff) = match fast::diff(self.properties_json()) {
+                    Some(p) => p,
+                    None => {
+                        let p: DiffProps = self.properties()?;
+                        (p.session_id, p.diff)
+                    }
+                };
+                Event::SessionDiff { session_id, diff }
             }
-            K::SessionCompacted => {
-                let p: SessionProps = self.properties()?;
-                Event::SessionCompacted {
-                    session_id: p.session_id,
-                }
-            }
-            K::MessageUpdated => {
-                let p: MessageProps = self.properties()?;
-                Event::MessageUpdated { info: p.info }
-            }
+            K::SessionCompacted => Event::SessionCompacted {
+                session_id: self.only_session_id()?,
+            },
+            K::MessageUpdated => Event::MessageUpdated {
+                info: match fast::message(self.properties_json()) {
+                    Some(info) => info,
+                    None => self.properties::<MessageProps>()?.info,
+                },
+            },
             K::MessageRemoved => {
                 let p: MessageRemovedProps = self.properties()?;
                 Event::MessageRemoved {
@@ -504,20 +509,31 @@ impl RawEvent {
                     message_id: p.message_id,
                 }
             }
-            K::MessagePartUpdated => {
-                let p: PartProps = self.properties()?;
-                Event::MessagePartUpdated { part: p.part }
-            }
-            K::MessagePartDelta => {
-                let p: DeltaProps = self.properties()?;
-                Event::MessagePartDelta {
+            K::MessagePartUpdated => Event::MessagePartUpdated {
+                part: match fast::part_updated(self.properties_json()) {
+                    Some(part) => part,
+                    None => self.properties::<PartProps>()?.part,
+                },
+            },
+            K::MessagePartDelta => match fast::delta(self.properties_json()) {
+                Some(p) => Event::MessagePartDelta {
                     session_id: p.session_id,
                     message_id: p.message_id,
                     part_id: p.part_id,
                     field: p.field,
                     delta: p.delta,
+                },
+                None => {
+                    let p: DeltaProps = self.properties()?;
+                    Event::MessagePartDelta {
+                        session_id: p.session_id,
+                        message_id: p.message_id,
+                        part_id: p.part_id,
+                        field: p.field,
+                        delta: p.delta,
+                    }
                 }
-            }
+            },
             K::MessagePartRemoved => {
                 let p: PartRemovedProps = self.properties()?;
                 Event::MessagePartRemoved {
@@ -575,6 +591,24 @@ impl RawEvent {
                 properties: serde_json::from_str(self.properties_json()).unwrap_or_default(),
             },
         })
+    }
+}
+
+impl RawEvent {
+    /// `info` of a `session.*` event: read directly, else by serde (same value or error).
+    fn session_info(&self) -> Result<Box<Session>, EventParseError> {
+        match fast::session_info(self.properties_json()) {
+            Some(info) => Ok(info),
+            None => Ok(self.properties::<SessionInfoProps>()?.info),
+        }
+    }
+
+    /// `sessionID` of a payload that holds only it (`session.idle`, `session.compacted`).
+    fn only_session_id(&self) -> Result<SessionId, EventParseError> {
+        match fast::session_id(self.properties_json()) {
+            Some(id) => Ok(id),
+            None => Ok(self.properties::<SessionProps>()?.session_id),
+        }
     }
 }
 
@@ -883,6 +917,1069 @@ struct FileWatcherProps {
     file: String,
     #[serde(default)]
     event: String,
+}
+
+/// Typed payloads of the frequent kinds read directly from the JSON text, without serde's
+/// visitor machinery (a turn's `message.updated`, `message.part.updated`, `session.*`,
+/// `session.status` and `message.part.delta` are most of a stream).
+///
+/// **Exactly serde's result, or nothing.** Each reader accepts only input that `serde_json`
+/// reads into the same value: plain strings (an escape, a control character, a key with an
+/// escape), numbers outside the plain grammar, a repeated known field, a missing required
+/// field, `null` where serde would refuse it, a struct given as an array, or deep nesting
+/// make it give up (`None`), and the caller decodes with serde as before (same value, same
+/// error). Unknown members are skipped after checking them as strictly as `serde_json`
+/// does; the rare nested payloads (tool states, errors, permission rules, structured
+/// output, diffs) are handed to serde as their own text.
+mod fast {
+    use serde::de::DeserializeOwned;
+
+    use crate::ids::{MessageId, PartId, SessionId};
+    use crate::types::{
+        CacheTokens, Finish, MessageInfo, MessageTime, ModelRef, Part, PartKind, Role, Session,
+        SessionModel, SessionStatus, SessionTime, Tokens,
+    };
+
+    /// Deeper than this, give up (serde_json's own limit is 128).
+    const MAX_DEPTH: u32 = 64;
+
+    /// A cursor over the payload text.
+    struct Cur<'a> {
+        text: &'a str,
+        at: usize,
+        depth: u32,
+    }
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+
+    impl<'a> Cur<'a> {
+        fn new(text: &'a str) -> Self {
+            Cur {
+                text,
+                at: 0,
+                depth: 0,
+            }
+        }
+
+        #[inline]
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.at).copied()
+        }
+
+        #[inline]
+        fn ws(&mut self) {
+            let b = self.text.as_bytes();
+            while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(self.at) {
+                self.at += 1;
+            }
+        }
+
+        #[inline]
+        fn eat(&mut self, c: u8) -> Option<()> {
+            (self.peek()? == c).then(|| self.at += 1)
+        }
+
+        /// The first quote, backslash or control character at or after `i` (or the end).
+        #[inline(always)]
+        fn stop(&self, mut i: usize) -> usize {
+            let b = self.text.as_bytes();
+            // Eight bytes at a time (exact for the first hit: borrows only run upwards).
+            while let Some(word) = b.get(i..i + 8) {
+                let mut bytes = [0u8; 8];
+                bytes.copy_from_slice(word);
+                let w = u64::from_le_bytes(bytes);
+                let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
+                let q = w ^ (ONES * u64::from(b'"'));
+                let quote = q.wrapping_sub(ONES) & !q;
+                let s = w ^ (ONES * u64::from(b'\\'));
+                let slash = s.wrapping_sub(ONES) & !s;
+                let hit = (ctrl | quote | slash) & HIGH;
+                if hit != 0 {
+                    return i + hit.trailing_zeros() as usize / 8;
+                }
+                i += 8;
+            }
+            while let Some(&c) = b.get(i) {
+                if c == b'"' || c == b'\\' || c < 0x20 {
+                    break;
+                }
+                i += 1;
+            }
+            i
+        }
+
+        /// A string without escapes or control characters (what serde reads as is).
+        #[inline(always)]
+        fn str(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let start = self.at;
+            let end = self.stop(start);
+            if self.text.as_bytes().get(end) != Some(&b'"') {
+                return None;
+            }
+            self.at = end + 1;
+            self.text.get(start..end)
+        }
+
+        /// A string, escapes decoded as serde_json decodes them (a `\u` escape of a
+        /// surrogate gives up).
+        fn string(&mut self) -> Option<String> {
+            self.eat(b'"')?;
+            let b = self.text.as_bytes();
+            let start = self.at;
+            let end = self.stop(start);
+            if b.get(end) == Some(&b'"') {
+                self.at = end + 1;
+                return self.text.get(start..end).map(str::to_owned);
+            }
+            let mut out = String::with_capacity(end - start + 16);
+            let mut from = start;
+            let mut at = end;
+            loop {
+                out.push_str(self.text.get(from..at)?);
+                match *b.get(at)? {
+                    b'"' => {
+                        self.at = at + 1;
+                        return Some(out);
+                    }
+                    b'\\' => {
+                        let c = match *b.get(at + 1)? {
+                            b'"' => '"',
+                            b'\\' => '\\',
+                            b'/' => '/',
+                            b'b' => '\u{8}',
+                            b'f' => '\u{c}',
+                            b'n' => '\n',
+                            b'r' => '\r',
+                            b't' => '\t',
+                            b'u' => {
+                                let hex = self.text.get(at + 2..at + 6)?;
+                                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                                    return None;
+                                }
+                                // Surrogates (pairs or lone) are left to serde.
+                                char::from_u32(u32::from_str_radix(hex, 16).ok()?)?
+                            }
+                            _ => return None,
+                        };
+                        out.push(c);
+                        from = at + if b[at + 1] == b'u' { 6 } else { 2 };
+                        at = self.stop(from);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// Skips a string as serde_json ignores one: escapes are checked for their form only
+        /// (`\u` takes any four hex digits), control characters refused.
+        fn skip_string(&mut self) -> Option<()> {
+            self.eat(b'"')?;
+            let b = self.text.as_bytes();
+            let mut at = self.stop(self.at);
+            loop {
+                match *b.get(at)? {
+                    b'"' => {
+                        self.at = at + 1;
+                        return Some(());
+                    }
+                    b'\\' => {
+                        let len = match *b.get(at + 1)? {
+                            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                            b'u' => {
+                                let hex = b.get(at + 2..at + 6)?;
+                                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                    return None;
+                                }
+                                6
+                            }
+                            _ => return None,
+                        };
+                        at = self.stop(at + len);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// A JSON integer as `serde_json` reads it into a `u64`: plain digits, no leading
+        /// zero, not followed by a fraction or an exponent, within range.
+        #[inline]
+        fn u64(&mut self) -> Option<u64> {
+            let b = self.text.as_bytes();
+            let start = self.at;
+            let mut n: u64 = 0;
+            while let Some(&c) = b.get(self.at) {
+                if !c.is_ascii_digit() {
+                    break;
+                }
+                n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                self.at += 1;
+            }
+            let digits = self.at - start;
+            if digits == 0 || (digits > 1 && b[start] == b'0') {
+                return None;
+            }
+            match b.get(self.at) {
+                Some(b'.' | b'e' | b'E') => None,
+                _ => Some(n),
+            }
+        }
+
+        fn u32(&mut self) -> Option<u32> {
+            u32::try_from(self.u64()?).ok()
+        }
+
+        /// Skips one JSON value, checking it as strictly as `serde_json` does when it
+        /// ignores a value (strings without escapes only); returns its text.
+        fn skip(&mut self) -> Option<&'a str> {
+            let start = self.at;
+            match self.peek()? {
+                b'"' => self.skip_string()?,
+                b'{' => {
+                    self.enter()?;
+                    self.object(|c, _| {
+                        c.skip()?;
+                        Some(())
+                    })?;
+                    self.depth -= 1;
+                }
+                b'[' => {
+                    self.enter()?;
+                    self.at += 1;
+                    self.ws();
+                    if self.peek()? == b']' {
+                        self.at += 1;
+                    } else {
+                        loop {
+                            self.skip()?;
+                            self.ws();
+                            match self.peek()? {
+                                b',' => {
+                                    self.at += 1;
+                                    self.ws();
+                                }
+                                b']' => {
+                                    self.at += 1;
+                                    break;
+                                }
+                                _ => return None,
+                            }
+                        }
+                    }
+                    self.depth -= 1;
+                }
+                b't' => self.word("true")?,
+                b'f' => self.word("false")?,
+                b'n' => self.word("null")?,
+                _ => self.number()?,
+            }
+            self.text.get(start..self.at)
+        }
+
+        fn enter(&mut self) -> Option<()> {
+            self.depth += 1;
+            (self.depth <= MAX_DEPTH).then_some(())
+        }
+
+        fn word(&mut self, w: &str) -> Option<()> {
+            let end = self.at + w.len();
+            (self.text.get(self.at..end)? == w).then(|| self.at = end)
+        }
+
+        /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+        fn number(&mut self) -> Option<()> {
+            let b = self.text.as_bytes();
+            let digits = |at: &mut usize| {
+                let from = *at;
+                while b.get(*at).is_some_and(u8::is_ascii_digit) {
+                    *at += 1;
+                }
+                *at - from
+            };
+            let mut i = self.at;
+            if b.get(i) == Some(&b'-') {
+                i += 1;
+            }
+            let first = *b.get(i)?;
+            let n = digits(&mut i);
+            if n == 0 || (first == b'0' && n > 1) {
+                return None;
+            }
+            if b.get(i) == Some(&b'.') {
+                i += 1;
+                if digits(&mut i) == 0 {
+                    return None;
+                }
+            }
+            if let Some(b'e' | b'E') = b.get(i) {
+                i += 1;
+                if let Some(b'+' | b'-') = b.get(i) {
+                    i += 1;
+                }
+                if digits(&mut i) == 0 {
+                    return None;
+                }
+            }
+            self.at = i;
+            Some(())
+        }
+
+        /// The members of the object here: `member(cursor, key)` reads (or skips) each
+        /// value.
+        #[inline]
+        fn object(
+            &mut self,
+            mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        ) -> Option<()> {
+            self.eat(b'{')?;
+            self.ws();
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let key = self.str()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+                member(self, key)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.ws();
+                    }
+                    b'}' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// A nested struct (counted against the depth limit).
+        fn nested<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+            self.enter()?;
+            let v = read(self)?;
+            self.depth -= 1;
+            Some(v)
+        }
+
+        /// `null` (`None`) or a value read by `read`.
+        fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+            if self.peek()? == b'n' {
+                self.word("null")?;
+                return Some(None);
+            }
+            read(self).map(Some)
+        }
+
+        /// The value here decoded by serde from its own text (rare nested payloads).
+        fn serde<T: DeserializeOwned>(&mut self) -> Option<T> {
+            let text = self.skip()?;
+            serde_json::from_str(text).ok()
+        }
+
+        /// A JSON number into an `f64` as serde_json reads it: a plain integer of up to 15
+        /// digits is exact either way (serde converts the integer); anything else is parsed
+        /// by serde_json itself (same rounding).
+        fn f64(&mut self) -> Option<f64> {
+            let start = self.at;
+            self.number()?;
+            let text = self.text.get(start..self.at)?;
+            if text.len() <= 15 && text.bytes().all(|c| c.is_ascii_digit()) {
+                return text.parse::<u64>().ok().map(|n| n as f64);
+            }
+            serde_json::from_str(text).ok()
+        }
+
+        fn bool(&mut self) -> Option<bool> {
+            match self.peek()? {
+                b't' => self.word("true").map(|()| true),
+                b'f' => self.word("false").map(|()| false),
+                _ => None,
+            }
+        }
+
+        /// Nothing but whitespace after the value (as `serde_json::from_str` requires).
+        fn end(&mut self) -> Option<()> {
+            self.ws();
+            (self.at == self.text.len()).then_some(())
+        }
+    }
+
+    /// Marks field `bit` as seen; `None` when it was already (serde: duplicate field).
+    #[inline]
+    fn once(seen: &mut u32, bit: u32) -> Option<()> {
+        let mask = 1 << bit;
+        if *seen & mask != 0 {
+            return None;
+        }
+        *seen |= mask;
+        Some(())
+    }
+
+    fn tokens(c: &mut Cur<'_>) -> Option<Tokens> {
+        let mut t = Tokens::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "total" => {
+                        once(&mut seen, 0)?;
+                        t.total = c.option(Cur::u64)?;
+                    }
+                    "input" => {
+                        once(&mut seen, 1)?;
+                        t.input = c.u64()?;
+                    }
+                    "output" => {
+                        once(&mut seen, 2)?;
+                        t.output = c.u64()?;
+                    }
+                    "reasoning" => {
+                        once(&mut seen, 3)?;
+                        t.reasoning = c.u64()?;
+                    }
+                    "cache" => {
+                        once(&mut seen, 4)?;
+                        t.cache = cache(c)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(t)
+    }
+
+    fn cache(c: &mut Cur<'_>) -> Option<CacheTokens> {
+        let mut t = CacheTokens::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "read" => {
+                        once(&mut seen, 0)?;
+                        t.read = c.u64()?;
+                    }
+                    "write" => {
+                        once(&mut seen, 1)?;
+                        t.write = c.u64()?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(t)
+    }
+
+    fn session_time(c: &mut Cur<'_>) -> Option<SessionTime> {
+        let mut t = SessionTime::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "created" => {
+                        once(&mut seen, 0)?;
+                        t.created = c.u64()?;
+                    }
+                    "updated" => {
+                        once(&mut seen, 1)?;
+                        t.updated = c.u64()?;
+                    }
+                    "archived" => {
+                        once(&mut seen, 2)?;
+                        t.archived = c.option(Cur::u64)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(t)
+    }
+
+    fn session_model(c: &mut Cur<'_>) -> Option<SessionModel> {
+        let (mut id, mut provider_id, mut variant) = (None, None, None);
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "id" => {
+                        once(&mut seen, 0)?;
+                        id = Some(c.string()?);
+                    }
+                    "providerID" => {
+                        once(&mut seen, 1)?;
+                        provider_id = Some(c.string()?);
+                    }
+                    "variant" => {
+                        once(&mut seen, 2)?;
+                        variant = c.option(Cur::string)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(SessionModel {
+            id: id?,
+            provider_id: provider_id?,
+            variant,
+        })
+    }
+
+    fn model_ref(c: &mut Cur<'_>) -> Option<ModelRef> {
+        let (mut provider_id, mut model_id) = (None, None);
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "providerID" => {
+                        once(&mut seen, 0)?;
+                        provider_id = Some(c.string()?);
+                    }
+                    "modelID" => {
+                        once(&mut seen, 1)?;
+                        model_id = Some(c.string()?);
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(ModelRef {
+            provider_id: provider_id?,
+            model_id: model_id?,
+        })
+    }
+
+    fn message_time(c: &mut Cur<'_>) -> Option<MessageTime> {
+        let mut t = MessageTime::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "created" => {
+                        once(&mut seen, 0)?;
+                        t.created = c.u64()?;
+                    }
+                    "completed" => {
+                        once(&mut seen, 1)?;
+                        t.completed = c.option(Cur::u64)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(t)
+    }
+
+    fn session(c: &mut Cur<'_>) -> Option<Session> {
+        let mut id = None;
+        let (mut slug, mut project_id, mut directory, mut title, mut version) = (
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        let (mut parent_id, mut agent, mut model, mut permission) = (None, None, None, None);
+        let mut cost = 0.0;
+        let mut tokens_ = Tokens::default();
+        let mut time = SessionTime::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "id" => {
+                        once(&mut seen, 0)?;
+                        id = Some(SessionId::new(c.string()?));
+                    }
+                    "slug" => {
+                        once(&mut seen, 1)?;
+                        slug = c.string()?;
+                    }
+                    "projectID" => {
+                        once(&mut seen, 2)?;
+                        project_id = c.string()?;
+                    }
+                    "directory" => {
+                        once(&mut seen, 3)?;
+                        directory = c.string()?;
+                    }
+                    "parentID" => {
+                        once(&mut seen, 4)?;
+                        parent_id = c.option(|c| c.string().map(SessionId::new))?;
+                    }
+                    "title" => {
+                        once(&mut seen, 5)?;
+                        title = c.string()?;
+                    }
+                    "agent" => {
+                        once(&mut seen, 6)?;
+                        agent = c.option(Cur::string)?;
+                    }
+                    "model" => {
+                        once(&mut seen, 7)?;
+                        model = c.option(session_model)?;
+                    }
+                    "version" => {
+                        once(&mut seen, 8)?;
+                        version = c.string()?;
+                    }
+                    "cost" => {
+                        once(&mut seen, 9)?;
+                        cost = c.f64()?;
+                    }
+                    "tokens" => {
+                        once(&mut seen, 10)?;
+                        tokens_ = tokens(c)?;
+                    }
+                    "permission" => {
+                        once(&mut seen, 11)?;
+                        permission = c.serde()?;
+                    }
+                    "time" => {
+                        once(&mut seen, 12)?;
+                        time = session_time(c)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(Session {
+            id: id?,
+            slug,
+            project_id,
+            directory,
+            parent_id,
+            title,
+            agent,
+            model,
+            version,
+            cost,
+            tokens: tokens_,
+            permission,
+            time,
+        })
+    }
+
+    fn message_info(c: &mut Cur<'_>) -> Option<MessageInfo> {
+        let (mut id, mut session_id, mut role) = (None, None, None);
+        let mut time = MessageTime::default();
+        let (mut parent_id, mut agent, mut mode, mut provider_id, mut model_id) =
+            (None, None, None, None, None);
+        let (mut model, mut finish, mut error, mut structured) = (None, None, None, None);
+        let mut cost = 0.0;
+        let mut tokens_ = Tokens::default();
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "id" => {
+                        once(&mut seen, 0)?;
+                        id = Some(MessageId::new(c.string()?));
+                    }
+                    "sessionID" => {
+                        once(&mut seen, 1)?;
+                        session_id = Some(SessionId::new(c.string()?));
+                    }
+                    "role" => {
+                        once(&mut seen, 2)?;
+                        role = Some(Role::from(c.str()?));
+                    }
+                    "time" => {
+                        once(&mut seen, 3)?;
+                        time = message_time(c)?;
+                    }
+                    "parentID" => {
+                        once(&mut seen, 4)?;
+                        parent_id = c.option(|c| c.string().map(MessageId::new))?;
+                    }
+                    "agent" => {
+                        once(&mut seen, 5)?;
+                        agent = c.option(Cur::string)?;
+                    }
+                    "mode" => {
+                        once(&mut seen, 6)?;
+                        mode = c.option(Cur::string)?;
+                    }
+                    "providerID" => {
+                        once(&mut seen, 7)?;
+                        provider_id = c.option(Cur::string)?;
+                    }
+                    "modelID" => {
+                        once(&mut seen, 8)?;
+                        model_id = c.option(Cur::string)?;
+                    }
+                    "model" => {
+                        once(&mut seen, 9)?;
+                        model = c.option(model_ref)?;
+                    }
+                    "cost" => {
+                        once(&mut seen, 10)?;
+                        cost = c.f64()?;
+                    }
+                    "tokens" => {
+                        once(&mut seen, 11)?;
+                        tokens_ = tokens(c)?;
+                    }
+                    "finish" => {
+                        once(&mut seen, 12)?;
+                        finish = c.option(|c| c.str().map(Finish::from))?;
+                    }
+                    "error" => {
+                        once(&mut seen, 13)?;
+                        error = c.serde()?;
+                    }
+                    "structured" => {
+                        once(&mut seen, 14)?;
+                        structured = c.serde()?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(MessageInfo {
+            id: id?,
+            session_id: session_id?,
+            role: role?,
+            time,
+            parent_id,
+            agent,
+            mode,
+            provider_id,
+            model_id,
+            model,
+            cost,
+            tokens: tokens_,
+            finish,
+            error,
+            structured,
+        })
+    }
+
+    fn part(c: &mut Cur<'_>) -> Option<Part> {
+        let (mut id, mut session_id, mut message_id, mut kind) = (None, None, None, None);
+        let (mut text, mut synthetic, mut tool, mut call_id, mut state) =
+            (None, None, None, None, None);
+        let (mut reason, mut tokens_, mut cost, mut files) = (None, None, None, None);
+        let (mut mime, mut url, mut filename) = (None, None, None);
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "id" => {
+                        once(&mut seen, 0)?;
+                        id = Some(PartId::new(c.string()?));
+                    }
+                    "sessionID" => {
+                        once(&mut seen, 1)?;
+                        session_id = Some(SessionId::new(c.string()?));
+                    }
+                    "messageID" => {
+                        once(&mut seen, 2)?;
+                        message_id = Some(MessageId::new(c.string()?));
+                    }
+                    "type" => {
+                        once(&mut seen, 3)?;
+                        kind = Some(PartKind::from(c.str()?));
+                    }
+                    "text" => {
+                        once(&mut seen, 4)?;
+                        text = c.option(Cur::string)?;
+                    }
+                    "synthetic" => {
+                        once(&mut seen, 5)?;
+                        synthetic = c.option(Cur::bool)?;
+                    }
+                    "tool" => {
+                        once(&mut seen, 6)?;
+                        tool = c.option(Cur::string)?;
+                    }
+                    "callID" => {
+                        once(&mut seen, 7)?;
+                        call_id = c.option(Cur::string)?;
+                    }
+                    "state" => {
+                        once(&mut seen, 8)?;
+                        state = c.serde()?;
+                    }
+                    "reason" => {
+                        once(&mut seen, 9)?;
+                        reason = c.option(|c| c.str().map(Finish::from))?;
+                    }
+                    "tokens" => {
+                        once(&mut seen, 10)?;
+                        tokens_ = c.option(tokens)?;
+                    }
+                    "cost" => {
+                        once(&mut seen, 11)?;
+                        cost = c.option(Cur::f64)?;
+                    }
+                    "files" => {
+                        once(&mut seen, 12)?;
+                        files = c.serde()?;
+                    }
+                    "mime" => {
+                        once(&mut seen, 13)?;
+                        mime = c.option(Cur::string)?;
+                    }
+                    "url" => {
+                        once(&mut seen, 14)?;
+                        url = c.option(Cur::string)?;
+                    }
+                    "filename" => {
+                        once(&mut seen, 15)?;
+                        filename = c.option(Cur::string)?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(Part {
+            id: id?,
+            session_id: session_id?,
+            message_id: message_id?,
+            kind: kind?,
+            text,
+            synthetic,
+            tool,
+            call_id,
+            state,
+            reason,
+            tokens: tokens_,
+            cost,
+            files,
+            mime,
+            url,
+            filename,
+        })
+    }
+
+    /// The payload object `{…}` with one required member `name` read by `read`, every other
+    /// member skipped.
+    fn single<T>(props: &str, name: &str, read: impl Fn(&mut Cur<'_>) -> Option<T>) -> Option<T> {
+        let mut c = Cur::new(props);
+        c.ws();
+        let mut value = None;
+        let mut seen = 0;
+        c.object(|c, key| {
+            if key == name {
+                once(&mut seen, 0)?;
+                value = Some(read(c)?);
+            } else {
+                c.skip()?;
+            }
+            Some(())
+        })?;
+        c.end()?;
+        value
+    }
+
+    /// `session.created` / `updated` / `deleted`: `{"info": Session}`.
+    pub(super) fn session_info(props: &str) -> Option<Box<Session>> {
+        single(props, "info", session).map(Box::new)
+    }
+
+    /// `message.updated`: `{"info": MessageInfo}`.
+    pub(super) fn message(props: &str) -> Option<Box<MessageInfo>> {
+        single(props, "info", message_info).map(Box::new)
+    }
+
+    /// `message.part.updated`: `{"part": Part}`.
+    pub(super) fn part_updated(props: &str) -> Option<Box<Part>> {
+        single(props, "part", part).map(Box::new)
+    }
+
+    /// `session.idle` / `session.compacted`: `{"sessionID": …}`.
+    pub(super) fn session_id(props: &str) -> Option<SessionId> {
+        single(props, "sessionID", |c| c.string().map(SessionId::new))
+    }
+
+    /// `session.status`: `{"sessionID": …, "status": {"type": …, …}}`.
+    pub(super) fn status(props: &str) -> Option<(SessionId, SessionStatus)> {
+        let mut c = Cur::new(props);
+        c.ws();
+        let (mut sid, mut status) = (None, None);
+        let mut seen = 0;
+        c.object(|c, key| {
+            match key {
+                "sessionID" => {
+                    once(&mut seen, 0)?;
+                    sid = Some(SessionId::new(c.string()?));
+                }
+                "status" => {
+                    once(&mut seen, 1)?;
+                    status = Some(session_status(c)?);
+                }
+                _ => {
+                    c.skip()?;
+                }
+            }
+            Some(())
+        })?;
+        c.end()?;
+        Some((sid?, status?))
+    }
+
+    /// [`SessionStatus`]'s own reading: `type`, and `attempt` / `message` / `next` for a
+    /// retry.
+    fn session_status(c: &mut Cur<'_>) -> Option<SessionStatus> {
+        let (mut kind, mut attempt, mut message, mut next) = (None, 0u32, "", 0u64);
+        let mut seen = 0;
+        c.nested(|c| {
+            c.object(|c, key| {
+                match key {
+                    "type" => {
+                        once(&mut seen, 0)?;
+                        kind = Some(c.str()?);
+                    }
+                    "attempt" => {
+                        once(&mut seen, 1)?;
+                        attempt = c.u32()?;
+                    }
+                    "message" => {
+                        once(&mut seen, 2)?;
+                        message = c.str()?;
+                    }
+                    "next" => {
+                        once(&mut seen, 3)?;
+                        next = c.u64()?;
+                    }
+                    _ => {
+                        c.skip()?;
+                    }
+                }
+                Some(())
+            })
+        })?;
+        Some(match kind? {
+            "idle" => SessionStatus::Idle,
+            "busy" => SessionStatus::Busy,
+            "retry" => SessionStatus::Retry {
+                attempt,
+                message: message.to_owned(),
+                next,
+            },
+            other => SessionStatus::Other(other.to_owned()),
+        })
+    }
+
+    /// `message.part.delta`'s members.
+    pub(super) struct Delta {
+        pub(super) session_id: SessionId,
+        pub(super) message_id: MessageId,
+        pub(super) part_id: PartId,
+        pub(super) field: String,
+        pub(super) delta: String,
+    }
+
+    /// `message.part.delta`: `{"sessionID", "messageID", "partID", "field", "delta"}`.
+    pub(super) fn delta(props: &str) -> Option<Delta> {
+        let mut c = Cur::new(props);
+        c.ws();
+        let (mut sid, mut mid, mut pid) = (None, None, None);
+        let (mut field, mut delta) = (String::new(), String::new());
+        let mut seen = 0;
+        c.object(|c, key| {
+            match key {
+                "sessionID" => {
+                    once(&mut seen, 0)?;
+                    sid = Some(SessionId::new(c.string()?));
+                }
+                "messageID" => {
+                    once(&mut seen, 1)?;
+                    mid = Some(MessageId::new(c.string()?));
+                }
+                "partID" => {
+                    once(&mut seen, 2)?;
+                    pid = Some(PartId::new(c.string()?));
+                }
+                "field" => {
+                    once(&mut seen, 3)?;
+                    field = c.string()?;
+                }
+                "delta" => {
+                    once(&mut seen, 4)?;
+                    delta = c.string()?;
+                }
+                _ => {
+                    c.skip()?;
+                }
+            }
+            Some(())
+        })?;
+        c.end()?;
+        Some(Delta {
+            session_id: sid?,
+            message_id: mid?,
+            part_id: pid?,
+            field,
+            delta,
+        })
+    }
+
+    /// `session.diff`: `{"sessionID": …, "diff": any}`.
+    pub(super) fn diff(props: &str) -> Option<(SessionId, serde_json::Value)> {
+        let mut c = Cur::new(props);
+        c.ws();
+        let (mut sid, mut diff) = (None, None);
+        let mut seen = 0;
+        c.object(|c, key| {
+            match key {
+                "sessionID" => {
+                    once(&mut seen, 0)?;
+                    sid = Some(SessionId::new(c.string()?));
+                }
+                "diff" => {
+                    once(&mut seen, 1)?;
+                    diff = Some(match c.peek()? {
+                        // The usual empty diff, without a parser.
+                        b'[' if c.text.as_bytes().get(c.at + 1) == Some(&b']') => {
+                            c.at += 2;
+                            serde_json::Value::Array(Vec::new())
+                        }
+                        _ => c.serde()?,
+                    });
+                }
+                _ => {
+                    c.skip()?;
+                }
+            }
+            Some(())
+        })?;
+        c.end()?;
+        Some((sid?, diff.unwrap_or_default()))
+    }
 }
 
 #[cfg(test)]
@@ -1562,6 +2659,271 @@ mod tests {
             }
             let _ = RawEvent::parse_str(&text[..at]);
             let _ = RawEvent::parse_str(&text[at..]);
+        }
+    }
+
+    /// Every fast reader against serde's reading of the same payload: `Some` only with the
+    /// value serde reads (serde must succeed then).
+    fn fast_equals_serde(props: &str) -> (usize, usize) {
+        fn check<T: PartialEq + fmt::Debug, S>(
+            fast: Option<T>,
+            serde: Result<S, serde_json::Error>,
+            map: impl Fn(S) -> T,
+            props: &str,
+        ) -> (usize, usize) {
+            match fast {
+                Some(f) => {
+                    let s = serde.map(map).unwrap_or_else(|e| {
+                        panic!("fast path accepted what serde refuses ({e}): {props}")
+                    });
+                    assert_eq!(f, s, "{props}");
+                    (1, 1)
+                }
+                None => (0, 1),
+            }
+        }
+        let mut n = (0, 0);
+        let mut add = |r: (usize, usize)| {
+            n.0 += r.0;
+            n.1 += r.1;
+        };
+        add(check(
+            fast::session_info(props),
+            serde_json::from_str::<SessionInfoProps>(props),
+            |p| p.info,
+            props,
+        ));
+        add(check(
+            fast::message(props),
+            serde_json::from_str::<MessageProps>(props),
+            |p| p.info,
+            props,
+        ));
+        add(check(
+            fast::part_updated(props),
+            serde_json::from_str::<PartProps>(props),
+            |p| p.part,
+            props,
+        ));
+        add(check(
+            fast::session_id(props),
+            serde_json::from_str::<SessionProps>(props),
+            |p| p.session_id,
+            props,
+        ));
+        add(check(
+            fast::status(props),
+            serde_json::from_str::<StatusProps>(props),
+            |p| (p.session_id, p.status),
+            props,
+        ));
+        add(check(
+            fast::delta(props).map(|d| (d.session_id, d.message_id, d.part_id, d.field, d.delta)),
+            serde_json::from_str::<DeltaProps>(props),
+            |p| (p.session_id, p.message_id, p.part_id, p.field, p.delta),
+            props,
+        ));
+        add(check(
+            fast::diff(props),
+            serde_json::from_str::<DiffProps>(props),
+            |p| (p.session_id, p.diff),
+            props,
+        ));
+        n
+    }
+
+    #[test]
+    fn fast_readers_equal_serde_on_every_captured_payload() {
+        let mut direct = 0;
+        for text in samples() {
+            let raw = RawEvent::parse(text.clone()).unwrap();
+            let props = raw.properties_json();
+            fast_equals_serde(props);
+            // Every captured payload of the fast kinds is read directly (none falls back).
+            let fast = match raw.kind() {
+                EventKind::SessionCreated
+                | EventKind::SessionUpdated
+                | EventKind::SessionDeleted => fast::session_info(props).is_some(),
+                EventKind::MessageUpdated => fast::message(props).is_some(),
+                EventKind::MessagePartUpdated => fast::part_updated(props).is_some(),
+                EventKind::MessagePartDelta => fast::delta(props).is_some(),
+                EventKind::SessionStatus => fast::status(props).is_some(),
+                EventKind::SessionIdle => fast::session_id(props).is_some(),
+                EventKind::SessionDiff => fast::diff(props).is_some(),
+                _ => continue,
+            };
+            assert!(fast, "fell back: {text}");
+            direct += 1;
+        }
+        assert_eq!(direct, 45 + 11 + 1 + 76 + 74 + 27 + 52 + 12 + 23);
+    }
+
+    /// Mutates `props` (a payload of the captured stream) the ways that separate a lenient
+    /// reader from serde: members removed, `null`ed, retyped, duplicated, unknown members,
+    /// escapes, control characters, odd numbers, arrays for structs, whitespace.
+    fn mutate(props: &str, rng: &mut fastrand::Rng) -> String {
+        let mut text = props.to_owned();
+        for _ in 0..rng.usize(1..4) {
+            let quotes: Vec<usize> = text.match_indices("\":").map(|(i, _)| i).collect();
+            let Some(&at) = quotes.get(rng.usize(..quotes.len().max(1))) else {
+                break;
+            };
+            // The value after `":` at `at`.
+            let v = at + 2;
+            let end = {
+                let b = text.as_bytes();
+                let mut depth = 0i32;
+                let mut i = v;
+                let mut in_str = false;
+                while i < b.len() {
+                    let c = b[i];
+                    if in_str {
+                        if c == b'\\' {
+                            i += 1;
+                        } else if c == b'"' {
+                            in_str = false;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                    } else if c == b'"' {
+                        in_str = true;
+                    } else if c == b'{' || c == b'[' {
+                        depth += 1;
+                    } else if c == b'}' || c == b']' {
+                        if depth == 0 {
+                            break;
+                        }
+                        depth -= 1;
+                        if depth == 0 {
+                            i += 1;
+                            break;
+                        }
+                    } else if depth == 0 && c == b',' {
+                        break;
+                    }
+                    i += 1;
+                }
+                i
+            };
+            let key_start = text[..at].rfind('"').unwrap_or(at);
+            let member = text[key_start..end].to_owned();
+            const VALUES: &[&str] = &[
+                "null",
+                "0",
+                "-1",
+                "01",
+                "1.5",
+                "1e2",
+                "-0",
+                "18446744073709551616",
+                "4294967296",
+                "\"x\"",
+                "\"a\\\"b\"",
+                "\"\\u00e9\"",
+                "\"\u{1}\"",
+                "[]",
+                "{}",
+                "[1,2]",
+                "{\"a\":[{\"b\":null}]}",
+                "true",
+                " \"s\" ",
+                "[\"a\",\"b\"]",
+                "\"busy\"",
+                "\"retry\"",
+                "\"idle\"",
+                "1.0",
+                "[1,]",
+                "{\"a\":1,}",
+                "nul",
+                "\"\\x\"",
+            ];
+            match rng.u8(..6) {
+                // Replace the value.
+                0 | 1 => text.replace_range(v..end, VALUES[rng.usize(..VALUES.len())]),
+                // Remove the member (and a comma).
+                2 => {
+                    let (a, b) = if text[end..].starts_with(',') {
+                        (key_start, end + 1)
+                    } else if text[..key_start].ends_with(',') {
+                        (key_start - 1, end)
+                    } else {
+                        (key_start, end)
+                    };
+                    text.replace_range(a..b, "");
+                }
+                // Duplicate the member.
+                3 => text.insert_str(key_start, &format!("{member},")),
+                // An unknown member before it.
+                4 => text.insert_str(
+                    key_start,
+                    &format!(
+                        "\"x{}\":{},",
+                        rng.u8(..3),
+                        VALUES[rng.usize(..VALUES.len())]
+                    ),
+                ),
+                // Whitespace around it.
+                _ => {
+                    text.insert_str(end, " \n");
+                    text.insert_str(key_start, "\t ");
+                }
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn mutated_payloads_exercise_both_the_fast_path_and_the_fallback() {
+        let (mut fast, mut serde_ok, mut serde_err) = (0, 0, 0);
+        for (i, text) in samples().iter().enumerate() {
+            let raw = RawEvent::parse(text.clone()).unwrap();
+            for seed in 0..40 {
+                let mut rng = fastrand::Rng::with_seed(seed * 1000 + i as u64);
+                let props = mutate(raw.properties_json(), &mut rng);
+                let direct = match raw.kind() {
+                    EventKind::SessionUpdated => fast::session_info(&props).is_some(),
+                    EventKind::MessageUpdated => fast::message(&props).is_some(),
+                    EventKind::MessagePartUpdated => fast::part_updated(&props).is_some(),
+                    _ => continue,
+                };
+                fast_equals_serde(&props);
+                let serde = match raw.kind() {
+                    EventKind::SessionUpdated => {
+                        serde_json::from_str::<SessionInfoProps>(&props).is_ok()
+                    }
+                    EventKind::MessageUpdated => {
+                        serde_json::from_str::<MessageProps>(&props).is_ok()
+                    }
+                    _ => serde_json::from_str::<PartProps>(&props).is_ok(),
+                };
+                fast += usize::from(direct);
+                serde_ok += usize::from(serde && !direct);
+                serde_err += usize::from(!serde);
+            }
+        }
+        // Most mutations keep the payload readable directly; some only serde reads (an
+        // escaped key, an array for a struct, a float for a cost...), some nobody reads.
+        assert!(
+            fast > 2000 && serde_ok > 10 && serde_err > 1000,
+            "{fast} {serde_ok} {serde_err}"
+        );
+    }
+
+    proptest::proptest! {
+        /// On mutated payloads the fast readers still return serde's value or nothing.
+        #[test]
+        fn fast_readers_never_disagree_with_serde(
+            pick in proptest::prelude::any::<proptest::sample::Index>(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let all = samples();
+            let text = &all[pick.index(all.len())];
+            let raw = RawEvent::parse(text.clone()).unwrap();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let props = mutate(raw.properties_json(), &mut rng);
+            fast_equals_serde(&props);
         }
     }
 }

@@ -61,7 +61,7 @@ use crate::error::Error;
 use crate::event::{EventKind, KindSet, RawEvent};
 use crate::generation::Generation;
 use crate::ids::{MessageId, SessionId};
-use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseEvent};
+use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError};
 use crate::types::Prompt;
 use crate::wait::{TurnError, TurnOutput, TurnWaiter};
 
@@ -210,8 +210,16 @@ struct Item {
 }
 
 /// A subscriber's buffer, shared by its [`Slot`] (router side) and its [`Subscription`].
+///
+/// The receiver takes the whole buffer at once (one lock per batch, not per delivery) into
+/// its own local queue; `taken - consumed` is what it holds there and still counts against
+/// the capacity, so the bound is the same as if it took one delivery at a time.
 #[derive(Default)]
-struct Queue(Mutex<QueueState>);
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Deliveries the receiver consumed from its local queue (written by the receiver only).
+    consumed: AtomicU64,
+}
 
 #[derive(Default)]
 struct QueueState {
@@ -224,6 +232,8 @@ struct QueueState {
     /// on their own as soon as the receiver has drained the buffer (so a subscriber whose
     /// session falls silent still learns that it missed something).
     dropped: u64,
+    /// Deliveries the receiver moved to its local queue, in all.
+    taken: u64,
 }
 
 impl QueueState {
@@ -240,7 +250,7 @@ impl QueueState {
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // Plain data; a panic elsewhere cannot leave it inconsistent.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -249,22 +259,29 @@ struct Slot {
     queue: Arc<Queue>,
     capacity: usize,
     mask: u64,
+    /// Deliveries routed in the current batch, offered at its end under one lock.
+    staged: Vec<Delivery>,
 }
 
 impl Slot {
-    /// Offers one delivery without ever blocking; returns whether it was dropped. A receiver
-    /// waiting on the empty buffer is handed to `wake`.
-    fn offer(&mut self, make: impl FnOnce() -> Delivery, wake: &mut impl FnMut(Waker)) -> bool {
+    /// Offers the staged deliveries, in order, without ever blocking; returns how many were
+    /// dropped (buffer full). A receiver waiting on the empty buffer is handed to `wake`.
+    fn flush(&mut self, wake: &mut impl FnMut(Waker)) -> u64 {
         let mut q = self.queue.lock();
-        let dropped = q.items.len() >= self.capacity;
-        if dropped {
-            q.dropped += 1;
-        } else {
-            let lagged = std::mem::take(&mut q.dropped);
-            q.items.push_back(Item {
-                lagged,
-                delivery: make(),
-            });
+        // What the receiver holds locally (a stale `consumed` only overestimates it).
+        let held = q
+            .taken
+            .saturating_sub(self.queue.consumed.load(Ordering::Acquire));
+        let held = usize::try_from(held).unwrap_or(usize::MAX);
+        let mut dropped = 0;
+        for delivery in self.staged.drain(..) {
+            if q.items.len().saturating_add(held) >= self.capacity {
+                q.dropped += 1;
+                dropped += 1;
+            } else {
+                let lagged = std::mem::take(&mut q.dropped);
+                q.items.push_back(Item { lagged, delivery });
+            }
         }
         // With room (or a zero capacity) the receiver may be waiting on an empty buffer.
         let waiting = q.waker.take();
@@ -288,14 +305,64 @@ impl Drop for Slot {
     }
 }
 
+/// The subscribers: slots in a slab, indexed by session and for the catch-all ones.
 #[derive(Default)]
 struct Registry {
-    by_session: HashMap<Box<str>, Vec<Slot>>,
-    all: Vec<Slot>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    by_session: HashMap<Box<str>, Vec<usize>>,
+    all: Vec<usize>,
+    /// Slots with staged deliveries.
+    touched: Vec<usize>,
+    /// Scratch: the slots the event being routed goes to.
+    targets: Vec<usize>,
     /// The last durable `seq` routed per aggregate (OpenCode 2).
     last_seq: HashMap<Box<str>, u64>,
     /// Durable events dropped as replays.
     duplicates: u64,
+}
+
+impl Registry {
+    fn insert(&mut self, slot: Slot) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn slot(&mut self, i: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Stages `delivery` for slot `i`.
+    fn stage(&mut self, i: usize, delivery: Delivery) {
+        let Some(slot) = self.slots.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        if slot.staged.is_empty() {
+            self.touched.push(i);
+        }
+        slot.staged.push(delivery);
+    }
+
+    /// Offers every staged delivery; returns how many were dropped.
+    fn flush(&mut self, wake: &mut impl FnMut(Waker)) -> u64 {
+        let mut dropped = 0;
+        let mut touched = std::mem::take(&mut self.touched);
+        for i in touched.drain(..) {
+            if let Some(slot) = self.slot(i) {
+                dropped += slot.flush(wake);
+            }
+        }
+        self.touched = touched;
+        dropped
+    }
 }
 
 /// Where a connected router reads its stream from.
@@ -355,22 +422,24 @@ impl Shared {
     fn publish(&self, event: RawEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
         let mut reg = self.lock();
-        let dropped = route(&mut reg, event, &mut Waker::wake);
+        route(&mut reg, event);
+        let dropped = reg.flush(&mut Waker::wake);
         drop(reg);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
-    /// Routes `events` in order under one lock, then wakes each waiting receiver once.
+    /// Routes `events` in order under one lock, offers each subscriber its share under one
+    /// lock of its buffer, then wakes each waiting receiver once.
     fn publish_batch(&self, events: &mut Vec<RawEvent>, wakers: &mut Vec<Waker>) {
         self.published
             .fetch_add(events.len() as u64, Ordering::Relaxed);
-        let mut dropped = 0;
         let mut reg = self.lock();
         for event in events.drain(..) {
-            dropped += route(&mut reg, event, &mut |w| wakers.push(w));
+            route(&mut reg, event);
         }
+        let dropped = reg.flush(&mut |w| wakers.push(w));
         drop(reg);
         if dropped > 0 {
             self.dropped.fetch_add(dropped, Ordering::Relaxed);
@@ -382,11 +451,14 @@ impl Shared {
 
     fn broadcast(&self, missed: Missed) {
         let mut reg = self.lock();
-        let Registry {
-            by_session, all, ..
-        } = &mut *reg;
-        for slot in by_session.values_mut().flatten().chain(all.iter_mut()) {
-            slot.offer(|| Delivery::Missed(missed), &mut Waker::wake);
+        let mut dropped = 0;
+        for slot in reg.slots.iter_mut().flatten() {
+            slot.staged.push(Delivery::Missed(missed));
+            dropped += slot.flush(&mut Waker::wake);
+        }
+        drop(reg);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -394,22 +466,26 @@ impl Shared {
         let mut reg = self.lock();
         reg.by_session.clear();
         reg.all.clear();
+        reg.touched.clear();
+        reg.free.clear();
+        let slots = std::mem::take(&mut reg.slots);
         drop(reg);
+        drop(slots);
         self.state.send_replace(StreamState::Closed);
     }
 }
 
-/// Offers `event` to its session's subscribers and to the catch-all ones; returns how many
-/// deliveries were dropped. A durable OpenCode 2 event not above its aggregate's last `seq`
-/// is a replay: counted and dropped.
-fn route(reg: &mut Registry, event: RawEvent, wake: &mut impl FnMut(Waker)) -> u64 {
+/// Stages `event` for its session's subscribers and the catch-all ones (the last one gets
+/// the event itself, the others a clone). A durable OpenCode 2 event not above its
+/// aggregate's last `seq` is a replay: counted and dropped.
+fn route(reg: &mut Registry, event: RawEvent) {
     if let Some(seq) = event.seq()
         && let Some(aggregate) = event.aggregate_id()
     {
         match reg.last_seq.get_mut(aggregate) {
             Some(last) if seq <= *last => {
                 reg.duplicates += 1;
-                return 0;
+                return;
             }
             Some(last) => *last = seq,
             None => {
@@ -421,18 +497,27 @@ fn route(reg: &mut Registry, event: RawEvent, wake: &mut impl FnMut(Waker)) -> u
         }
     }
     let bit = event.route_bit();
-    let mut dropped = 0;
+    let mut targets = std::mem::take(&mut reg.targets);
+    targets.clear();
+    let wanted = |slots: &[Option<Slot>], i: usize| {
+        slots
+            .get(i)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.mask & bit != 0)
+    };
     if let Some(sid) = event.session_id()
-        && let Some(slots) = reg.by_session.get_mut(sid)
+        && let Some(ids) = reg.by_session.get(sid)
     {
-        for slot in slots.iter_mut().filter(|s| s.mask & bit != 0) {
-            dropped += u64::from(slot.offer(|| Delivery::Event(event.clone()), wake));
+        targets.extend(ids.iter().copied().filter(|&i| wanted(&reg.slots, i)));
+    }
+    targets.extend(reg.all.iter().copied().filter(|&i| wanted(&reg.slots, i)));
+    if let Some((&last, rest)) = targets.split_last() {
+        for &i in rest {
+            reg.stage(i, Delivery::Event(event.clone()));
         }
+        reg.stage(last, Delivery::Event(event));
     }
-    for slot in reg.all.iter_mut().filter(|s| s.mask & bit != 0) {
-        dropped += u64::from(slot.offer(|| Delivery::Event(event.clone()), wake));
-    }
-    dropped
+    reg.targets = targets;
 }
 
 /// Cancels the stream task when the last [`EventRouter`] handle goes away.
@@ -640,23 +725,14 @@ impl EventRouter {
     }
 
     fn subscribe_session_mask(&self, session: &str, mask: u64) -> Subscription {
-        let (slot, sub) = self.new_slot(Some(session.into()), mask);
-        self.shared
-            .lock()
-            .by_session
-            .entry(session.into())
-            .or_default()
-            .push(slot);
-        sub
+        self.new_slot(Some(session.into()), mask)
     }
 
     fn subscribe_all_mask(&self, mask: u64) -> Subscription {
-        let (slot, sub) = self.new_slot(None, mask);
-        self.shared.lock().all.push(slot);
-        sub
+        self.new_slot(None, mask)
     }
 
-    fn new_slot(&self, key: Option<Box<str>>, mask: u64) -> (Slot, Subscription) {
+    fn new_slot(&self, key: Option<Box<str>>, mask: u64) -> Subscription {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(Queue::default());
         let slot = Slot {
@@ -664,15 +740,29 @@ impl EventRouter {
             queue: Arc::clone(&queue),
             capacity: self.shared.config.buffer.max(1),
             mask,
+            staged: Vec::new(),
         };
-        let sub = Subscription {
+        let mut reg = self.shared.lock();
+        let index = reg.insert(slot);
+        match &key {
+            Some(session) => reg
+                .by_session
+                .entry(session.clone())
+                .or_default()
+                .push(index),
+            None => reg.all.push(index),
+        }
+        drop(reg);
+        Subscription {
             id,
+            index,
             key,
             queue,
+            local: VecDeque::new(),
+            consumed: 0,
             stash: None,
             shared: Arc::clone(&self.shared),
-        };
-        (slot, sub)
+        }
     }
 
     /// Routes one event to its subscribers, never blocking (see the module docs for the
@@ -858,8 +948,14 @@ impl EventRouter {
 /// A stream of [`Delivery`]s for one subscriber. Dropping it unsubscribes.
 pub struct Subscription {
     id: u64,
+    /// The slot's index in the registry.
+    index: usize,
     key: Option<Box<str>>,
     queue: Arc<Queue>,
+    /// Deliveries taken from the shared buffer in one go, handed out one by one.
+    local: VecDeque<Item>,
+    /// Deliveries handed out of `local`, in all (published to `queue.consumed`).
+    consumed: u64,
     stash: Option<Delivery>,
     shared: Arc<Shared>,
 }
@@ -869,7 +965,7 @@ impl fmt::Debug for Subscription {
         f.debug_struct("Subscription")
             .field("id", &self.id)
             .field("session", &self.key)
-            .field("queued", &self.queue.lock().items.len())
+            .field("queued", &self.len())
             .finish()
     }
 }
@@ -880,27 +976,63 @@ impl Subscription {
         if let Some(d) = self.stash.take() {
             return Some(d);
         }
-        let item = std::future::poll_fn(|cx| self.poll_item(cx)).await?;
+        // Deliveries already taken from the shared buffer cost no lock and no budget: the
+        // budget is charged once per batch taken (below).
+        let item = match self.pop_local() {
+            Some(item) => item,
+            None => std::future::poll_fn(|cx| self.poll_item(cx)).await?,
+        };
         Some(self.unpack(item))
     }
 
-    fn poll_item(&self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    /// The next item of the local queue.
+    #[inline]
+    fn pop_local(&mut self) -> Option<Item> {
+        let item = self.local.pop_front()?;
+        self.consumed += 1;
+        // Single writer: a plain store is enough (the router only reads it).
+        self.queue.consumed.store(self.consumed, Ordering::Release);
+        Some(item)
+    }
+
+    /// Takes the whole shared buffer (or the lag notice owed once it is drained), under one
+    /// lock. `Err(closed)` when there is nothing.
+    fn refill(&mut self, q: &mut QueueState) -> Result<Item, bool> {
+        if !q.items.is_empty() {
+            // `local` is empty: the two buffers swap, so neither allocates again.
+            std::mem::swap(&mut q.items, &mut self.local);
+            q.taken += self.local.len() as u64;
+            return self.pop_local().ok_or(false);
+        }
+        q.take_lag().ok_or(q.closed)
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         // Take part in Tokio's cooperative budget, as its channels do.
         let coop = ready!(tokio::task::coop::poll_proceed(cx));
-        let mut q = self.queue.lock();
-        if let Some(item) = q.items.pop_front().or_else(|| q.take_lag()) {
+        if let Some(item) = self.pop_local() {
             coop.made_progress();
             return Poll::Ready(Some(item));
         }
-        if q.closed {
-            coop.made_progress();
-            return Poll::Ready(None);
+        let queue = Arc::clone(&self.queue);
+        let mut q = queue.lock();
+        match self.refill(&mut q) {
+            Ok(item) => {
+                coop.made_progress();
+                Poll::Ready(Some(item))
+            }
+            Err(true) => {
+                coop.made_progress();
+                Poll::Ready(None)
+            }
+            Err(false) => {
+                match &mut q.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    waiting => *waiting = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
         }
-        match &mut q.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            waiting => *waiting = Some(cx.waker().clone()),
-        }
-        Poll::Pending
     }
 
     /// The next delivery if one is queued; never waits.
@@ -908,9 +1040,13 @@ impl Subscription {
         if let Some(d) = self.stash.take() {
             return Some(d);
         }
-        let item = {
-            let mut q = self.queue.lock();
-            q.items.pop_front().or_else(|| q.take_lag())?
+        let item = match self.pop_local() {
+            Some(item) => item,
+            None => {
+                let queue = Arc::clone(&self.queue);
+                let mut q = queue.lock();
+                self.refill(&mut q).ok()?
+            }
         };
         Some(self.unpack(item))
     }
@@ -928,7 +1064,7 @@ impl Subscription {
 
     /// Deliveries waiting in the buffer.
     pub fn len(&self) -> usize {
-        self.queue.lock().items.len() + usize::from(self.stash.is_some())
+        self.queue.lock().items.len() + self.local.len() + usize::from(self.stash.is_some())
     }
 
     /// Whether the buffer is empty.
@@ -940,26 +1076,42 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut reg = self.shared.lock();
+        // The slot is ours only if the router was not shut down (and the index reused) since.
+        if reg.slot(self.index).is_none_or(|s| s.id != self.id) {
+            return;
+        }
         match &self.key {
             Some(key) => {
                 if let Some(slots) = reg.by_session.get_mut(key) {
-                    slots.retain(|s| s.id != self.id);
+                    slots.retain(|&i| i != self.index);
                     if slots.is_empty() {
                         reg.by_session.remove(key);
                     }
                 }
             }
-            None => reg.all.retain(|s| s.id != self.id),
+            None => {
+                let index = self.index;
+                reg.all.retain(|&i| i != index);
+            }
         }
+        let slot = reg.slots.get_mut(self.index).and_then(Option::take);
+        reg.free.push(self.index);
+        drop(reg);
+        drop(slot);
     }
 }
 
 /// Decodes the envelope of one SSE event; `None` (counted as malformed) when its data is not
 /// an event.
-fn parse_sse(shared: &Shared, event: &SseEvent, generation: Generation) -> Option<RawEvent> {
-    let parsed = event
-        .data_str()
-        .map_err(|e| e.to_string())
+fn parse_sse(shared: &Shared, data: &[u8], generation: Generation) -> Option<RawEvent> {
+    let parsed = std::str::from_utf8(data)
+        .map_err(|e| {
+            SseError::InvalidUtf8 {
+                valid_up_to: e.valid_up_to(),
+                excerpt: crate::error::excerpt(data, 80),
+            }
+            .to_string()
+        })
         .and_then(|text| {
             match generation {
                 Generation::V1 => RawEvent::parse_str(text),
@@ -1039,7 +1191,7 @@ async fn run(shared: Arc<Shared>, source: Source, cancel: CancellationToken) {
                             let mut events = 0usize;
                             let mut failure = None;
                             let mut failure_event = None;
-                            while let Some(next) = decoder.next_event() {
+                            while let Some(next) = decoder.next_raw() {
                                 let ev = match next {
                                     Ok(ev) => ev,
                                     Err(e) => {
@@ -1048,13 +1200,16 @@ async fn run(shared: Arc<Shared>, source: Source, cancel: CancellationToken) {
                                     }
                                 };
                                 events += 1;
-                                if generation == Generation::V2 && ev.event_type() == STREAM_FAILURE
-                                {
-                                    failure_event =
-                                        Some(ev.data_str().unwrap_or("(not UTF-8)").to_owned());
+                                let data = decoder.raw_data(&ev);
+                                if generation == Generation::V2 && ev.event_is(STREAM_FAILURE) {
+                                    failure_event = Some(
+                                        std::str::from_utf8(data)
+                                            .unwrap_or("(not UTF-8)")
+                                            .to_owned(),
+                                    );
                                     break;
                                 }
-                                let Some(raw) = parse_sse(&shared, &ev, generation) else {
+                                let Some(raw) = parse_sse(&shared, data, generation) else {
                                     continue;
                                 };
                                 if confirmed {

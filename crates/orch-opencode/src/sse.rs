@@ -103,6 +103,30 @@ impl SseEvent {
     }
 }
 
+/// An event dispatched by [`SseDecoder::next_raw`].
+#[derive(Debug)]
+pub(crate) struct RawSse {
+    data: RawData,
+    event: Option<Bytes>,
+}
+
+#[derive(Debug)]
+enum RawData {
+    /// A range of the decoder's current chunk.
+    Chunk(usize, usize),
+    Owned(Bytes),
+}
+
+impl RawSse {
+    /// Whether the event type is `name` (ASCII), as [`SseEvent::event_type`] reads it.
+    pub(crate) fn event_is(&self, name: &str) -> bool {
+        match &self.event {
+            Some(e) if !e.is_empty() => e.as_ref() == name.as_bytes(),
+            _ => name == "message",
+        }
+    }
+}
+
 /// The data buffer of the event being decoded.
 #[derive(Debug, Default)]
 enum Data {
@@ -298,6 +322,52 @@ impl SseDecoder {
         let out = self.scan(&chunk);
         self.chunk = chunk;
         out
+    }
+
+    /// [`SseDecoder::next_event`] for the router: the event's data and type, the data
+    /// borrowed from the current chunk when it lies in it ([`SseDecoder::raw_data`]), so a
+    /// dispatch costs no reference count. OpenCode's own framing of an event that lies
+    /// whole in the chunk (`data: <json>\n\n`, the decoder between events) is read
+    /// directly; anything else goes through the general rules.
+    pub(crate) fn next_raw(&mut self) -> Option<Result<RawSse, SseError>> {
+        if self.started
+            && !self.skipping
+            && !self.skip_lf
+            && !self.line_dropped
+            && self.line.is_empty()
+            && matches!(self.data, Data::None)
+            && self.event.is_none()
+            && self.retry.is_none()
+        {
+            let rest = &self.chunk[self.pos.min(self.chunk.len())..];
+            if let Some(line) = rest.strip_prefix(b"data: ")
+                && let Some(i) = memchr::memchr2(b'\n', b'\r', line)
+                && line[i] == b'\n'
+                && line.get(i + 1) == Some(&b'\n')
+                && i + 6 <= self.max
+            {
+                let start = self.pos + 6;
+                self.pos = start + i + 2;
+                return Some(Ok(RawSse {
+                    data: RawData::Chunk(start, start + i),
+                    event: None,
+                }));
+            }
+        }
+        self.next_event().map(|r| {
+            r.map(|e| RawSse {
+                data: RawData::Owned(e.data),
+                event: e.event,
+            })
+        })
+    }
+
+    /// The data of an event from [`SseDecoder::next_raw`] (valid until the next push).
+    pub(crate) fn raw_data<'a>(&'a self, raw: &'a RawSse) -> &'a [u8] {
+        match &raw.data {
+            RawData::Chunk(a, b) => self.chunk.get(*a..*b).unwrap_or_default(),
+            RawData::Owned(data) => data,
+        }
     }
 
     fn scan(&mut self, chunk: &Bytes) -> Option<Result<SseEvent, SseError>> {
@@ -873,6 +943,41 @@ mod tests {
             let pieces = outcome(run(&mut d, &refs));
             prop_assert!(d.buffered() <= 2 * max);
             prop_assert_eq!(pieces, whole);
+        }
+
+        /// The router's `next_raw` (OpenCode's framing read directly, data borrowed) gives
+        /// exactly what `next_event` gives, errors and decoder state included.
+        #[test]
+        fn next_raw_equals_next_event(
+            body in prop_oneof![
+                stream(any::<bool>()),
+                proptest::collection::vec(prop_oneof![Just("data: {}"), Just("data: "), Just("data:x"), Just("\n"), Just("\r"), Just("\n\n"), Just("x"), Just("event: e\n"), Just("id: 1\n"), Just("retry: 5\n"), Just(": c\n"), Just("\u{FEFF}")], 0..80)
+                    .prop_map(|v| v.concat().into_bytes()),
+            ],
+            cuts in proptest::collection::vec(any::<usize>(), 0..20),
+            max in prop_oneof![1usize..40, Just(DEFAULT_MAX_EVENT_SIZE)],
+        ) {
+            type Seen = Result<(Vec<u8>, Option<Vec<u8>>), usize>;
+            let chunks = split(&body, &cuts);
+            let err = |e: SseError| match e {
+                SseError::EventTooLarge { limit, .. } => limit,
+                SseError::InvalidUtf8 { .. } => usize::MAX,
+            };
+            let (mut a, mut b) = (SseDecoder::with_max_event_size(max), SseDecoder::with_max_event_size(max));
+            let (mut by_event, mut by_raw): (Vec<Seen>, Vec<Seen>) = (Vec::new(), Vec::new());
+            for c in &chunks {
+                a.push(Bytes::copy_from_slice(c));
+                while let Some(r) = a.next_event() {
+                    by_event.push(r.map(|e| (e.data.to_vec(), e.event.map(|t| t.to_vec()))).map_err(err));
+                }
+                b.push(Bytes::copy_from_slice(c));
+                while let Some(r) = b.next_raw() {
+                    by_raw.push(r.map(|e| (b.raw_data(&e).to_vec(), e.event.map(|t| t.to_vec()))).map_err(err));
+                }
+            }
+            prop_assert_eq!(by_raw, by_event);
+            prop_assert_eq!(b.last_event_id(), a.last_event_id());
+            prop_assert_eq!(b.buffered(), a.buffered());
         }
     }
 }

@@ -4,12 +4,46 @@ use std::path::PathBuf;
 use orch_bench::{Row, real, render, sim};
 
 fn usage() -> ! {
-    eprintln!("usage: e2e [--only 1,2,..] [--items N] [--tmp DIR]");
+    eprintln!(
+        "usage: e2e [--only 1,2,..] [--items N] [--tmp DIR]\n\
+         benchmark 3 by hand: e2e --write-stream DIR replayed|synthetic; \
+         e2e --serve-sse DIR/body.sse (prints its URL); \
+         e2e --consume-events DIR/manifest.json URL"
+    );
     std::process::exit(2)
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Helper processes of benchmark 3: the SSE server and our consumer.
+    match argv.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["--serve-sse", body] => {
+            if let Err(e) = orch_bench::events::serve_child(std::path::Path::new(body)) {
+                eprintln!("serve-sse: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        ["--write-stream", dir, kind] => {
+            if let Err(e) = orch_bench::events::write_stream(std::path::Path::new(dir), kind) {
+                eprintln!("write-stream: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        ["--consume-events", manifest, url] => {
+            match orch_bench::events::consume_child(std::path::Path::new(manifest), url) {
+                Ok(m) => println!("{}", serde_json::to_string(&m).expect("serialises")),
+                Err(e) => {
+                    eprintln!("consume-events: {e}");
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
+    let mut args = argv.into_iter();
     let mut only: Vec<u8> = vec![1, 2, 3, 4, 5, 6];
     let mut child: Option<u8> = None;
     let mut items = sim::ITEMS;
@@ -41,7 +75,7 @@ fn main() {
             match bench {
                 1 => sim::bench1(&tmp, items).await,
                 2 => sim::bench2(&tmp, items).await,
-                3 => orch_bench::events::bench3(200).await,
+                3 => orch_bench::events::bench3().await,
                 4 => {
                     let env = real::RealEnv::start(real::script("", std::time::Duration::ZERO)?)?;
                     real::bench4(&env).await

@@ -64,6 +64,90 @@ pub(crate) fn recorded() -> Recorded {
     copies(events)
 }
 
+/// The captured events in their recorded order (`server.connected` excluded).
+pub(crate) fn sample_events() -> Vec<String> {
+    SAMPLES
+        .lines()
+        .map(|l| {
+            #[derive(serde::Deserialize)]
+            struct Line<'a> {
+                #[serde(borrow)]
+                event: &'a serde_json::value::RawValue,
+            }
+            let line: Line<'_> = serde_json::from_str(l).expect("sample line");
+            line.event.get().to_owned()
+        })
+        .filter(|e| !e.contains("\"type\":\"server.connected\""))
+        .collect()
+}
+
+/// The session ids of `events`, in order of appearance.
+fn session_ids(events: &[String]) -> Vec<String> {
+    let mut originals: Vec<String> = Vec::new();
+    for e in events {
+        let mut rest = e.as_str();
+        while let Some(at) = rest.find("ses_") {
+            let id: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !originals.contains(&id) {
+                originals.push(id.clone());
+            }
+            rest = &rest[at + id.len()..];
+        }
+    }
+    originals
+}
+
+/// The outside setup: `sessions` concurrent sessions, each replaying the captured stream in
+/// its recorded order (every captured session id of lane `j` rewritten to session `j`, same
+/// length), merged in a seeded random order until `total` events: the kind changes from one
+/// event to the next, as on a live server.
+pub(crate) fn replayed(total: usize, sessions: usize) -> Recorded {
+    let events = sample_events();
+    let originals = session_ids(&events);
+    let ids: Vec<String> = (0..sessions)
+        .map(|j| {
+            let mut id = format!("ses_r{j:04}");
+            while id.len() < originals[0].len() {
+                id.push('x');
+            }
+            id
+        })
+        .collect();
+    let lanes: Vec<Vec<Bytes>> = ids
+        .iter()
+        .map(|id| {
+            events
+                .iter()
+                .map(|e| {
+                    let mut text = e.clone();
+                    for orig in &originals {
+                        text = text.replace(orig.as_str(), &id[..orig.len().min(id.len())]);
+                    }
+                    Bytes::from(format!("data: {text}\n\n"))
+                })
+                .collect()
+        })
+        .collect();
+    let mut rng = fastrand::Rng::with_seed(18);
+    let mut next = vec![0usize; sessions];
+    let mut chunks = Vec::with_capacity(total);
+    for _ in 0..total {
+        let j = rng.usize(..sessions);
+        chunks.push(lanes[j][next[j] % events.len()].clone());
+        next[j] += 1;
+    }
+    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+    let big_chunks = body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    Recorded {
+        chunks,
+        big_chunks,
+        sessions: ids,
+    }
+}
+
 /// [`COPIES`] copies of `events` with their session ids rewritten, interleaved.
 fn copies(events: Vec<String>) -> Recorded {
     let mut originals: Vec<String> = Vec::new();
