@@ -44,7 +44,7 @@ fn main() {
         _ => {}
     }
     let mut args = argv.into_iter();
-    let mut only: Vec<u8> = vec![1, 2, 3, 4, 5, 6];
+    let mut only: Vec<u8> = vec![1, 2, 3, 4, 5, 6, 7];
     let mut child: Option<u8> = None;
     let mut items = sim::ITEMS;
     let mut tmp = std::env::temp_dir();
@@ -82,6 +82,7 @@ fn main() {
                 }
                 5 => real::bench5().await,
                 6 => real::bench6().await,
+                7 => orch_bench::v2::bench7().await,
                 n => Err(format!("no benchmark {n}")),
             }
         });
