@@ -490,10 +490,35 @@ fn string(b: &[u8], at: usize) -> Scan<Str> {
     }
 }
 
-/// The first `"` or `\\` at or after `from`: eight bytes at a time (short strings, the
-/// usual case, end in the first word; a call to `memchr` costs more than that).
+/// The first `"` or `\\` at or after `from`: sixteen bytes at a time with SSE2 on x86-64,
+/// then eight (short strings, the usual case, end in the first block; a call to `memchr`
+/// costs more than that).
 #[inline]
 fn quote_or_backslash(b: &[u8], mut from: usize) -> Option<usize> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        use safe_arch::{
+            bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
+            set_splat_i8_m128i,
+        };
+        let quote = set_splat_i8_m128i(b'"' as i8);
+        let slash = set_splat_i8_m128i(b'\\' as i8);
+        while let Some(block) = b.get(from..from + 16) {
+            let Ok(block) = <&[u8; 16]>::try_from(block) else {
+                break;
+            };
+            let v = load_unaligned_m128i(block);
+            let hit = bitor_m128i(
+                cmp_eq_mask_i8_m128i(v, quote),
+                cmp_eq_mask_i8_m128i(v, slash),
+            );
+            let mask = move_mask_i8_m128i(hit);
+            if mask != 0 {
+                return Some(from + mask.trailing_zeros() as usize);
+            }
+            from += 16;
+        }
+    }
     while let Some(word) = b.get(from..from + 8) {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(word);
@@ -546,8 +571,8 @@ fn literal(b: &[u8], at: usize, word: &[u8]) -> Scan<usize> {
 /// records the last top-level `sessionID` member of the object (its string value, or "not a
 /// string").
 ///
-/// The text is classified 64 bytes at a time with word-parallel (SWAR) bit masks, as simdjson
-/// does with SIMD: quotes, backslashes and brackets become 64-bit masks, escaped quotes are
+/// The text is classified 64 bytes at a time into bit masks as simdjson does (with SSE2 on
+/// x86-64, word-parallel SWAR elsewhere: [`Masks::of`]): quotes, backslashes and brackets become 64-bit masks, escaped quotes are
 /// removed with the odd-backslash-run carry trick, and a prefix XOR of the quotes gives the
 /// in-string mask. A byte-by-byte scan of JSON this dense mispredicts a branch at every
 /// token; here only brackets (and, with `session`, the strings directly inside the object)
@@ -722,8 +747,64 @@ const HIGH: u64 = 0x8080_8080_8080_8080;
 
 impl Masks {
     /// `block` holds 64 bytes; `ESC`: classify backslashes too.
+    ///
+    /// On x86-64: 16 bytes at a time with SSE2 (part of the baseline: no detection; through
+    /// `safe_arch`, as this crate forbids `unsafe`), a comparison and a `movemask` per class.
+    /// Elsewhere: [`Masks::of_words`].
     #[inline(always)]
     fn of<const ESC: bool>(block: &[u8]) -> Masks {
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        {
+            Masks::of_sse2::<ESC>(block)
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+        {
+            Masks::of_words::<ESC>(block)
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[inline(always)]
+    fn of_sse2<const ESC: bool>(block: &[u8]) -> Masks {
+        use safe_arch::{
+            bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, move_mask_i8_m128i,
+            set_splat_i8_m128i,
+        };
+        let mut m = Masks {
+            quote: 0,
+            backslash: 0,
+            open: 0,
+            close: 0,
+        };
+        let quote = set_splat_i8_m128i(b'"' as i8);
+        let backslash = set_splat_i8_m128i(b'\\' as i8);
+        // `[` and `{` differ only in bit 5 (0x20), as do `]` and `}`; no other byte folds
+        // to 0x7B or 0x7D.
+        let fold = set_splat_i8_m128i(0x20);
+        let open = set_splat_i8_m128i(0x7B);
+        let close = set_splat_i8_m128i(0x7D);
+        for (k, chunk) in block.chunks_exact(16).take(4).enumerate() {
+            let Ok(chunk) = <&[u8; 16]>::try_from(chunk) else {
+                break;
+            };
+            let v = load_unaligned_m128i(chunk);
+            let f = bitor_m128i(v, fold);
+            let bits = |x| u64::from(move_mask_i8_m128i(x) as u16);
+            let shift = 16 * k;
+            m.quote |= bits(cmp_eq_mask_i8_m128i(v, quote)) << shift;
+            m.open |= bits(cmp_eq_mask_i8_m128i(f, open)) << shift;
+            m.close |= bits(cmp_eq_mask_i8_m128i(f, close)) << shift;
+            if ESC {
+                m.backslash |= bits(cmp_eq_mask_i8_m128i(v, backslash)) << shift;
+            }
+        }
+        m
+    }
+
+    /// [`Masks::of`] eight bytes at a time in general-purpose registers.
+    #[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+    #[inline(always)]
+    fn of_words<const ESC: bool>(block: &[u8]) -> Masks {
         let mut m = Masks {
             quote: 0,
             backslash: 0,
@@ -904,6 +985,11 @@ mod tests {
             assert_eq!(
                 (plain.quote, plain.open, plain.close, plain.backslash),
                 (m.quote, m.open, m.close, 0)
+            );
+            let words = Masks::of_words::<true>(&block);
+            assert_eq!(
+                (words.quote, words.open, words.close, words.backslash),
+                (m.quote, m.open, m.close, m.backslash)
             );
             let mask = |f: &dyn Fn(u8) -> bool| {
                 block

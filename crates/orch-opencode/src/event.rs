@@ -984,6 +984,38 @@ mod fast {
         #[inline(always)]
         fn stop(&self, mut i: usize) -> usize {
             let b = self.text.as_bytes();
+            // Sixteen bytes at a time with SSE2 on x86-64 (most strings here end in the
+            // first block).
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            {
+                use safe_arch::{
+                    bitor_m128i, cmp_eq_mask_i8_m128i, load_unaligned_m128i, max_u8_m128i,
+                    move_mask_i8_m128i, set_splat_i8_m128i,
+                };
+                let quote = set_splat_i8_m128i(b'"' as i8);
+                let slash = set_splat_i8_m128i(b'\\' as i8);
+                let below = set_splat_i8_m128i(0x1F);
+                while let Some(block) = b.get(i..i + 16) {
+                    let Ok(block) = <&[u8; 16]>::try_from(block) else {
+                        break;
+                    };
+                    let v = load_unaligned_m128i(block);
+                    // A control character: max(v, 0x1F) == 0x1F.
+                    let ctrl = cmp_eq_mask_i8_m128i(max_u8_m128i(v, below), below);
+                    let hit = bitor_m128i(
+                        bitor_m128i(
+                            cmp_eq_mask_i8_m128i(v, quote),
+                            cmp_eq_mask_i8_m128i(v, slash),
+                        ),
+                        ctrl,
+                    );
+                    let mask = move_mask_i8_m128i(hit);
+                    if mask != 0 {
+                        return i + mask.trailing_zeros() as usize;
+                    }
+                    i += 16;
+                }
+            }
             // Eight bytes at a time (exact for the first hit: borrows only run upwards).
             while let Some(word) = b.get(i..i + 8) {
                 let mut bytes = [0u8; 8];
