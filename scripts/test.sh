@@ -38,12 +38,28 @@ step "cargo test (all targets: tests, examples, benches in test mode)"
 cargo test --workspace --all-targets --locked
 
 # The same missions on OpenCode 1: every test binary that runs missions on the generation
-# OPENCODE_BIN selects.
-step "missions again on OpenCode 1 (orch-agents, task_cli)"
+# OPENCODE_BIN selects. orch-agents' and task_cli's run side by side (each test has its own
+# server or shares its binary's, its own directories and sessions; they wait on turns far
+# more than they compute), which keeps the whole command under 20 minutes on 2 cores; the
+# randomized fault test runs 4 sequences here (6 on OpenCode 2 above).
+step "missions again on OpenCode 1 (orch-agents and task_cli side by side)"
+mkdir -p target
+v1_agents_log=target/opencode1-orch-agents.log
 OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p orch-agents \
-  --test opencode_mission --test opencode_multi --test opencode_resilience --test git_missions
-OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p task_cli \
-  --test cli --test faults --test lifecycle --test servers --test git
+  --test opencode_mission --test opencode_multi --test opencode_resilience --test git_missions \
+  >"$v1_agents_log" 2>&1 &
+v1_agents=$!
+v1_cli_status=0
+OPENCODE_BIN="$OPENCODE_BIN_V1" FAULT_RUNS=4 cargo test --locked -p task_cli \
+  --test cli --test faults --test lifecycle --test servers --test git || v1_cli_status=$?
+v1_agents_status=0
+wait "$v1_agents" || v1_agents_status=$?
+echo "--- orch-agents on OpenCode 1 ($v1_agents_log) ---"
+cat "$v1_agents_log"
+if [ "$v1_cli_status" -ne 0 ] || [ "$v1_agents_status" -ne 0 ]; then
+  echo "error: missions on OpenCode 1 failed (task_cli exit $v1_cli_status, orch-agents exit $v1_agents_status)" >&2
+  exit 1
+fi
 
 # The /task plugin's own tests (Node's test runner, offline, a stand-in engine); its
 # end-to-end tests on both generations are task_cli's `tests/plugin.rs`, run above.
