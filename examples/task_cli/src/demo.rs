@@ -168,31 +168,31 @@ pub(crate) async fn demo(
         },
     )
     .await?;
-    if exit == code::SUCCESS && git {
-        // The demo's checkout is its own: bring the mission's branch into it.
-        let merged = orch_agents::MissionGit::read(&dir)
-            .ok()
-            .flatten()
-            .map(|g| (g.merge(), g.branch));
-        // The report is the last line in --json mode: the merge is said only to people.
-        let people = ui.mode() != crate::output::Mode::Json;
-        match merged {
-            _ if !people => {}
-            Some((Ok(orch_agents::git::MergeOutcome::Merged { .. }), branch)) => ui.notice(format!(
-                "merged the mission's branch {branch} into main: `git log --oneline --graph` in the project shows one commit per item"
-            )),
-            Some((outcome, branch)) => ui.notice(format!(
-                "the mission's branch {branch} was not merged ({outcome:?}); `task_cli merge --dir {}` says why",
-                dir.display()
-            )),
-            None => {}
-        }
-    }
     if exit == code::SUCCESS && ui.mode() != crate::output::Mode::Json {
-        ui.notice(format!(
-            "The demo project is in {0}\nTry it: cd {0} && python3 -m unittest -v\nInspect the mission: task_cli status --dir {0}",
-            dir.display()
-        ));
+        let d = crate::state::shell_quote(&dir.display().to_string());
+        let branch = if git {
+            orch_agents::MissionGit::read(&dir)
+                .ok()
+                .flatten()
+                .map(|g| g.branch)
+        } else {
+            None
+        };
+        ui.notice(match branch {
+            // The mission left the checkout as it was: its work waits on its branch.
+            Some(branch) => format!(
+                "The demo project is in {d}; its checkout is as the mission found it, the work is on {branch}\n\
+                 Review it:   git -C {d} log --stat main..{branch}\n\
+                 Merge it:    task_cli merge --dir {d}\n\
+                 Then try it: cd {d} && python3 -m unittest -v\n\
+                 Inspect the mission: task_cli status --dir {d}"
+            ),
+            None => format!(
+                "The demo project is in {d}
+Try it: cd {d} && python3 -m unittest -v
+Inspect the mission: task_cli status --dir {d}"
+            ),
+        });
     }
     Ok(exit)
 }

@@ -33,6 +33,26 @@ fn demo_builds_a_tested_project_and_reports_json() {
         text(&output.stdout)
     );
 
+    // The demo project is a git repository: the mission left its checkout as it was (one
+    // empty commit) and put one commit per item on its branch, which `merge` brings in.
+    assert!(!project.join("calc.py").exists());
+    let report: Value = serde_json::from_str(&read(&project, ".orchestrator/report.json")).unwrap();
+    let branch = report["git"]["branch"]
+        .as_str()
+        .expect("a git branch")
+        .to_owned();
+    let log = std::process::Command::new("git")
+        .args(["log", "--format=%B", &format!("main..{branch}")])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    let log = text(&log.stdout);
+    for item in ["T1", "T2", "T3"] {
+        assert!(log.contains(&format!("Orch-Item: {item}")), "{log}");
+    }
+    let merge = run(task_cli(&project).args(["merge", "--dir"]).arg(&project));
+    assert_eq!(merge.status.code(), Some(0), "{}", text(&merge.stderr));
+
     // The project: real files, real passing tests.
     assert!(read(&project, "calc.py").contains("def div(a, b):"));
     assert!(read(&project, "test_calc.py").contains("class CalcTest"));
