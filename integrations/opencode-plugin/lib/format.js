@@ -118,6 +118,13 @@ export function summaryText({ mission, report, exitCode, dir, reportPath }) {
   );
   const runs = Array.isArray(report.runs) ? report.runs.length : 1;
   lines.push(`Time: ${duration(seconds(report.elapsed))}${runs > 1 ? ` over ${runs} runs` : ""}`);
+  const git = report.git;
+  if (git?.branch) {
+    // In a git repository the work is on the mission's branch, not in the checkout.
+    const commits = Array.isArray(git.commits) ? git.commits.length : 0;
+    lines.push(`Git: branch ${git.branch} from ${git.base_branch ?? "?"}, ${commits} commit${commits === 1 ? "" : "s"} (your checkout is untouched)`);
+    if (commits) lines.push(`Merge it: task_cli merge --dir ${dir}`);
+  }
   lines.push(`Report: ${reportPath ?? `${dir}/.orchestrator/report.json`}`);
   return lines.join("\n");
 }

@@ -64,6 +64,20 @@ test("a summary without a report says how to go on", () => {
   );
 });
 
+test("a summary of a git mission names its branch and how to merge it", () => {
+  const report = {
+    status: { status: "completed" },
+    items: [{ id: "T1", state: "done", summary: "calc", attempts: 1 }],
+    usage: { worker: { turns: 1, tokens: { input: 10, output: 5 }, cost: 0 } },
+    elapsed: { secs: 5, nanos: 0 },
+    git: { branch: "orch/calc", base_branch: "main", commits: [{ sha: "abc", subject: "T1: calc", item: "T1" }] },
+  };
+  const text = summaryText({ mission: "m", report, exitCode: 0, dir: "/p" });
+  assert.match(text, /\nGit: branch orch\/calc from main, 1 commit \(your checkout is untouched\)\nMerge it: task_cli merge --dir \/p\n/);
+  const plain = summaryText({ mission: "m", report: { ...report, git: null }, exitCode: 0, dir: "/p" });
+  assert.doesNotMatch(plain, /Git:/);
+});
+
 test("status text of a running mission started elsewhere names its pid", () => {
   const text = statusText({ status: { mission: "m", state: "running", running_pid: 77, advice: "wait", plan: null, report: null } });
   assert.equal(text, "Mission: m\nState: running (pid 77); wait");
