@@ -85,6 +85,7 @@ pub mod hooks;
 pub mod multi;
 pub mod opencode;
 pub mod opencode2;
+pub(crate) mod places;
 pub mod simulated;
 
 /// What a session may do, and where: the files it may edit (relative to its directory;

@@ -20,8 +20,6 @@
 //!   ([`orch_opencode::TurnWaiter`]) with a deadline and the stop signal; a turn that is given
 //!   up on is aborted on the server.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -160,9 +158,7 @@ pub struct OpencodeBackend {
     /// Backends of the other directories sessions were opened in (a git mission's
     /// worktrees): OpenCode 1 scopes events, status and permission replies by directory, so
     /// each directory has its own client, event stream and pool.
-    places: tokio::sync::Mutex<HashMap<PathBuf, Arc<OpencodeBackend>>>,
-    /// What `provision` said per role, for the places opened later.
-    provisioned: parking_lot::Mutex<HashMap<AgentRole, usize>>,
+    places: crate::backend::places::Places<OpencodeBackend>,
 }
 
 /// Counters of an [`OpencodeBackend`]'s session pool.
@@ -229,8 +225,7 @@ impl OpencodeBackend {
             max_per_role: config.max_per_role,
             warm_sessions: config.warm_sessions,
             config,
-            places: tokio::sync::Mutex::default(),
-            provisioned: parking_lot::Mutex::default(),
+            places: crate::backend::places::Places::default(),
         })
     }
 
@@ -265,9 +260,7 @@ impl OpencodeBackend {
     /// Closes the pool (and those of the other directories sessions were opened in): idle
     /// sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
-        let places: Vec<Arc<OpencodeBackend>> =
-            self.places.lock().await.values().cloned().collect();
-        for place in places {
+        for place in self.places.all() {
             place.pool.close().await;
         }
         self.pool.close().await;
@@ -552,11 +545,8 @@ impl AgentBackend for OpencodeBackend {
     type Session = OpencodeSession;
 
     fn provision(&self, role: AgentRole, sessions: usize) {
-        self.provisioned.lock().insert(role, sessions);
         self.provision_here(role, sessions);
-        for place in self.places_now() {
-            place.provision_here(role, sessions);
-        }
+        self.places.provision(role, sessions);
     }
 
     async fn open(&self, spec: SessionSpec) -> Result<OpencodeSession, BackendError> {
@@ -647,7 +637,7 @@ impl AgentBackend for OpencodeBackend {
 
     fn stats(&self) -> Vec<(String, f64)> {
         let mut stats = self.stats_here();
-        for place in self.places_now() {
+        for place in self.places.all() {
             for (key, value) in place.stats_here() {
                 match stats.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, total)) => *total += value,

@@ -9,7 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{OpencodeBackend, OpencodeBackendConfig, OpencodeSession};
+use orch_core::AgentRole;
+
 use crate::backend::BackendError;
+use crate::backend::places::Place;
+
+impl Place for OpencodeBackend {
+    fn provision_here(&self, role: AgentRole, sessions: usize) {
+        OpencodeBackend::provision_here(self, role, sessions);
+    }
+}
 
 impl OpencodeBackend {
     /// The backend of `dir`: `None` for this backend's own directory, else the place's
@@ -21,32 +30,21 @@ impl OpencodeBackend {
         let Some(dir) = dir.filter(|d| *d != self.dir()) else {
             return Ok(None);
         };
-        let mut places = self.places.lock().await;
-        if let Some(place) = places.get(dir) {
-            return Ok(Some(Arc::clone(place)));
-        }
         let config = OpencodeBackendConfig {
             warm_sessions: self.config.warm_sessions.min(1),
             ..self.config.clone()
         };
         let client = self.client.with_directory(dir.to_string_lossy());
-        let place = match Box::pin(OpencodeBackend::connect(client, config)).await {
-            Ok(place) => Arc::new(place),
-            Err(e) => return Err(self.lost_or(e).await),
-        };
-        for (role, sessions) in self.provisioned.lock().iter() {
-            place.provision_here(*role, *sessions);
-        }
-        places.insert(dir.to_owned(), Arc::clone(&place));
+        let place = self
+            .places
+            .get_or_make(dir, || async {
+                match Box::pin(OpencodeBackend::connect(client, config)).await {
+                    Ok(place) => Ok(place),
+                    Err(e) => Err(self.lost_or(e).await),
+                }
+            })
+            .await?;
         Ok(Some(place))
-    }
-
-    /// The places opened so far.
-    pub(super) fn places_now(&self) -> Vec<Arc<OpencodeBackend>> {
-        self.places
-            .try_lock()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
     }
 
     /// The backend that owns `session`.

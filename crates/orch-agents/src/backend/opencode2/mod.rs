@@ -16,8 +16,6 @@
 //!   to its terminal event); the deadline and the stop signal interrupt it on the server.
 //! - OpenCode 2's server has no toast route (toasts belong to TUI plugins): `notify` logs.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -89,9 +87,7 @@ pub struct OpencodeV2Backend {
     /// Backends of other directories sessions were opened in (a git mission's worktrees):
     /// their own pools and session directory, this backend's client and event stream
     /// (OpenCode 2's stream is global and its replies are routed by session).
-    places: tokio::sync::Mutex<HashMap<PathBuf, Arc<OpencodeV2Backend>>>,
-    /// What `provision` said per role, for the places opened later.
-    provisioned: parking_lot::Mutex<HashMap<AgentRole, usize>>,
+    places: crate::backend::places::Places<OpencodeV2Backend>,
 }
 
 /// How a client error looks to the mission.
@@ -196,8 +192,7 @@ impl OpencodeV2Backend {
             rejected: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             config,
-            places: tokio::sync::Mutex::default(),
-            provisioned: parking_lot::Mutex::default(),
+            places: crate::backend::places::Places::default(),
         })
     }
 
@@ -209,9 +204,7 @@ impl OpencodeV2Backend {
     /// Closes the pool (and those of the other directories sessions were opened in): idle
     /// sessions are deleted safely. Call when the mission is over.
     pub async fn shutdown(&self) {
-        let places: Vec<Arc<OpencodeV2Backend>> =
-            self.places.lock().await.values().cloned().collect();
-        for place in places {
+        for place in self.places.all() {
             place.pool.close().await;
         }
         self.pool.close().await;
@@ -479,11 +472,8 @@ impl AgentBackend for OpencodeV2Backend {
     type Session = OpencodeV2Session;
 
     fn provision(&self, role: AgentRole, sessions: usize) {
-        self.provisioned.lock().insert(role, sessions);
         self.provision_here(role, sessions);
-        for place in self.places_now() {
-            place.provision_here(role, sessions);
-        }
+        self.places.provision(role, sessions);
     }
 
     async fn open(&self, spec: SessionSpec) -> Result<OpencodeV2Session, BackendError> {
@@ -572,7 +562,7 @@ impl AgentBackend for OpencodeV2Backend {
 
     fn stats(&self) -> Vec<(String, f64)> {
         let mut stats = self.stats_here();
-        for place in self.places_now() {
+        for place in self.places.all() {
             for (key, value) in place.stats_here() {
                 match stats.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, total)) => *total += value,

@@ -7,7 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{OpencodeBackendConfig, OpencodeV2Backend, OpencodeV2Session};
+use orch_core::AgentRole;
+
 use crate::backend::BackendError;
+use crate::backend::places::Place;
+
+impl Place for OpencodeV2Backend {
+    fn provision_here(&self, role: AgentRole, sessions: usize) {
+        OpencodeV2Backend::provision_here(self, role, sessions);
+    }
+}
 
 impl OpencodeV2Backend {
     /// The backend of `dir`: `None` for this backend's own directory, else the place's
@@ -19,33 +28,22 @@ impl OpencodeV2Backend {
         let Some(dir) = dir.filter(|d| *d != std::path::Path::new(&self.directory)) else {
             return Ok(None);
         };
-        let mut places = self.places.lock().await;
-        if let Some(place) = places.get(dir) {
-            return Ok(Some(Arc::clone(place)));
-        }
         let config = OpencodeBackendConfig {
             warm_sessions: self.config.warm_sessions.min(1),
             ..self.config.clone()
         };
-        let place = Arc::new(Self::assemble(
-            self.client.clone(),
-            self.router.clone(),
-            dir.to_string_lossy().into_owned(),
-            config,
-        )?);
-        for (role, sessions) in self.provisioned.lock().iter() {
-            place.provision_here(*role, *sessions);
-        }
-        places.insert(dir.to_owned(), Arc::clone(&place));
+        let place = self
+            .places
+            .get_or_make(dir, || async {
+                Self::assemble(
+                    self.client.clone(),
+                    self.router.clone(),
+                    dir.to_string_lossy().into_owned(),
+                    config,
+                )
+            })
+            .await?;
         Ok(Some(place))
-    }
-
-    /// The places made so far.
-    pub(super) fn places_now(&self) -> Vec<Arc<OpencodeV2Backend>> {
-        self.places
-            .try_lock()
-            .map(|p| p.values().cloned().collect())
-            .unwrap_or_default()
     }
 
     /// The backend that owns `session`.
