@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     Live, alive, descendants, events_named, items_script, json_lines, json_run, read, run,
@@ -173,13 +173,22 @@ text = "still thinking"
         l["event"] == "item_started" && l["item"] == "T2"
     });
     let settings = state_file(&project, "task_cli.json").expect("settings saved");
+    // The live mission writes its files atomically through a temporary file, which may
+    // exist for an instant: list the directory once no temporary file is in it. A temporary
+    // file left behind (by anyone) stays, and the listing then shows it.
     let files = |p: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(p.join(".orchestrator"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut names: Vec<String> = std::fs::read_dir(p.join(".orchestrator"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            if !names.iter().any(|n| n.ends_with(".tmp")) || Instant::now() > deadline {
+                return names;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     let names = files(&project);
 
