@@ -23,6 +23,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ pub enum ServerError {
     /// Building the OpenCode 2 client failed.
     #[error(transparent)]
     ClientV2(#[from] crate::v2::Error),
+    /// [`ServerBuilder::start_until`] was cancelled; the process was stopped first.
+    #[error("the start of opencode serve was cancelled (the process is stopped)")]
+    Cancelled,
 }
 
 /// Configures and starts an `opencode serve` process.
@@ -199,6 +203,12 @@ impl ServerBuilder {
     /// # Errors
     /// See [`ServerError`]; the process is killed on every error path.
     pub fn start(self) -> Result<OpencodeServer, ServerError> {
+        self.start_inner(None)
+    }
+
+    /// The start; `cancel` (checked while waiting for the "listening" line) stops the
+    /// process and makes it [`ServerError::Cancelled`].
+    fn start_inner(self, cancel: Option<&AtomicBool>) -> Result<OpencodeServer, ServerError> {
         let (binary, mut generation) = match self.binary.clone() {
             Some(b) => (b, self.generation),
             None => {
@@ -297,6 +307,11 @@ impl ServerBuilder {
                     log: log.text(),
                 });
             }
+            if cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+                proc.stop();
+                readers.drain(DRAIN);
+                return Err(ServerError::Cancelled);
+            }
             if started.elapsed() >= self.ready_timeout {
                 proc.stop();
                 readers.drain(DRAIN);
@@ -337,6 +352,54 @@ impl ServerBuilder {
         match tokio::task::spawn_blocking(move || self.start()).await {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// [`ServerBuilder::start_async`] that gives up when `cancel` completes first, and then
+    /// returns only once the process is gone (SIGTERM, SIGKILL after the grace period):
+    /// `Ok(None)`. What the server was given (a home, a project directory) is then free to be
+    /// removed, which it is not while a started process still writes there. (Dropping this
+    /// future also stops the start, without waiting for the process to go.)
+    ///
+    /// # Errors
+    /// See [`ServerBuilder::start`].
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub async fn start_until(
+        self,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Option<OpencodeServer>, ServerError> {
+        /// Raises the flag when dropped: a dropped start gives up too.
+        struct Raise(Arc<AtomicBool>);
+        impl Drop for Raise {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let flag = Raise(Arc::new(AtomicBool::new(false)));
+        let mut task = tokio::task::spawn_blocking({
+            let flag = Arc::clone(&flag.0);
+            move || self.start_inner(Some(&flag))
+        });
+        let joined = |r: Result<_, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        tokio::select! {
+            r = &mut task => joined(r).map(Some),
+            () = cancel => {
+                flag.0.store(true, Ordering::Release);
+                match joined(task.await) {
+                    // It was ready just as the cancel came: stop it (a blocking wait).
+                    Ok(server) => {
+                        let _ = tokio::task::spawn_blocking(move || drop(server)).await;
+                        Ok(None)
+                    }
+                    Err(ServerError::Cancelled) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 }

@@ -218,6 +218,20 @@ pub(crate) async fn start_server(
     dir: &Path,
     home: Option<&Path>,
 ) -> anyhow::Result<OpencodeServer> {
+    match start_server_until(bin, dir, home, std::future::pending()).await? {
+        Some(server) => Ok(server),
+        None => unreachable!("a start that is never cancelled ends with a server or an error"),
+    }
+}
+
+/// [`start_server`] that gives up when `cancel` completes first: `None`, once the process
+/// is gone (so its home and directory are no longer written to).
+pub(crate) async fn start_server_until(
+    bin: &OpencodeBinary,
+    dir: &Path,
+    home: Option<&Path>,
+    cancel: impl Future<Output = ()>,
+) -> anyhow::Result<Option<OpencodeServer>> {
     let mut builder = OpencodeServer::builder()
         .binary(&bin.path)
         .generation(bin.generation)
@@ -226,7 +240,7 @@ pub(crate) async fn start_server(
     if let Some(home) = home {
         builder = builder.isolated_home(home);
     }
-    builder.start_async().await.map_err(|e| {
+    builder.start_until(cancel).await.map_err(|e| {
         let text = e.to_string();
         let fix = if bin.generation == Generation::V1
             && text.contains("Database is not empty and has no session table")

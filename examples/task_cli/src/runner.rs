@@ -334,9 +334,11 @@ async fn settle_server(
         "starting the OpenCode server (OpenCode {})",
         bin.generation
     ));
-    let server = tokio::select! {
-        server = opencode_env::start_server(&bin, dir, home) => server?,
-        () = stop.cancelled() => return Ok(None),
+    // A stop during the start returns once the process is gone: the isolated home is then
+    // removed whole (a server still starting would write into it as it goes).
+    let Some(server) = opencode_env::start_server_until(&bin, dir, home, stop.cancelled()).await?
+    else {
+        return Ok(None);
     };
     let version = server_version(&server).await.map_err(|e| {
         Failure::env(

@@ -503,12 +503,16 @@ fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("early");
     let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, ""));
+    // Its temporary directory: the scripted model's isolated OpenCode home goes there.
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
     let mut live = Live::spawn({
         let mut cmd = task_cli(tmp.path());
         cmd.args(["--json", "run", "one file", "--model-script"])
             .arg(&script)
             .arg("--dir")
-            .arg(&project);
+            .arg(&project)
+            .env("TMPDIR", &temp);
         cmd
     });
     live.wait_line("the OpenCode server to be starting", LONG, |l| {
@@ -528,6 +532,14 @@ fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
         "{events:?}"
     );
     assert!(descendants(pid).is_empty());
+    // The server was stopped before the home was removed (it writes there as it starts).
+    // (OpenCode's own runtime leaves its files in TMPDIR too: those are not ours.)
+    let left: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("orch-"))
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 
     let resumed = json_run(tmp.path(), &["resume"], None, &project);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
