@@ -41,16 +41,18 @@ cargo test --workspace --all-targets --locked
 # OPENCODE_BIN selects. orch-agents' and task_cli's run side by side (each test has its own
 # server or shares its binary's, its own directories and sessions; they wait on turns far
 # more than they compute), which keeps the whole command under 20 minutes on 2 cores; the
-# randomized fault test runs 4 sequences here (6 on OpenCode 2 above).
+# randomized fault test runs 4 sequences here (6 on OpenCode 2 above). `--workspace` keeps
+# the features of the pass above: `-p <one crate>` unifies fewer features and rebuilt tokio,
+# reqwest and every crate of ours twice (2.5 minutes of both cores).
 step "missions again on OpenCode 1 (orch-agents and task_cli side by side)"
 mkdir -p target
 v1_agents_log=target/opencode1-orch-agents.log
-OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked -p orch-agents \
+OPENCODE_BIN="$OPENCODE_BIN_V1" cargo test --locked --workspace \
   --test opencode_mission --test opencode_multi --test opencode_resilience --test git_missions \
   >"$v1_agents_log" 2>&1 &
 v1_agents=$!
 v1_cli_status=0
-OPENCODE_BIN="$OPENCODE_BIN_V1" FAULT_RUNS=4 cargo test --locked -p task_cli \
+OPENCODE_BIN="$OPENCODE_BIN_V1" FAULT_RUNS=4 cargo test --locked --workspace \
   --test cli --test faults --test lifecycle --test servers --test git || v1_cli_status=$?
 v1_agents_status=0
 wait "$v1_agents" || v1_agents_status=$?
