@@ -75,12 +75,15 @@ pub(crate) fn agents_spec(agents: &AgentSet, generation: Generation) -> InstallS
     }
 }
 
-/// Resources that must live as long as the mission.
-#[derive(Default)]
+/// What a scripted run needs as long as its server runs: the model, and the isolated home
+/// the server writes to (removed when dropped).
 struct Keep {
-    _model: Option<ScriptedModel>,
-    _home: Option<IsolatedHome>,
+    _model: ScriptedModel,
+    _home: IsolatedHome,
 }
+
+/// Where the run keeps its [`Keep`] until its teardown (or a second signal) drops it.
+type KeepSlot = Arc<Mutex<Option<Keep>>>;
 
 /// Runs the mission while holding `lock` (the directory's run lock, released when this
 /// returns or the process ends), prints the summary (or the JSON report) and returns the exit
@@ -95,6 +98,9 @@ pub(crate) async fn run(
     let dir = spec.dir.clone();
     let lock = Arc::new(Mutex::new(Some(lock)));
     let server_slot: ServerSlot = Arc::new(Mutex::new(None));
+    // The scripted model and its isolated home: removed after the server that used them,
+    // however the run ends (an early error, the end, or a second signal's exit).
+    let keep: KeepSlot = Arc::new(Mutex::new(None));
     // One ordered, bounded teardown for every way a run ends: the mission's sessions, then
     // the server this command owns, then what the scripted model needed, then the directory.
     // Its token is the mission's stop signal.
@@ -107,13 +113,17 @@ pub(crate) async fn run(
                 let _ = tokio::task::spawn_blocking(move || server.stop()).await;
             }
         });
+        let keep = Arc::clone(&keep);
+        let _ = teardown.register("scripted model", 30, move || async move {
+            drop(lock_(&keep).take());
+        });
         let lock = Arc::clone(&lock);
         let _ = teardown.register("run lock", 40, move || async move {
             drop(lock_(&lock).take());
         });
     }
-    let signals = signals.handle(ui, &dir, &teardown.token(), &server_slot, &lock);
-    let result = run_locked(ui, spec, &teardown, &server_slot).await;
+    let signals = signals.handle(ui, &dir, &teardown.token(), &server_slot, &keep, &lock);
+    let result = run_locked(ui, spec, &teardown, &server_slot, &keep).await;
     signals.abort();
     let _ = signals.await;
     let report = teardown.shutdown().await;
@@ -157,12 +167,14 @@ impl Signals {
         dir: &Path,
         stop: &CancellationToken,
         server: &ServerSlot,
+        keep: &KeepSlot,
         lock: &Arc<Mutex<Option<RunLock>>>,
     ) -> tokio::task::JoinHandle<()> {
         let ui = ui.clone();
         let dir = dir.to_owned();
         let stop = stop.clone();
         let server = Arc::clone(server);
+        let keep = Arc::clone(keep);
         let lock = Arc::clone(lock);
         let Signals { mut term, mut int } = self;
         tokio::spawn(async move {
@@ -193,6 +205,7 @@ impl Signals {
             if let Some(server) = lock_(&server).take() {
                 server.kill();
             }
+            drop(lock_(&keep).take());
             drop(lock_(&lock).take());
             std::process::exit(i32::from(code::STOPPED));
         })
@@ -377,10 +390,10 @@ async fn run_locked(
     spec: LaunchSpec,
     teardown: &ShutdownManager,
     server_slot: &ServerSlot,
+    keep_slot: &KeepSlot,
 ) -> anyhow::Result<u8> {
     let dir = spec.dir.clone();
     let stop = &teardown.token();
-    let mut keep = Keep::default();
     let scripted = matches!(spec.model, ModelChoice::Script(_));
     let (default_model, home) = match spec.model {
         ModelChoice::Script(script) => {
@@ -401,8 +414,10 @@ async fn run_locked(
             write_isolated_config(home.path(), &model.base_url(), &spec.agents, bin.generation)?;
             step.done(model.base_url());
             let path = home.path().to_owned();
-            keep._model = Some(model);
-            keep._home = Some(home);
+            *lock_(keep_slot) = Some(Keep {
+                _model: model,
+                _home: home,
+            });
             (Some(ModelSpec::new("fake", "fake-model")), Some(path))
         }
         ModelChoice::User(model) => (model, None),
@@ -498,7 +513,6 @@ async fn run_locked(
             .await
         }
     };
-    let _ = teardown.register("scripted model", 30, move || async move { drop(keep) });
     ui.clear();
 
     let (report, restarts) = outcome.map_err(|e| {

@@ -499,6 +499,77 @@ text = "# Late\n\n- [ ] T1: file 1\n  - files: f1.txt\n"
 }
 
 #[test]
+fn a_second_ctrl_c_exits_at_once_and_leaves_no_server_or_home_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("twice");
+    let slow = r##"[[rule]]
+name = "T1 slow"
+agent = "worker"
+user = "Your item: T1:"
+tool_result = false
+[[rule.reply]]
+delay_ms = 60000
+text = "still thinking"
+"##;
+    let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
+    // Its temporary directory: the scripted model's isolated OpenCode home goes there.
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut live = Live::spawn({
+        let mut cmd = task_cli(tmp.path());
+        cmd.args(["--json", "run", "one file", "--model-script"])
+            .arg(&script)
+            .arg("--dir")
+            .arg(&project)
+            .env("TMPDIR", &temp);
+        cmd
+    });
+    live.wait_line("T1 started", LONG, |l| {
+        l["event"] == "item_started" && l["item"] == "T1"
+    });
+    let pid = live.child.id();
+    let server = descendants(pid);
+    assert!(
+        !server.is_empty(),
+        "the OpenCode server runs under task_cli"
+    );
+    assert!(common::signal(pid, "INT"));
+    live.wait_line("the first signal's notice", LONG, |l| {
+        l["event"] == "notice"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Press Ctrl-C again"))
+    });
+    assert!(common::signal(pid, "INT"));
+    let (code, events, stderr) = live.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(130), "{stderr}");
+    // The first signal's stop takes seconds (its turns are abandoned, its sessions ended):
+    // the second arrives during it.
+    assert!(notices(&events).contains("exiting at once"), "{events:?}");
+    // SIGKILLed processes take a moment to finish dying.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in server {
+        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        assert!(!alive(p), "process {p} ({cmdline:?}) outlived task_cli");
+    }
+    let left: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("orch-"))
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+
+    // The directory is free and the mission resumable.
+    std::fs::write(&script, items_script(1, 0, "")).unwrap();
+    let resumed = json_run(tmp.path(), &["resume"], None, &project);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    assert_eq!(read(&project, "f1.txt"), "file 1\n");
+}
+
+#[test]
 fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("early");
