@@ -502,10 +502,16 @@ async fn start(
 /// The project directory of `run`: `--dir` (created when missing) or the current one.
 fn run_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = dir {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Failure::usage(
+                format!("{} is not a directory", dir.display()),
+                "pass the project's directory with --dir (it is created when missing)",
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             Failure::env(
                 format!("cannot create {}: {e}", dir.display()),
-                "check the path",
+                "check the path and its permissions",
             )
         })?;
     }
@@ -602,10 +608,10 @@ async fn run(ui: &Ui, signals: Signals, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// The mission of `dir` for `resume` and `retry`, or why there is nothing to continue.
-fn continue_mission(dir: &Path, existing: &Existing) -> anyhow::Result<String> {
+fn continue_mission(dir: &Path, existing: &Existing, verb: &str) -> anyhow::Result<String> {
     existing.mission().map(str::to_owned).ok_or_else(|| {
         Failure::env(
-            format!("nothing to resume in {}: no mission there", dir.display()),
+            format!("nothing to {verb} in {}: no mission there", dir.display()),
             "pass the mission's directory with --dir, or start one with `task_cli run \"...\"`",
         )
     })
@@ -621,7 +627,7 @@ async fn resume(ui: &Ui, signals: Signals, args: ResumeArgs) -> anyhow::Result<u
     }
     let lock = lifecycle::lock(&dir)?;
     let existing = lifecycle::inspect(&dir)?;
-    let mission = continue_mission(&dir, &existing)?;
+    let mission = continue_mission(&dir, &existing, "resume")?;
     let d = dir.display();
     match &existing {
         Existing::Done { .. } => {
@@ -707,7 +713,7 @@ async fn retry(ui: &Ui, signals: Signals, args: RetryArgs) -> anyhow::Result<u8>
     let dir = project_dir(args.dir.as_deref())?;
     let lock = lifecycle::lock(&dir)?;
     let existing = lifecycle::inspect(&dir)?;
-    let mission = continue_mission(&dir, &existing)?;
+    let mission = continue_mission(&dir, &existing, "retry")?;
     let reset = lifecycle::reset_failed(&dir, &args.items, &lock)?;
     if reset.is_empty() {
         return Err(Failure::usage(

@@ -295,6 +295,22 @@ fn errors_say_what_to_do_and_use_the_documented_codes() {
         "nope.toml",
     ]));
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    // A file where the project directory should be: 2, and the file is left alone.
+    let file = tmp.path().join("notes.txt");
+    std::fs::write(&file, "mine\n").unwrap();
+    let output = run(task_cli(tmp.path())
+        .args(["run", "x", "--model-script"])
+        .arg(greet_script())
+        .arg("--dir")
+        .arg(&file));
+    let err = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not a directory"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine\n");
+    // `retry` names itself when there is nothing to retry.
+    let output = run(task_cli(tmp.path()).args(["retry"]));
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("nothing to retry in"));
     // Environment: 3, with what to do.
     let output = run(task_cli(tmp.path()).args(["status"]));
     let err = text(&output.stderr);
