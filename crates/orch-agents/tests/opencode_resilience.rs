@@ -424,6 +424,7 @@ fn server_killed_mid_turn_is_restarted() -> Result<(), Failed> {
                     .binary(orch_testkit::opencode::require_binary())
                     .project_dir(&project_dir)
                     .isolated_home(&home)
+                    .remove_home_if_orphaned(true)
                     .start_async()
                     .await
                     .map_err(|e| orch_agents::BackendError::ServerLost {

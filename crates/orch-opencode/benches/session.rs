@@ -26,6 +26,7 @@ fn main() {
         .binary(bin)
         .project_dir(project.path())
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()
         .expect("opencode serve");
     let rt = tokio::runtime::Builder::new_current_thread()

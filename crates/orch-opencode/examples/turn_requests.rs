@@ -85,6 +85,7 @@ fn main() -> Result<(), BoxError> {
         .binary(orch_opencode::find_generation(orch_opencode::Generation::V1)?.path)
         .project_dir(project.path())
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -93,6 +93,7 @@ pub struct ServerBuilder {
     ready_timeout: Duration,
     stop_grace: Duration,
     orphan_guard: bool,
+    remove_home: bool,
     generation: Option<Generation>,
 }
 
@@ -101,14 +102,28 @@ pub struct ServerBuilder {
 /// abort, `process::exit`, SIGKILL). Exits with the server's status.
 /// (Background jobs of a non-interactive shell get `/dev/null` as stdin unless redirected,
 /// hence the explicit `<&3`.)
+///
+/// The shell's own output goes nowhere once the server runs: after this process died, a
+/// report on our closed pipes ("Terminated") would kill the shell by SIGPIPE.
+///
+/// `$1`: a directory to remove once the server has exited, only when it was stopped because
+/// our end closed (empty: none). The watcher marks that case inside the directory before it
+/// signals, so a server that exits on its own (a crash this process recovers from in the same
+/// home) never has its directory removed.
 const GUARD: &str = r#"exec 3<&0
+remove=$1
+shift
 "$@" </dev/null 3<&- &
 pid=$!
-( while read -r _; do :; done <&3; kill -TERM "$pid" 2>/dev/null; sleep 3; kill -KILL "$pid" 2>/dev/null ) &
+exec >/dev/null 2>&1
+( while read -r _; do :; done <&3
+  [ -n "$remove" ] && [ -d "$remove" ] && : > "$remove/.orphaned"
+  kill -TERM "$pid" 2>/dev/null; sleep 3; kill -KILL "$pid" 2>/dev/null ) &
 watcher=$!
 wait "$pid"
 status=$?
 kill "$watcher" 2>/dev/null
+if [ -n "$remove" ] && [ -e "$remove/.orphaned" ]; then rm -rf -- "$remove"; fi
 exit "$status""#;
 
 impl Default for ServerBuilder {
@@ -131,6 +146,7 @@ impl ServerBuilder {
             ready_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(3),
             orphan_guard: true,
+            remove_home: false,
             generation: None,
         }
     }
@@ -146,6 +162,15 @@ impl ServerBuilder {
     /// without stopping it (default on; the guard needs `/bin/sh`).
     pub fn orphan_guard(mut self, on: bool) -> Self {
         self.orphan_guard = on;
+        self
+    }
+
+    /// For a temporary [`ServerBuilder::isolated_home`]: when this process dies without
+    /// stopping the server (SIGKILL, an abort, `process::exit`), the orphan guard removes the
+    /// home once the server has exited, which this process's own clean-up can no longer do.
+    /// Never for a directory that must outlive the process. Off by default; needs the guard.
+    pub fn remove_home_if_orphaned(mut self, on: bool) -> Self {
+        self.remove_home = on;
         self
     }
 
@@ -223,6 +248,10 @@ impl ServerBuilder {
             c.arg("-c")
                 .arg(GUARD)
                 .arg("opencode-guard")
+                .arg(match (&self.home, self.remove_home) {
+                    (Some(home), true) => home.as_os_str(),
+                    _ => OsStr::new(""),
+                })
                 .arg(&binary)
                 .args(args)
                 .stdin(Stdio::piped());
@@ -666,6 +695,7 @@ impl Drop for OpencodeServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn random_passwords_differ_and_are_alphanumeric() {
@@ -739,6 +769,70 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!server.is_running(), "guard did not stop the server");
+    }
+
+    /// A fake server that listens (says so) and then runs `then`.
+    fn fake_server(dir: &Path, then: &str) -> PathBuf {
+        let script = dir.join("fake-opencode");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho 'opencode server listening on http://127.0.0.1:1'\n{then}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        script
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn an_orphaned_servers_temporary_home_is_removed_once_it_has_exited() {
+        for remove in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let home = dir.path().join("home");
+            std::fs::create_dir_all(home.join(".local/share")).unwrap();
+            let server = ServerBuilder::new()
+                .binary(fake_server(dir.path(), "exec sleep 60"))
+                .isolated_home(&home)
+                .remove_home_if_orphaned(remove)
+                .start()
+                .unwrap();
+            // What the death of this process would do: close the pipe.
+            drop(server.proc.lock().unwrap().child.stdin.take());
+            wait_until("the server stops", || !server.is_running());
+            if remove {
+                wait_until("the home goes", || !home.exists());
+            } else {
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(home.join(".local/share").is_dir(), "not asked to remove it");
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_that_exits_on_its_own_keeps_its_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join("kept"), "still needed for a restart").unwrap();
+        let server = ServerBuilder::new()
+            .binary(fake_server(dir.path(), "sleep 0.3; exit 1"))
+            .isolated_home(&home)
+            .remove_home_if_orphaned(true)
+            .start()
+            .unwrap();
+        wait_until("the server exits", || !server.is_running());
+        drop(server);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(home.join("kept").is_file());
+        assert!(!home.join(".orphaned").exists());
     }
 
     #[test]

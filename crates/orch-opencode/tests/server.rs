@@ -109,6 +109,7 @@ fn server_for(bin: &Path, home: &IsolatedHome, cwd: &Path) -> OpencodeServer {
         .binary(bin)
         .project_dir(cwd)
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()
         .unwrap_or_else(|e| panic!("opencode serve must start: {e}"))
 }

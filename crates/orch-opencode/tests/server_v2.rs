@@ -121,6 +121,7 @@ fn server_for(bin: &Path, home: &IsolatedHome, cwd: &Path) -> OpencodeServer {
         .generation(Generation::V2)
         .project_dir(cwd)
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()
         .unwrap_or_else(|e| panic!("opencode serve (V2) must start: {e}"))
 }
@@ -1173,6 +1174,7 @@ fn generation_detection(env: &Env) -> Result<(), Failed> {
         .binary(v1_bin)
         .project_dir(project.path())
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()?;
     ensure!(v1.generation() == Generation::V1, "{v1:?}");
     rt().block_on(async {

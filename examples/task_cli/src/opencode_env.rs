@@ -238,7 +238,8 @@ pub(crate) async fn start_server_until(
         .project_dir(dir)
         .ready_timeout(Duration::from_secs(60));
     if let Some(home) = home {
-        builder = builder.isolated_home(home);
+        // Always the scripted model's temporary home: gone with an orphaned server too.
+        builder = builder.isolated_home(home).remove_home_if_orphaned(true);
     }
     builder.start_until(cancel).await.map_err(|e| {
         let text = e.to_string();

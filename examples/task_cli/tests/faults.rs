@@ -89,9 +89,12 @@ fn one_run(tmp: &Path, rng: &mut fastrand::Rng, n: usize) -> Result<Outcome, Str
     );
     let mut tree = BTreeSet::new();
     let mut resumes = 0;
+    // The run's temporary directory, where the scripted model's isolated OpenCode homes go.
+    let temp = tmp.join(format!("tmp{n}"));
+    std::fs::create_dir(&temp).map_err(|e| e.to_string())?;
     let start = |cmd: &str| {
         let mut c = task_cli(tmp);
-        c.args(["--json", cmd]);
+        c.env("TMPDIR", &temp).args(["--json", cmd]);
         if cmd == "run" {
             c.arg("files").arg("--model-script").arg(&script);
         }
@@ -156,6 +159,26 @@ fn one_run(tmp: &Path, rng: &mut fastrand::Rng, n: usize) -> Result<Outcome, Str
             let _ = common::signal(*pid, "KILL");
         }
         return Err(format!("{describe}: processes left behind: {left:?}"));
+    }
+    // No isolated home left behind either: a killed orchestrator's goes with its server
+    // (OpenCode's own runtime files in TMPDIR are not ours).
+    let homes = || -> Vec<String> {
+        std::fs::read_dir(&temp)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("orch-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !homes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = homes();
+    if !left.is_empty() {
+        return Err(format!("{describe}: left in TMPDIR: {left:?}"));
     }
     Ok(Outcome { resumes })
 }

@@ -570,6 +570,69 @@ text = "still thinking"
 }
 
 #[test]
+fn a_killed_orchestrator_leaves_no_server_or_home_behind_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("killed");
+    let slow = r##"[[rule]]
+name = "T1 slow"
+agent = "worker"
+user = "Your item: T1:"
+tool_result = false
+[[rule.reply]]
+delay_ms = 60000
+text = "still thinking"
+"##;
+    let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
+    let temp = tmp.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+    let mut live = Live::spawn({
+        let mut cmd = task_cli(tmp.path());
+        cmd.args(["--json", "run", "one file", "--model-script"])
+            .arg(&script)
+            .arg("--dir")
+            .arg(&project)
+            .env("TMPDIR", &temp);
+        cmd
+    });
+    live.wait_line("T1 started", LONG, |l| {
+        l["event"] == "item_started" && l["item"] == "T1"
+    });
+    let pid = live.child.id();
+    let server = descendants(pid);
+    assert!(
+        !server.is_empty(),
+        "the OpenCode server runs under task_cli"
+    );
+    let homes = || -> Vec<String> {
+        std::fs::read_dir(&temp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("orch-"))
+            .collect()
+    };
+    assert_eq!(homes().len(), 1, "the scripted model's home: {:?}", homes());
+    assert!(common::signal(pid, "KILL"));
+    let (code, _, _) = live.finish(Duration::from_secs(30));
+    assert_eq!(code, None, "killed by the signal");
+    // Nothing of ours can clean up after SIGKILL: the server's guard stops the server and
+    // then removes the home.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while (server.iter().any(|&p| alive(p)) || !homes().is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in server {
+        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        assert!(!alive(p), "process {p} ({cmdline:?}) outlived task_cli");
+    }
+    assert!(homes().is_empty(), "left in TMPDIR: {:?}", homes());
+
+    std::fs::write(&script, items_script(1, 0, "")).unwrap();
+    let resumed = json_run(tmp.path(), &["resume"], None, &project);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+    assert_eq!(read(&project, "f1.txt"), "file 1\n");
+}
+
+#[test]
 fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("early");

@@ -30,6 +30,7 @@ fn user_server() -> UserServer {
         .binary(orch_testkit::opencode::require_binary())
         .project_dir(cwd.path())
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .start()
         .expect("opencode serve starts");
     UserServer {
@@ -322,6 +323,7 @@ fn user_server_with_password(password: &str) -> UserServer {
         .binary(orch_testkit::opencode::require_binary())
         .project_dir(cwd.path())
         .isolated_home(home.path())
+        .remove_home_if_orphaned(true)
         .password(password)
         .start()
         .expect("opencode serve starts");

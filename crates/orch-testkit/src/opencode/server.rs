@@ -150,6 +150,7 @@ impl TestServerBuilder {
             .generation(binary.generation)
             .project_dir(project.path())
             .isolated_home(home.path())
+            .remove_home_if_orphaned(true)
             .ready_timeout(self.ready_timeout);
         for (key, value) in &self.envs {
             builder = builder.env(key, value);
