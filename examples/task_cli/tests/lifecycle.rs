@@ -498,11 +498,23 @@ text = "# Late\n\n- [ ] T1: file 1\n  - files: f1.txt\n"
     assert_eq!(read(&project, "f1.txt"), "file 1\n");
 }
 
-#[test]
-fn a_second_ctrl_c_exits_at_once_and_leaves_no_server_or_home_behind() {
-    let tmp = tempfile::tempdir().unwrap();
-    let project = tmp.path().join("twice");
-    let slow = r##"[[rule]]
+/// A one-item mission whose Worker turn takes a minute, run with its own TMPDIR (where the
+/// scripted model's isolated OpenCode home goes), caught once T1 has started.
+struct Busy {
+    tmp: tempfile::TempDir,
+    project: std::path::PathBuf,
+    script: std::path::PathBuf,
+    temp: std::path::PathBuf,
+    live: Live,
+    /// The processes under task_cli then (the OpenCode server and its guard).
+    server: Vec<u32>,
+}
+
+impl Busy {
+    fn start() -> Busy {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("busy");
+        let slow = r##"[[rule]]
 name = "T1 slow"
 agent = "worker"
 user = "Your item: T1:"
@@ -511,28 +523,82 @@ tool_result = false
 delay_ms = 60000
 text = "still thinking"
 "##;
-    let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
-    // Its temporary directory: the scripted model's isolated OpenCode home goes there.
-    let temp = tmp.path().join("tmp");
-    std::fs::create_dir(&temp).unwrap();
-    let mut live = Live::spawn({
-        let mut cmd = task_cli(tmp.path());
-        cmd.args(["--json", "run", "one file", "--model-script"])
-            .arg(&script)
-            .arg("--dir")
-            .arg(&project)
-            .env("TMPDIR", &temp);
-        cmd
-    });
-    live.wait_line("T1 started", LONG, |l| {
-        l["event"] == "item_started" && l["item"] == "T1"
-    });
+        let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
+        let temp = tmp.path().join("tmp");
+        std::fs::create_dir(&temp).unwrap();
+        let mut live = Live::spawn({
+            let mut cmd = task_cli(tmp.path());
+            cmd.args(["--json", "run", "one file", "--model-script"])
+                .arg(&script)
+                .arg("--dir")
+                .arg(&project)
+                .env("TMPDIR", &temp);
+            cmd
+        });
+        live.wait_line("T1 started", LONG, |l| {
+            l["event"] == "item_started" && l["item"] == "T1"
+        });
+        let server = descendants(live.child.id());
+        assert!(
+            !server.is_empty(),
+            "the OpenCode server runs under task_cli"
+        );
+        Busy {
+            tmp,
+            project,
+            script,
+            temp,
+            live,
+            server,
+        }
+    }
+
+    /// What task_cli left in its TMPDIR (OpenCode's own runtime files there are not ours).
+    fn homes(temp: &Path) -> Vec<String> {
+        std::fs::read_dir(temp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("orch-"))
+            .collect()
+    }
+
+    /// Once task_cli has gone: neither its server nor its home is left (a SIGKILLed process
+    /// takes a moment to finish dying, and the guard removes the home after the server).
+    fn nothing_left(server: &[u32], temp: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while (server.iter().any(|&p| alive(p)) || !Busy::homes(temp).is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for &p in server {
+            let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            assert!(!alive(p), "process {p} ({cmdline:?}) outlived task_cli");
+        }
+        let left = Busy::homes(temp);
+        assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+    }
+
+    /// The directory is free and the mission resumes to its end.
+    fn resumes(tmp: &Path, script: &Path, project: &Path) {
+        std::fs::write(script, items_script(1, 0, "")).unwrap();
+        let resumed = json_run(tmp, &["resume"], None, project);
+        assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
+        assert_eq!(read(project, "f1.txt"), "file 1\n");
+    }
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_leaves_no_server_or_home_behind() {
+    let Busy {
+        tmp,
+        project,
+        script,
+        temp,
+        mut live,
+        server,
+    } = Busy::start();
     let pid = live.child.id();
-    let server = descendants(pid);
-    assert!(
-        !server.is_empty(),
-        "the OpenCode server runs under task_cli"
-    );
     assert!(common::signal(pid, "INT"));
     live.wait_line("the first signal's notice", LONG, |l| {
         l["event"] == "notice"
@@ -546,90 +612,28 @@ text = "still thinking"
     // The first signal's stop takes seconds (its turns are abandoned, its sessions ended):
     // the second arrives during it.
     assert!(notices(&events).contains("exiting at once"), "{events:?}");
-    // SIGKILLed processes take a moment to finish dying.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in server {
-        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        assert!(!alive(p), "process {p} ({cmdline:?}) outlived task_cli");
-    }
-    let left: Vec<_> = std::fs::read_dir(&temp)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("orch-"))
-        .collect();
-    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
-
-    // The directory is free and the mission resumable.
-    std::fs::write(&script, items_script(1, 0, "")).unwrap();
-    let resumed = json_run(tmp.path(), &["resume"], None, &project);
-    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
-    assert_eq!(read(&project, "f1.txt"), "file 1\n");
+    Busy::nothing_left(&server, &temp);
+    Busy::resumes(tmp.path(), &script, &project);
 }
 
 #[test]
 fn a_killed_orchestrator_leaves_no_server_or_home_behind_and_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let project = tmp.path().join("killed");
-    let slow = r##"[[rule]]
-name = "T1 slow"
-agent = "worker"
-user = "Your item: T1:"
-tool_result = false
-[[rule.reply]]
-delay_ms = 60000
-text = "still thinking"
-"##;
-    let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
-    let temp = tmp.path().join("tmp");
-    std::fs::create_dir(&temp).unwrap();
-    let mut live = Live::spawn({
-        let mut cmd = task_cli(tmp.path());
-        cmd.args(["--json", "run", "one file", "--model-script"])
-            .arg(&script)
-            .arg("--dir")
-            .arg(&project)
-            .env("TMPDIR", &temp);
-        cmd
-    });
-    live.wait_line("T1 started", LONG, |l| {
-        l["event"] == "item_started" && l["item"] == "T1"
-    });
-    let pid = live.child.id();
-    let server = descendants(pid);
-    assert!(
-        !server.is_empty(),
-        "the OpenCode server runs under task_cli"
-    );
-    let homes = || -> Vec<String> {
-        std::fs::read_dir(&temp)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with("orch-"))
-            .collect()
-    };
-    assert_eq!(homes().len(), 1, "the scripted model's home: {:?}", homes());
-    assert!(common::signal(pid, "KILL"));
+    let Busy {
+        tmp,
+        project,
+        script,
+        temp,
+        live,
+        server,
+    } = Busy::start();
+    assert_eq!(Busy::homes(&temp).len(), 1, "the scripted model's home");
+    assert!(common::signal(live.child.id(), "KILL"));
     let (code, _, _) = live.finish(Duration::from_secs(30));
     assert_eq!(code, None, "killed by the signal");
-    // Nothing of ours can clean up after SIGKILL: the server's guard stops the server and
-    // then removes the home.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while (server.iter().any(|&p| alive(p)) || !homes().is_empty()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for p in server {
-        let cmdline = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        assert!(!alive(p), "process {p} ({cmdline:?}) outlived task_cli");
-    }
-    assert!(homes().is_empty(), "left in TMPDIR: {:?}", homes());
-
-    std::fs::write(&script, items_script(1, 0, "")).unwrap();
-    let resumed = json_run(tmp.path(), &["resume"], None, &project);
-    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed.stderr));
-    assert_eq!(read(&project, "f1.txt"), "file 1\n");
+    // Nothing of task_cli's can clean up after SIGKILL: the server's guard stops the server
+    // and then removes the home.
+    Busy::nothing_left(&server, &temp);
+    Busy::resumes(tmp.path(), &script, &project);
 }
 
 #[test]
@@ -667,12 +671,7 @@ fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     );
     assert!(descendants(pid).is_empty());
     // The server was stopped before the home was removed (it writes there as it starts).
-    // (OpenCode's own runtime leaves its files in TMPDIR too: those are not ours.)
-    let left: Vec<_> = std::fs::read_dir(&temp)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("orch-"))
-        .collect();
+    let left = Busy::homes(&temp);
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 
     let resumed = json_run(tmp.path(), &["resume"], None, &project);
