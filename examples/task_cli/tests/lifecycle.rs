@@ -524,17 +524,7 @@ delay_ms = 60000
 text = "still thinking"
 "##;
         let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, slow));
-        let temp = tmp.path().join("tmp");
-        std::fs::create_dir(&temp).unwrap();
-        let mut live = Live::spawn({
-            let mut cmd = task_cli(tmp.path());
-            cmd.args(["--json", "run", "one file", "--model-script"])
-                .arg(&script)
-                .arg("--dir")
-                .arg(&project)
-                .env("TMPDIR", &temp);
-            cmd
-        });
+        let (mut live, temp) = Busy::spawn(tmp.path(), &script, &project);
         live.wait_line("T1 started", LONG, |l| {
             l["event"] == "item_started" && l["item"] == "T1"
         });
@@ -551,6 +541,19 @@ text = "still thinking"
             live,
             server,
         }
+    }
+
+    /// `task_cli --json run "one file"` with `script`, and its own TMPDIR (returned).
+    fn spawn(tmp: &Path, script: &Path, project: &Path) -> (Live, std::path::PathBuf) {
+        let temp = tmp.join("tmp");
+        std::fs::create_dir(&temp).unwrap();
+        let mut cmd = task_cli(tmp);
+        cmd.args(["--json", "run", "one file", "--model-script"])
+            .arg(script)
+            .arg("--dir")
+            .arg(project)
+            .env("TMPDIR", &temp);
+        (Live::spawn(cmd), temp)
     }
 
     /// What task_cli left in its TMPDIR (OpenCode's own runtime files there are not ours).
@@ -641,18 +644,7 @@ fn sigint_during_start_up_is_reported_and_the_mission_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let project = tmp.path().join("early");
     let script = write_script(tmp.path(), "one.toml", &items_script(1, 0, ""));
-    // Its temporary directory: the scripted model's isolated OpenCode home goes there.
-    let temp = tmp.path().join("tmp");
-    std::fs::create_dir(&temp).unwrap();
-    let mut live = Live::spawn({
-        let mut cmd = task_cli(tmp.path());
-        cmd.args(["--json", "run", "one file", "--model-script"])
-            .arg(&script)
-            .arg("--dir")
-            .arg(&project)
-            .env("TMPDIR", &temp);
-        cmd
-    });
+    let (mut live, temp) = Busy::spawn(tmp.path(), &script, &project);
     live.wait_line("the OpenCode server to be starting", LONG, |l| {
         l["event"] == "step"
             && l["message"]
