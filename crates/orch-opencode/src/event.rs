@@ -1104,6 +1104,17 @@ mod fast {
             }
         }
 
+        /// An id: shared with the thread's earlier copy of it ([`crate::ids`]); an escaped id
+        /// (never seen from OpenCode) is decoded first.
+        fn id<T>(&mut self, make: fn(&str) -> T) -> Option<T> {
+            let save = self.at;
+            if let Some(s) = self.str() {
+                return Some(make(s));
+            }
+            self.at = save;
+            self.string().map(|s| make(&s))
+        }
+
         /// Skips a string as serde_json ignores one: escapes are checked for their form only
         /// (`\u` takes any four hex digits), control characters refused.
         fn skip_string(&mut self) -> Option<()> {
@@ -1544,7 +1555,7 @@ mod fast {
                 match key {
                     "id" => {
                         once(&mut seen, 0)?;
-                        id = Some(SessionId::new(c.string()?));
+                        id = Some(c.id(SessionId::interned)?);
                     }
                     "slug" => {
                         once(&mut seen, 1)?;
@@ -1560,7 +1571,7 @@ mod fast {
                     }
                     "parentID" => {
                         once(&mut seen, 4)?;
-                        parent_id = c.option(|c| c.string().map(SessionId::new))?;
+                        parent_id = c.option(|c| c.id(SessionId::interned))?;
                     }
                     "title" => {
                         once(&mut seen, 5)?;
@@ -1632,11 +1643,11 @@ mod fast {
                 match key {
                     "id" => {
                         once(&mut seen, 0)?;
-                        id = Some(MessageId::new(c.string()?));
+                        id = Some(c.id(MessageId::interned)?);
                     }
                     "sessionID" => {
                         once(&mut seen, 1)?;
-                        session_id = Some(SessionId::new(c.string()?));
+                        session_id = Some(c.id(SessionId::interned)?);
                     }
                     "role" => {
                         once(&mut seen, 2)?;
@@ -1648,7 +1659,7 @@ mod fast {
                     }
                     "parentID" => {
                         once(&mut seen, 4)?;
-                        parent_id = c.option(|c| c.string().map(MessageId::new))?;
+                        parent_id = c.option(|c| c.id(MessageId::interned))?;
                     }
                     "agent" => {
                         once(&mut seen, 5)?;
@@ -1728,15 +1739,15 @@ mod fast {
                 match key {
                     "id" => {
                         once(&mut seen, 0)?;
-                        id = Some(PartId::new(c.string()?));
+                        id = Some(c.id(PartId::interned)?);
                     }
                     "sessionID" => {
                         once(&mut seen, 1)?;
-                        session_id = Some(SessionId::new(c.string()?));
+                        session_id = Some(c.id(SessionId::interned)?);
                     }
                     "messageID" => {
                         once(&mut seen, 2)?;
-                        message_id = Some(MessageId::new(c.string()?));
+                        message_id = Some(c.id(MessageId::interned)?);
                     }
                     "type" => {
                         once(&mut seen, 3)?;
@@ -1854,7 +1865,7 @@ mod fast {
 
     /// `session.idle` / `session.compacted`: `{"sessionID": …}`.
     pub(super) fn session_id(props: &str) -> Option<SessionId> {
-        single(props, "sessionID", |c| c.string().map(SessionId::new))
+        single(props, "sessionID", |c| c.id(SessionId::interned))
     }
 
     /// `session.status`: `{"sessionID": …, "status": {"type": …, …}}`.
@@ -1867,7 +1878,7 @@ mod fast {
             match key {
                 "sessionID" => {
                     once(&mut seen, 0)?;
-                    sid = Some(SessionId::new(c.string()?));
+                    sid = Some(c.id(SessionId::interned)?);
                 }
                 "status" => {
                     once(&mut seen, 1)?;
@@ -1946,15 +1957,15 @@ mod fast {
             match key {
                 "sessionID" => {
                     once(&mut seen, 0)?;
-                    sid = Some(SessionId::new(c.string()?));
+                    sid = Some(c.id(SessionId::interned)?);
                 }
                 "messageID" => {
                     once(&mut seen, 1)?;
-                    mid = Some(MessageId::new(c.string()?));
+                    mid = Some(c.id(MessageId::interned)?);
                 }
                 "partID" => {
                     once(&mut seen, 2)?;
-                    pid = Some(PartId::new(c.string()?));
+                    pid = Some(c.id(PartId::interned)?);
                 }
                 "field" => {
                     once(&mut seen, 3)?;
@@ -1990,7 +2001,7 @@ mod fast {
             match key {
                 "sessionID" => {
                     once(&mut seen, 0)?;
-                    sid = Some(SessionId::new(c.string()?));
+                    sid = Some(c.id(SessionId::interned)?);
                 }
                 "diff" => {
                     once(&mut seen, 1)?;

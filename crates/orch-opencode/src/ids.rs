@@ -6,18 +6,87 @@
 //! how a caller correlates the events of a turn it started with `prompt_async`.
 
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Slots of each thread's id cache ([`intern`]): a power of two.
+const INTERN_SLOTS: usize = 4096;
+/// Longer strings are never cached (OpenCode's ids are 30 bytes).
+const INTERN_MAX_LEN: usize = 64;
+
+thread_local! {
+    /// Direct-mapped: a slot holds the last id that hashed to it.
+    static INTERNED: RefCell<Vec<Option<Arc<str>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The shared copy of `s`: an id decoded from an event is usually one seen moments before
+/// (the same session, message and part recur in every event of a turn), so each thread keeps
+/// a small direct-mapped cache of the ids it decoded and hands out a reference-counted copy
+/// instead of a fresh allocation. Bounded: at most [`INTERN_SLOTS`] ids of at most
+/// [`INTERN_MAX_LEN`] bytes per thread stay alive; a miss replaces the slot's id.
+pub(crate) fn intern(s: &str) -> Arc<str> {
+    if s.len() > INTERN_MAX_LEN {
+        return Arc::from(s);
+    }
+    let slot = (slot_hash(s.as_bytes()) >> (64 - INTERN_SLOTS.trailing_zeros())) as usize;
+    INTERNED
+        .try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.is_empty() {
+                cache.resize(INTERN_SLOTS, None);
+            }
+            match &mut cache[slot] {
+                Some(id) if **id == *s => Arc::clone(id),
+                other => {
+                    let id: Arc<str> = Arc::from(s);
+                    *other = Some(Arc::clone(&id));
+                    id
+                }
+            }
+        })
+        // The thread is being torn down: no cache.
+        .unwrap_or_else(|_| Arc::from(s))
+}
+
+/// A cheap hash of a short string: every byte counts (ids made by other programs may share a
+/// long prefix or suffix), eight at a time (the last word overlapping the one before), each
+/// word folded in with a multiply (FxHash's scheme). Only the top bits are used.
+fn slot_hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let word = |w: &[u8]| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        u64::from_le_bytes(bytes)
+    };
+    let mut h = b.len() as u64;
+    if b.len() < 8 {
+        let short = b
+            .iter()
+            .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte));
+        return (h.rotate_left(5) ^ short).wrapping_mul(K);
+    }
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        h = (h.rotate_left(5) ^ word(w)).wrapping_mul(K);
+    }
+    if !words.remainder().is_empty() {
+        h = (h.rotate_left(5) ^ word(&b[b.len() - 8..])).wrapping_mul(K);
+    }
+    h
+}
 
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
         $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Cloning is cheap (a shared, reference-counted string), and ids decoded from
+        /// OpenCode's answers and events share one copy per thread while they recur.
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The prefix OpenCode uses for this kind of id (without the underscore).
@@ -26,7 +95,12 @@ macro_rules! id_type {
             /// Wraps an id received from OpenCode or typed by a user. No validation is done:
             /// OpenCode answers unknown or malformed ids with typed HTTP errors.
             pub fn new(id: impl Into<String>) -> Self {
-                Self(id.into())
+                Self(Arc::from(id.into()))
+            }
+
+            /// An id read from OpenCode: shares the copy this thread holds of it, if any.
+            pub(crate) fn interned(id: &str) -> Self {
+                Self(intern(id))
             }
 
             /// The id as OpenCode spells it.
@@ -40,9 +114,31 @@ macro_rules! id_type {
                 self.0.starts_with(Self::PREFIX)
             }
 
-            /// Takes the inner string back.
+            /// The id as an owned string.
             pub fn into_inner(self) -> String {
-                self.0
+                String::from(&*self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", stringify!($name), " string"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name::interned(v))
+                    }
+                }
+                deserializer.deserialize_str(Visit)
             }
         }
 
@@ -72,25 +168,25 @@ macro_rules! id_type {
 
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
-                Self(s.to_owned())
+                Self(Arc::from(s))
             }
         }
 
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(s)
+                Self(Arc::from(s))
             }
         }
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                *self.0 == *other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                *self.0 == **other
             }
         }
     };
@@ -131,7 +227,7 @@ impl MessageId {
     /// Generates a fresh ascending message id with OpenCode's own scheme, so a message created
     /// by us sorts after every message already in the session (OpenCode orders by id).
     pub fn generate() -> Self {
-        Self(ascending_id(Self::PREFIX))
+        Self(Arc::from(ascending_id(Self::PREFIX)))
     }
 }
 
@@ -186,6 +282,41 @@ mod tests {
         for pair in ids.windows(2) {
             assert!(pair[0] < pair[1], "{:?} !< {:?}", pair[0], pair[1]);
         }
+    }
+
+    #[test]
+    fn recurring_ids_share_one_copy_and_every_id_keeps_its_own_text() {
+        let a = intern("ses_dfee09ff4ffeloyh8PIvDOLFUp");
+        let b = intern(&String::from("ses_dfee09ff4ffeloyh8PIvDOLFUp"));
+        assert!(Arc::ptr_eq(&a, &b), "a recurring id is shared");
+        // Far more ids than slots, many sharing long prefixes and suffixes: whatever the
+        // cache keeps or evicts, each id comes back as itself.
+        let ids: Vec<String> = (0..3 * INTERN_SLOTS)
+            .map(|i| format!("ses_r{i:05}xxxxxxxxxxxxxxxxxxxxx"))
+            .chain((0..200).map(|i| format!("s{i}")))
+            .chain(std::iter::once(String::new()))
+            .collect();
+        for round in 0..2 {
+            for id in &ids {
+                assert_eq!(&*intern(id), id.as_str(), "round {round}");
+            }
+        }
+        // The benchmark's ids differ only in five digits: they must not all share a slot.
+        let slots: std::collections::HashSet<u64> = (0..50)
+            .map(|i| slot_hash(format!("ses_r{i:04}xxxxxxxxxxxxxxxxxxxxx").as_bytes()) >> 52)
+            .collect();
+        assert!(slots.len() > 40, "{} slots for 50 ids", slots.len());
+        let long = "x".repeat(INTERN_MAX_LEN + 1);
+        assert!(
+            !Arc::ptr_eq(&intern(&long), &intern(&long)),
+            "long strings are not kept"
+        );
+        // Ids decoded by serde are shared too, and equal to ids made any other way.
+        let one: SessionId = serde_json::from_str("\"ses_shared\"").unwrap();
+        let two: SessionId = serde_json::from_value(serde_json::json!("ses_shared")).unwrap();
+        assert!(Arc::ptr_eq(&one.0, &two.0));
+        assert_eq!(one, SessionId::new("ses_shared"));
+        assert_eq!(one.clone().into_inner(), "ses_shared");
     }
 
     #[test]
