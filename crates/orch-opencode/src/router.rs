@@ -61,7 +61,7 @@ use crate::error::Error;
 use crate::event::{EventKind, KindSet, RawEvent};
 use crate::generation::Generation;
 use crate::ids::{MessageId, SessionId};
-use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder, SseError};
+use crate::sse::{DEFAULT_MAX_EVENT_SIZE, SseDecoder};
 use crate::types::Prompt;
 use crate::wait::{TurnError, TurnOutput, TurnWaiter};
 
@@ -1104,14 +1104,8 @@ impl Drop for Subscription {
 /// Decodes the envelope of one SSE event; `None` (counted as malformed) when its data is not
 /// an event.
 fn parse_sse(shared: &Shared, data: &[u8], generation: Generation) -> Option<RawEvent> {
-    let parsed = std::str::from_utf8(data)
-        .map_err(|e| {
-            SseError::InvalidUtf8 {
-                valid_up_to: e.valid_up_to(),
-                excerpt: crate::error::excerpt(data, 80),
-            }
-            .to_string()
-        })
+    let parsed = crate::sse::utf8(data)
+        .map_err(|e| e.to_string())
         .and_then(|text| {
             match generation {
                 Generation::V1 => RawEvent::parse_str(text),

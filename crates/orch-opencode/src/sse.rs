@@ -80,10 +80,7 @@ impl SseEvent {
     /// # Errors
     /// [`SseError::InvalidUtf8`] when the data is not valid UTF-8.
     pub fn data_str(&self) -> Result<&str, SseError> {
-        std::str::from_utf8(&self.data).map_err(|e| SseError::InvalidUtf8 {
-            valid_up_to: e.valid_up_to(),
-            excerpt: crate::error::excerpt(&self.data, 80),
-        })
+        utf8(&self.data)
     }
 
     /// Takes the data back (the same buffer, no copy).
@@ -980,4 +977,17 @@ mod tests {
             prop_assert_eq!(b.buffered(), a.buffered());
         }
     }
+}
+
+/// `data` as text: a SIMD check first, std's (for the error's position) only on failure.
+///
+/// # Errors
+/// [`SseError::InvalidUtf8`] when `data` is not valid UTF-8.
+pub(crate) fn utf8(data: &[u8]) -> Result<&str, SseError> {
+    simdutf8::basic::from_utf8(data).or_else(|_| {
+        std::str::from_utf8(data).map_err(|e| SseError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+            excerpt: crate::error::excerpt(data, 80),
+        })
+    })
 }
