@@ -539,6 +539,19 @@ impl SseDecoder {
     }
 }
 
+/// `data` as text: a SIMD check first, std's (for the error's position) only on failure.
+///
+/// # Errors
+/// [`SseError::InvalidUtf8`] when `data` is not valid UTF-8.
+pub(crate) fn utf8(data: &[u8]) -> Result<&str, SseError> {
+    simdutf8::basic::from_utf8(data).or_else(|_| {
+        std::str::from_utf8(data).map_err(|e| SseError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+            excerpt: crate::error::excerpt(data, 80),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -977,17 +990,4 @@ mod tests {
             prop_assert_eq!(b.buffered(), a.buffered());
         }
     }
-}
-
-/// `data` as text: a SIMD check first, std's (for the error's position) only on failure.
-///
-/// # Errors
-/// [`SseError::InvalidUtf8`] when `data` is not valid UTF-8.
-pub(crate) fn utf8(data: &[u8]) -> Result<&str, SseError> {
-    simdutf8::basic::from_utf8(data).or_else(|_| {
-        std::str::from_utf8(data).map_err(|e| SseError::InvalidUtf8 {
-            valid_up_to: e.valid_up_to(),
-            excerpt: crate::error::excerpt(data, 80),
-        })
-    })
 }
