@@ -932,6 +932,8 @@ struct FileWatcherProps {
 /// does; the rare nested payloads (tool states, errors, permission rules, structured
 /// output, diffs) are handed to serde as their own text.
 mod fast {
+    use std::sync::Arc;
+
     use serde::de::DeserializeOwned;
 
     use crate::ids::{MessageId, PartId, SessionId};
@@ -1113,6 +1115,12 @@ mod fast {
             }
             self.at = save;
             self.string().map(|s| make(&s))
+        }
+
+        /// A string that recurs from event to event (a directory, an agent, a model): shared
+        /// with the thread's earlier copy of it, like an id.
+        fn shared(&mut self) -> Option<Arc<str>> {
+            self.id(crate::ids::intern)
         }
 
         /// Skips a string as serde_json ignores one: escapes are checked for their form only
@@ -1461,11 +1469,11 @@ mod fast {
                 match key {
                     "id" => {
                         once(&mut seen, 0)?;
-                        id = Some(c.string()?);
+                        id = Some(c.shared()?);
                     }
                     "providerID" => {
                         once(&mut seen, 1)?;
-                        provider_id = Some(c.string()?);
+                        provider_id = Some(c.shared()?);
                     }
                     "variant" => {
                         once(&mut seen, 2)?;
@@ -1538,13 +1546,9 @@ mod fast {
 
     fn session(c: &mut Cur<'_>) -> Option<Session> {
         let mut id = None;
-        let (mut slug, mut project_id, mut directory, mut title, mut version) = (
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        );
+        // Absent (rare): empty, as serde's `default` gives.
+        let (mut slug, mut project_id, mut directory, mut title, mut version) =
+            (None, None, None, None, None);
         let (mut parent_id, mut agent, mut model, mut permission) = (None, None, None, None);
         let mut cost = 0.0;
         let mut tokens_ = Tokens::default();
@@ -1559,15 +1563,15 @@ mod fast {
                     }
                     "slug" => {
                         once(&mut seen, 1)?;
-                        slug = c.string()?;
+                        slug = Some(c.shared()?);
                     }
                     "projectID" => {
                         once(&mut seen, 2)?;
-                        project_id = c.string()?;
+                        project_id = Some(c.shared()?);
                     }
                     "directory" => {
                         once(&mut seen, 3)?;
-                        directory = c.string()?;
+                        directory = Some(c.shared()?);
                     }
                     "parentID" => {
                         once(&mut seen, 4)?;
@@ -1575,11 +1579,11 @@ mod fast {
                     }
                     "title" => {
                         once(&mut seen, 5)?;
-                        title = c.string()?;
+                        title = Some(c.shared()?);
                     }
                     "agent" => {
                         once(&mut seen, 6)?;
-                        agent = c.option(Cur::string)?;
+                        agent = c.option(Cur::shared)?;
                     }
                     "model" => {
                         once(&mut seen, 7)?;
@@ -1587,7 +1591,7 @@ mod fast {
                     }
                     "version" => {
                         once(&mut seen, 8)?;
-                        version = c.string()?;
+                        version = Some(c.shared()?);
                     }
                     "cost" => {
                         once(&mut seen, 9)?;
@@ -1614,14 +1618,14 @@ mod fast {
         })?;
         Some(Session {
             id: id?,
-            slug,
-            project_id,
-            directory,
+            slug: slug.unwrap_or_default(),
+            project_id: project_id.unwrap_or_default(),
+            directory: directory.unwrap_or_default(),
             parent_id,
-            title,
+            title: title.unwrap_or_default(),
             agent,
             model,
-            version,
+            version: version.unwrap_or_default(),
             cost,
             tokens: tokens_,
             permission,
@@ -1663,19 +1667,19 @@ mod fast {
                     }
                     "agent" => {
                         once(&mut seen, 5)?;
-                        agent = c.option(Cur::string)?;
+                        agent = c.option(Cur::shared)?;
                     }
                     "mode" => {
                         once(&mut seen, 6)?;
-                        mode = c.option(Cur::string)?;
+                        mode = c.option(Cur::shared)?;
                     }
                     "providerID" => {
                         once(&mut seen, 7)?;
-                        provider_id = c.option(Cur::string)?;
+                        provider_id = c.option(Cur::shared)?;
                     }
                     "modelID" => {
                         once(&mut seen, 8)?;
-                        model_id = c.option(Cur::string)?;
+                        model_id = c.option(Cur::shared)?;
                     }
                     "model" => {
                         once(&mut seen, 9)?;

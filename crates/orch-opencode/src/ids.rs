@@ -15,8 +15,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Slots of each thread's id cache ([`intern`]): a power of two.
 const INTERN_SLOTS: usize = 4096;
-/// Longer strings are never cached (OpenCode's ids are 30 bytes).
-const INTERN_MAX_LEN: usize = 64;
+/// Longer strings are never cached (OpenCode's ids are 30 bytes; directories, titles and
+/// model names are usually shorter than this).
+const INTERN_MAX_LEN: usize = 128;
 
 thread_local! {
     /// Direct-mapped: a slot holds the last id that hashed to it.
@@ -50,6 +51,47 @@ pub(crate) fn intern(s: &str) -> Arc<str> {
         })
         // The thread is being torn down: no cache.
         .unwrap_or_else(|_| Arc::from(s))
+}
+
+/// Serde's `deserialize_with` for a string field that recurs from event to event (a
+/// session's directory, title and version, a message's agent and model): [`intern`]ed.
+pub(crate) fn shared<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    deserializer.deserialize_str(SharedVisitor)
+}
+
+/// [`shared`] for an optional field (`null` is `None`).
+pub(crate) fn shared_opt<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Arc<str>>, D::Error> {
+    struct Opt;
+    impl<'de> serde::de::Visitor<'de> for Opt {
+        type Value = Option<Arc<str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            shared(d).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Opt)
+}
+
+struct SharedVisitor;
+
+impl serde::de::Visitor<'_> for SharedVisitor {
+    type Value = Arc<str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Arc<str>, E> {
+        Ok(intern(v))
+    }
 }
 
 /// A cheap hash of a short string: every byte counts (ids made by other programs may share a
@@ -317,6 +359,27 @@ mod tests {
         assert!(Arc::ptr_eq(&one.0, &two.0));
         assert_eq!(one, SessionId::new("ses_shared"));
         assert_eq!(one.clone().into_inner(), "ses_shared");
+    }
+
+    #[test]
+    fn recurring_fields_are_shared_through_serde_and_null_is_none() {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(deserialize_with = "shared")]
+            directory: Arc<str>,
+            #[serde(default, deserialize_with = "shared_opt")]
+            agent: Option<Arc<str>>,
+        }
+        let one: Info = serde_json::from_str(r#"{"directory":"/p","agent":"build"}"#).unwrap();
+        let two: Info = serde_json::from_str(r#"{"directory":"/p","agent":"build"}"#).unwrap();
+        assert!(Arc::ptr_eq(&one.directory, &two.directory));
+        assert!(Arc::ptr_eq(one.agent.as_ref().unwrap(), two.agent.as_ref().unwrap()));
+        let null: Info = serde_json::from_str(r#"{"directory":"/p","agent":null}"#).unwrap();
+        assert_eq!(null.agent, None);
+        let absent: Info = serde_json::from_str(r#"{"directory":"/p"}"#).unwrap();
+        assert_eq!(absent.agent, None);
+        assert!(serde_json::from_str::<Info>(r#"{"directory":1}"#).is_err());
+        assert!(serde_json::from_str::<Info>(r#"{"directory":"/p","agent":2}"#).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -332,10 +333,11 @@ pub struct SessionTime {
 #[non_exhaustive]
 pub struct SessionModel {
     /// Model id.
-    pub id: String,
+    #[serde(deserialize_with = "crate::ids::shared")]
+    pub id: Arc<str>,
     /// Provider id.
-    #[serde(rename = "providerID")]
-    pub provider_id: String,
+    #[serde(rename = "providerID", deserialize_with = "crate::ids::shared")]
+    pub provider_id: Arc<str>,
     /// Variant, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
@@ -348,29 +350,33 @@ pub struct Session {
     /// Its id.
     pub id: SessionId,
     /// Human-friendly slug (`brave-panda`).
-    #[serde(default)]
-    pub slug: String,
+    #[serde(default, deserialize_with = "crate::ids::shared")]
+    pub slug: Arc<str>,
     /// Hash of the git root commit, `global` outside a repository.
-    #[serde(rename = "projectID", default)]
-    pub project_id: String,
+    #[serde(rename = "projectID", default, deserialize_with = "crate::ids::shared")]
+    pub project_id: Arc<str>,
     /// The directory (instance) the session lives in.
-    #[serde(default)]
-    pub directory: String,
+    #[serde(default, deserialize_with = "crate::ids::shared")]
+    pub directory: Arc<str>,
     /// Parent session, for child sessions (subagents).
     #[serde(rename = "parentID", default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<SessionId>,
     /// Title.
-    #[serde(default)]
-    pub title: String,
+    #[serde(default, deserialize_with = "crate::ids::shared")]
+    pub title: Arc<str>,
     /// Agent of the last prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::ids::shared_opt"
+    )]
+    pub agent: Option<Arc<str>>,
     /// Model of the last prompt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<SessionModel>,
     /// OpenCode version that created it.
-    #[serde(default)]
-    pub version: String,
+    #[serde(default, deserialize_with = "crate::ids::shared")]
+    pub version: Arc<str>,
     /// Accumulated cost.
     #[serde(default)]
     pub cost: f64,
@@ -673,21 +679,35 @@ pub struct MessageInfo {
     #[serde(rename = "parentID", default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<MessageId>,
     /// Agent name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::ids::shared_opt"
+    )]
+    pub agent: Option<Arc<str>>,
     /// Assistant mode.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::ids::shared_opt"
+    )]
+    pub mode: Option<Arc<str>>,
     /// Assistant: provider used.
     #[serde(
         rename = "providerID",
         default,
-        skip_serializing_if = "Option::is_none"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::ids::shared_opt"
     )]
-    pub provider_id: Option<String>,
+    pub provider_id: Option<Arc<str>>,
     /// Assistant: model used.
-    #[serde(rename = "modelID", default, skip_serializing_if = "Option::is_none")]
-    pub model_id: Option<String>,
+    #[serde(
+        rename = "modelID",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::ids::shared_opt"
+    )]
+    pub model_id: Option<Arc<str>>,
     /// User: the model asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRef>,

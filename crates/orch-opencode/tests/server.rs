@@ -259,7 +259,7 @@ fn session_crud(env: &Env) -> Result<(), Failed> {
         let parent = client
             .create_session(&CreateSession::titled("parent").permission(rules.clone()))
             .await?;
-        ensure!(parent.title == "parent", "title {:?}", parent.title);
+        ensure!(&*parent.title == "parent", "title {:?}", parent.title);
         ensure!(parent.id.has_valid_prefix(), "id {}", parent.id);
         let got = client.session(&parent.id).await?;
         ensure!(got.id == parent.id, "get returned {}", got.id);
@@ -289,7 +289,11 @@ fn session_crud(env: &Env) -> Result<(), Failed> {
         let renamed = client
             .update_session(&parent.id, &UpdateSession::title("renamed"))
             .await?;
-        ensure!(renamed.title == "renamed", "renamed to {:?}", renamed.title);
+        ensure!(
+            &*renamed.title == "renamed",
+            "renamed to {:?}",
+            renamed.title
+        );
         ensure!(
             client.delete_session(&parent.id).await?,
             "delete returned false"

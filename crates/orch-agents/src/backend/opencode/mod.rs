@@ -619,7 +619,7 @@ impl AgentBackend for OpencodeBackend {
             let id = SessionId::new(id);
             // Status and permission requests are per directory: use the session's.
             let client = match self.client.session(&id).await {
-                Ok(s) if Some(s.directory.as_str()) != self.client.directory() => {
+                Ok(s) if Some(&*s.directory) != self.client.directory() => {
                     self.client.with_directory(&s.directory)
                 }
                 _ => self.client.clone(),
