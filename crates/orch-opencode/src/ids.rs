@@ -27,8 +27,9 @@ thread_local! {
 /// The shared copy of `s`: an id decoded from an event is usually one seen moments before
 /// (the same session, message and part recur in every event of a turn), so each thread keeps
 /// a small direct-mapped cache of the ids it decoded and hands out a reference-counted copy
-/// instead of a fresh allocation. Bounded: at most [`INTERN_SLOTS`] ids of at most
-/// [`INTERN_MAX_LEN`] bytes per thread stay alive; a miss replaces the slot's id.
+/// instead of a fresh allocation. Bounded: at most [`INTERN_SLOTS`] strings of at most
+/// [`INTERN_MAX_LEN`] bytes per thread stay alive (64 KiB of slots, ≈ 0.6 MiB at worst with
+/// their strings); a miss replaces the slot's string.
 pub(crate) fn intern(s: &str) -> Arc<str> {
     if s.len() > INTERN_MAX_LEN {
         return Arc::from(s);
