@@ -374,7 +374,10 @@ mod tests {
         let one: Info = serde_json::from_str(r#"{"directory":"/p","agent":"build"}"#).unwrap();
         let two: Info = serde_json::from_str(r#"{"directory":"/p","agent":"build"}"#).unwrap();
         assert!(Arc::ptr_eq(&one.directory, &two.directory));
-        assert!(Arc::ptr_eq(one.agent.as_ref().unwrap(), two.agent.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(
+            one.agent.as_ref().unwrap(),
+            two.agent.as_ref().unwrap()
+        ));
         let null: Info = serde_json::from_str(r#"{"directory":"/p","agent":null}"#).unwrap();
         assert_eq!(null.agent, None);
         let absent: Info = serde_json::from_str(r#"{"directory":"/p"}"#).unwrap();
