@@ -28,11 +28,14 @@ use serde_json::json;
 use tokio::time::Instant;
 
 struct Env {
+    // Dropped first (fields drop in order): the server is stopped before its home and
+    // projects are removed. The other way round, a loaded machine left the home behind:
+    // the server still wrote into it while it was being removed.
+    server: OpencodeServer,
     model: ScriptedModel,
     _home: IsolatedHome,
     root: TestProject,
     bin: std::path::PathBuf,
-    server: OpencodeServer,
 }
 
 impl Env {
@@ -248,8 +251,17 @@ fn main() {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
-    // Stop the shared server (and the model) before exiting.
+    // Stop the shared server (and the model) before exiting, and check that nothing of it is
+    // left: the home goes after the server has stopped (`Env`'s field order).
+    let home = env.get().map(|env| env._home.path().to_owned());
     drop(env);
+    if let Some(home) = home.filter(|home| home.exists()) {
+        eprintln!(
+            "error: the shared server's home {} was left behind",
+            home.display()
+        );
+        std::process::exit(101);
+    }
     conclusion.exit();
 }
 
